@@ -1,0 +1,138 @@
+"""Configuration: msgspec Structs validated when built, loaded from YAML (host side, no jax).
+
+A config file has four sections, ``model``, ``cache``, ``scheduler`` and ``server``; every field
+has a default, so ``{}`` is a valid file. Errors name the offending field, e.g.
+``scheduler.max_num_seqs: must be at least 1, got 0``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message starts with the dotted field name."""
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field}: {message}")
+
+
+def _ladder(values: list[int], field: str) -> None:
+    _check(len(values) > 0, field, "must not be empty")
+    _check(all(v >= 1 for v in values), field, f"must be positive integers, got {values}")
+    _check(values == sorted(set(values)), field, f"must be strictly ascending, got {values}")
+
+
+class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # a name known to `jaxserve pull` (fetched on first use) or a local Hugging Face folder
+    path: str = "smollm2-135m-instruct"
+    served_model_name: str | None = None  # the id clients send; defaults to `path`
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    max_model_len: int | None = None  # defaults to the model's max_position_embeddings
+    attention_backend: Literal["pallas", "reference", "auto"] = "auto"
+    chat_template: str | None = None  # a Jinja template, or a path to one
+    seed: int = 0  # seeds the engine's RNG for requests that give no seed
+
+    def __post_init__(self) -> None:
+        if self.max_model_len is not None:
+            _check(self.max_model_len >= 1, "model.max_model_len",
+                   f"must be at least 1, got {self.max_model_len}")
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.path
+
+
+class CacheConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    page_size: int = 16  # tokens per KV page
+    num_pages: int = 1024  # pages in the whole cache, shared by all sequences
+
+    def __post_init__(self) -> None:
+        _check(self.page_size >= 1 and self.page_size & (self.page_size - 1) == 0,
+               "cache.page_size", f"must be a power of two, got {self.page_size}")
+        _check(self.num_pages >= 2, "cache.num_pages", f"must be at least 2, got {self.num_pages}")
+
+
+class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    max_num_seqs: int = 16  # sequences in one step
+    max_num_batched_tokens: int = 256  # tokens in one step: the prefill chunk budget
+    # padded sizes the jitted step is compiled for; each run pads up to the nearest rung
+    token_buckets: list[int] = msgspec.field(default_factory=lambda: [16, 64, 256])
+    seq_buckets: list[int] = msgspec.field(default_factory=lambda: [4, 16])
+
+    def __post_init__(self) -> None:
+        _check(self.max_num_seqs >= 1, "scheduler.max_num_seqs",
+               f"must be at least 1, got {self.max_num_seqs}")
+        _check(self.max_num_batched_tokens >= 1, "scheduler.max_num_batched_tokens",
+               f"must be at least 1, got {self.max_num_batched_tokens}")
+        _ladder(self.token_buckets, "scheduler.token_buckets")
+        _ladder(self.seq_buckets, "scheduler.seq_buckets")
+        _check(self.token_buckets[-1] >= self.max_num_batched_tokens, "scheduler.token_buckets",
+               f"largest rung {self.token_buckets[-1]} must cover max_num_batched_tokens "
+               f"{self.max_num_batched_tokens}")
+        _check(self.seq_buckets[-1] >= self.max_num_seqs, "scheduler.seq_buckets",
+               f"largest rung {self.seq_buckets[-1]} must cover max_num_seqs {self.max_num_seqs}")
+
+
+class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # also read from JAXSERVE_API_KEY
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "server.port", f"must be in [0, 65535], got {self.port}")
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    model: ModelConfig = msgspec.field(default_factory=ModelConfig)
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.scheduler.max_num_seqs <= self.cache.num_pages, "scheduler.max_num_seqs",
+               f"({self.scheduler.max_num_seqs}) cannot exceed cache.num_pages "
+               f"({self.cache.num_pages})")
+
+
+def _convert(data: dict[str, Any]) -> Config:
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        # msgspec says e.g. "Expected `int`, got `str` - at `$.scheduler.max_num_seqs`"
+        what, _, where = str(exc).partition(" - at `$")
+        where = where.rstrip("`").lstrip(".")
+        unknown = re.match(r"Object contains unknown field `(.+)`", what)
+        if unknown:
+            field = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+            raise ConfigError(f"{field}: unknown field") from None
+        if what.split(":", 1)[0].count(".") >= 1:  # our own __post_init__ message names the field
+            raise ConfigError(what) from None
+        raise ConfigError(f"{where or 'config'}: {what}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config, apply dotted overrides (``{"model.max_model_len": 512}``), validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return _convert(data)

@@ -1,0 +1,43 @@
+"""What the engine hands back for a request (host side, no jax).
+
+The engine emits one ``RequestOutput`` per request per step in which anything changed; each
+``CompletionOutput`` carries the *new* tokens and text of one of the n samples since the last
+output (a delta), so streaming layers forward them as they come and non-streaming layers
+concatenate them.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class TokenLogprob(msgspec.Struct, array_like=True):
+    token_id: int
+    logprob: float
+
+
+class StepLogprobs(msgspec.Struct):
+    """Logprob of the sampled token and the top-k alternatives at one position."""
+
+    token_id: int
+    logprob: float
+    top: list[TokenLogprob]  # the top-k, best first (empty when k == 0)
+
+
+class CompletionOutput(msgspec.Struct, kw_only=True):
+    index: int  # which of the n samples
+    text: str  # new text since the previous output of this sample
+    token_ids: list[int]  # new tokens since the previous output
+    logprobs: list[StepLogprobs] | None = None  # one per token in token_ids, when asked
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | None while running
+    stop_reason: str | int | None = None  # the stop string or stop token id that matched
+    num_output_tokens: int = 0  # total so far for this sample
+
+
+class RequestOutput(msgspec.Struct, kw_only=True):
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool
+    num_cached_tokens: int = 0
+    prompt_logprobs: list[StepLogprobs | None] | None = None

@@ -1,0 +1,1 @@
+"""Custom attention kernels for jaxserve, each beside its pure-jnp reference."""
