@@ -1,0 +1,89 @@
+"""Assemble an engine from a config: resolve the model, load tokenizer and weights, compile."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from jaxserve.config import Config
+from jaxserve.engine.buckets import all_buckets
+from jaxserve.engine.llm_engine import LLMEngine
+
+
+@dataclass
+class EngineInfo:
+    model_dir: Path
+    model_name: str
+    max_model_len: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    attention_backend: str
+    load_seconds: float
+    compile_seconds: float
+
+
+def _log(message: str, progress: bool) -> None:
+    if progress:
+        print(f"[jaxserve] {message}", file=sys.stderr, flush=True)
+
+
+def load_tokenizer(model_dir: Path, chat_template: str | None = None):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if chat_template:
+        path = Path(chat_template)
+        tokenizer.chat_template = path.read_text() if path.is_file() else chat_template
+    return tokenizer
+
+
+def eos_ids(model_dir: Path, tokenizer, config_eos: tuple[int, ...]) -> tuple[int, ...]:
+    """Union of the eos ids of config.json, generation_config.json and the tokenizer."""
+    ids = set(config_eos)
+    gen = model_dir / "generation_config.json"
+    if gen.exists():
+        value = json.loads(gen.read_text()).get("eos_token_id")
+        ids.update(value if isinstance(value, list) else ([value] if value is not None else []))
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return tuple(sorted(ids))
+
+
+def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, EngineInfo]:
+    from jaxserve.models.llama_config import LlamaConfig
+    from jaxserve.models.loader import load_model
+    from jaxserve.pull import resolve_model
+    from jaxserve.runner.attention import make_attention_backend
+    from jaxserve.runner.compile_cache import backend_compile_count, enable_persistent_cache
+    from jaxserve.runner.model_runner import ModelRunner
+
+    enable_persistent_cache()
+    backend_compile_count()  # install the listener before the first compilation
+    start = time.perf_counter()
+    model_dir = resolve_model(config.model.path)
+    tokenizer = load_tokenizer(model_dir, config.model.chat_template)
+    model_cfg = LlamaConfig.from_hf(model_dir)
+    max_model_len = config.model.max_model_len or model_cfg.max_position_embeddings
+    if max_model_len > model_cfg.max_position_embeddings:
+        raise ValueError(f"model.max_model_len: {max_model_len} exceeds the model's "
+                         f"max_position_embeddings {model_cfg.max_position_embeddings}")
+    backend = make_attention_backend(config.model.attention_backend)
+    _log(f"loading {model_dir} ({config.model.dtype}, attention={backend.name})", progress)
+    model = load_model(model_dir, backend, config.model.dtype)
+    load_seconds = time.perf_counter() - start
+    _log(f"model loaded in {load_seconds:.1f}s", progress)
+
+    runner = ModelRunner(model, num_pages=config.cache.num_pages, page_size=config.cache.page_size,
+                         max_num_seqs=config.scheduler.max_num_seqs)
+    eos = eos_ids(model_dir, tokenizer, model_cfg.eos_token_ids)
+    engine = LLMEngine(config, runner, tokenizer, max_model_len=max_model_len,
+                       vocab_size=model_cfg.vocab_size, eos_token_ids=eos)
+    buckets = all_buckets(config.scheduler.token_buckets, config.scheduler.seq_buckets)
+    compile_seconds = runner.warmup([engine.inputs.padding_inputs(b) for b in buckets], progress)
+    _log(f"{len(buckets)} buckets ready in {compile_seconds:.1f}s", progress)
+    info = EngineInfo(model_dir, config.model.model_name, max_model_len, model_cfg.vocab_size,
+                      eos, backend.name, load_seconds, compile_seconds)
+    return engine, info

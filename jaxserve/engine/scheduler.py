@@ -1,0 +1,170 @@
+"""Continuous batching with chunked prefill and preemption by recompute (host side, no jax).
+
+Each step has a token budget (``max_num_batched_tokens``) and a sequence budget
+(``max_num_seqs``). Running sequences go first, decodes before prefill chunks, so a long prompt
+never stalls the tokens already streaming; then waiting sequences are admitted in arrival order
+while budget and pages last. When a running sequence needs a page and none is free, the most
+recently admitted running sequence is preempted: its pages are freed and it will recompute its
+prompt and output so far when readmitted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from jaxserve.config import SchedulerConfig
+from jaxserve.engine.page_allocator import PageAllocator
+from jaxserve.engine.sequence import Sequence, Status
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    start: int  # num_computed_tokens before this step
+    num_new_tokens: int  # tokens computed this step; 0 for a fork row
+    sample: bool  # this row yields the sequence's next token
+    logits_from: Sequence | None = None  # a fork row samples from its leader's last-token logits
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq]
+    page_copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst), run first
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, allocator: PageAllocator):
+        self.config = config
+        self.allocator = allocator
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.pending_copies: list[tuple[int, int]] = []
+        self.num_preemptions = 0
+
+    # ---- queue management -------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        seq.status = Status.WAITING
+        self.waiting.append(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Take a sequence out of the queues for good and give its pages back."""
+        if seq.status is Status.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is Status.WAITING:
+            self.waiting.remove(seq)
+        self.allocator.free(seq.pages)
+        seq.pages = []
+        seq.status = Status.FINISHED
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def _pending_forks(self, seq: Sequence) -> list[Sequence]:
+        if seq.index != 0:
+            return []
+        return [s for s in seq.request.seqs if s.status is Status.FORK_PENDING]
+
+    def _reserved_slots(self) -> int:
+        return sum(len(self._pending_forks(s)) for s in self.running)
+
+    # ---- the step -----------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput(scheduled=[], page_copies=self.pending_copies)
+        self.pending_copies = []
+        budget = self.config.max_num_batched_tokens
+        scheduled_ids: set[int] = set()
+
+        decodes = [s for s in self.running if s.num_uncomputed_tokens == 1]
+        prefills = [s for s in self.running if s.num_uncomputed_tokens > 1]
+        for seq in decodes + prefills:
+            if budget == 0:
+                break
+            if seq.status is not Status.RUNNING:  # preempted earlier in this loop
+                continue
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            if not self._make_room(seq, num_new, scheduled_ids, out):
+                continue
+            self._schedule(seq, num_new, out, scheduled_ids)
+            budget -= num_new
+
+        # vLLM's rule: admit nobody in a step that had to preempt, pages are short
+        while self.waiting and budget > 0 and not out.preempted:
+            seq = self.waiting[0]
+            slots = 1 + len(self._pending_forks(seq))
+            if len(self.running) + self._reserved_slots() + slots > self.config.max_num_seqs:
+                break
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            needed = self.allocator.pages_needed(seq.num_computed_tokens + num_new) - len(seq.pages)
+            if not self.allocator.can_allocate(needed):
+                break
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            seq.pages += self.allocator.allocate(needed)
+            self._schedule(seq, num_new, out, scheduled_ids)
+            budget -= num_new
+        return out
+
+    def _schedule(self, seq: Sequence, num_new: int, out: SchedulerOutput, ids: set[int]) -> None:
+        sample = seq.num_computed_tokens + num_new == seq.num_tokens
+        out.scheduled.append(ScheduledSeq(seq, seq.num_computed_tokens, num_new, sample))
+        ids.add(seq.seq_id)
+        seq.num_computed_tokens += num_new
+        if sample:
+            for fork in self._pending_forks(seq):
+                out.scheduled.append(ScheduledSeq(fork, 0, 0, True, logits_from=seq))
+
+    def _make_room(self, seq: Sequence, num_new: int, scheduled_ids: set[int],
+                   out: SchedulerOutput) -> bool:
+        """Allocate pages for num_new more tokens of seq, preempting others if needed."""
+        needed = self.allocator.pages_needed(seq.num_computed_tokens + num_new) - len(seq.pages)
+        while not self.allocator.can_allocate(needed):
+            victims = [s for s in self.running if s.seq_id not in scheduled_ids]
+            victim = victims[-1]  # the latest admitted; seq itself is among them
+            self.preempt(victim)
+            out.preempted.append(victim)
+            if victim is seq:
+                return False
+        seq.pages += self.allocator.allocate(needed)
+        return True
+
+    def preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.allocator.free(seq.pages)
+        seq.pages = []
+        seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
+        seq.status = Status.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def fork(self, leader: Sequence, fork: Sequence) -> None:
+        """After the leader's prompt is computed: a fork shares its full pages and copies the
+        partial last page (copy-on-write done eagerly, since the leader writes there next)."""
+        page_size = self.allocator.page_size
+        num_full = fork.num_prompt_tokens // page_size
+        fork.pages = self.allocator.share(leader.pages[:num_full])
+        fork.status = Status.RUNNING
+        if fork.num_prompt_tokens % page_size:
+            if not self.allocator.can_allocate(1):  # no page for the copy: recompute later
+                self.allocator.free(fork.pages)
+                fork.pages = []
+                fork.status = Status.WAITING
+                self.waiting.appendleft(fork)
+                return
+            (copy,) = self.allocator.allocate(1)
+            self.pending_copies.append((leader.pages[num_full], copy))
+            fork.pages.append(copy)
+        fork.num_computed_tokens = fork.num_prompt_tokens
+        self.running.append(fork)

@@ -1,0 +1,149 @@
+"""Turn a SchedulerOutput into the padded numpy arrays of one device step (host side, no jax).
+
+Two row spaces: attention rows (sequences that compute tokens this step) and sample rows
+(sequences that get a next token). A chunk that ends mid-prompt has an attention row but no sample
+row; a fork of an n>1 request has a sample row but no attention row (it reads its leader's
+logits). Both are padded to the step's sequence bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from jaxserve.engine.buckets import pick_bucket
+from jaxserve.engine.scheduler import ScheduledSeq, SchedulerOutput
+
+MAX_BIAS_ENTRIES = 384  # logit_bias (<= 300) plus eos/stop ids suppressed for min_tokens
+_SUPPRESS = -1e9
+
+
+@dataclass
+class StepInputs:
+    bucket: tuple[int, int]  # (T, S)
+    input_ids: np.ndarray  # i32[T]
+    positions: np.ndarray  # i32[T]
+    slot_mapping: np.ndarray  # i32[T]; -1 pads
+    kv_lens: np.ndarray  # i32[S]
+    page_table: np.ndarray  # i32[S, P]
+    cu_q_lens: np.ndarray  # i32[S + 1]
+    num_seqs: np.ndarray  # i32[1]
+    logits_indices: np.ndarray  # i32[S]: token row feeding each sample row
+    sampling: dict[str, np.ndarray]  # the fields of runner.SamplingMetadata, [S, ...] each
+    page_copies: np.ndarray  # i32[C, 2]: (src, dst) pages to copy before the step
+    sample_rows: list[ScheduledSeq]  # which sequence each sample row belongs to
+
+
+class StepInputBuilder:
+    def __init__(self, *, token_buckets: list[int], seq_buckets: list[int], page_size: int,
+                 max_pages_per_seq: int, max_model_len: int, eos_token_ids: tuple[int, ...]):
+        self.token_buckets = token_buckets
+        self.seq_buckets = seq_buckets
+        self.page_size = page_size
+        self.max_pages_per_seq = max_pages_per_seq
+        self.max_model_len = max_model_len
+        self.eos_token_ids = eos_token_ids
+
+    def padding_inputs(self, bucket: tuple[int, int]) -> StepInputs:
+        """All-padding inputs of one bucket: the shapes to compile it ahead of time."""
+        return self.build(SchedulerOutput(scheduled=[]), bucket)
+
+    def build(self, sched: SchedulerOutput, bucket: tuple[int, int] | None = None) -> StepInputs:
+        attn_rows = [s for s in sched.scheduled if s.num_new_tokens > 0]
+        sample_rows = [s for s in sched.scheduled if s.sample]
+        num_tokens = sum(s.num_new_tokens for s in attn_rows)
+        t_pad, s_pad = bucket or (
+            pick_bucket(self.token_buckets, max(num_tokens, 1)),
+            pick_bucket(self.seq_buckets, max(len(attn_rows), len(sample_rows), 1)),
+        )
+        ps = self.page_size
+
+        input_ids = np.zeros(t_pad, np.int32)
+        positions = np.zeros(t_pad, np.int32)
+        slot_mapping = np.full(t_pad, -1, np.int32)
+        kv_lens = np.zeros(s_pad, np.int32)
+        page_table = np.zeros((s_pad, self.max_pages_per_seq), np.int32)
+        cu_q_lens = np.full(s_pad + 1, num_tokens, np.int32)
+        cu_q_lens[0] = 0
+        last_token_row: dict[int, int] = {}
+        offset = 0
+        for row, s in enumerate(attn_rows):
+            seq, n = s.seq, s.num_new_tokens
+            pos = np.arange(s.start, s.start + n, dtype=np.int32)
+            pages = np.asarray(s.seq.pages, np.int32)
+            input_ids[offset:offset + n] = seq.token_ids[s.start:s.start + n]
+            positions[offset:offset + n] = pos
+            slot_mapping[offset:offset + n] = pages[pos // ps] * ps + pos % ps
+            kv_lens[row] = s.start + n
+            page_table[row, :len(pages)] = pages
+            offset += n
+            cu_q_lens[row + 1] = offset
+            last_token_row[seq.seq_id] = offset - 1
+
+        logits_indices = np.zeros(s_pad, np.int32)
+        for row, s in enumerate(sample_rows):
+            source = s.logits_from or s.seq
+            logits_indices[row] = last_token_row[source.seq_id]
+
+        copies = np.asarray(sched.page_copies, np.int32).reshape(-1, 2)
+        return StepInputs(
+            bucket=(t_pad, s_pad), input_ids=input_ids, positions=positions,
+            slot_mapping=slot_mapping, kv_lens=kv_lens, page_table=page_table,
+            cu_q_lens=cu_q_lens, num_seqs=np.array([len(attn_rows)], np.int32),
+            logits_indices=logits_indices, sampling=self._sampling(sample_rows, s_pad),
+            page_copies=copies, sample_rows=sample_rows,
+        )
+
+    def _sampling(self, rows: list[ScheduledSeq], s_pad: int) -> dict[str, np.ndarray]:
+        temperature = np.zeros(s_pad, np.float32)
+        top_p = np.ones(s_pad, np.float32)
+        top_k = np.zeros(s_pad, np.int32)
+        min_p = np.zeros(s_pad, np.float32)
+        presence = np.zeros(s_pad, np.float32)
+        frequency = np.zeros(s_pad, np.float32)
+        repetition = np.ones(s_pad, np.float32)
+        bias_ids = np.full((s_pad, MAX_BIAS_ENTRIES), -1, np.int32)
+        bias_values = np.zeros((s_pad, MAX_BIAS_ENTRIES), np.float32)
+        rng_keys = np.zeros((s_pad, 2), np.uint32)
+        rng_steps = np.zeros(s_pad, np.int32)
+        num_prompt = np.zeros(s_pad, np.int32)
+        any_penalty = False
+        penalty_rows = []
+        for row, s in enumerate(rows):
+            seq, p = s.seq, s.seq.params
+            temperature[row] = p.temperature
+            top_p[row] = p.top_p
+            top_k[row] = max(p.top_k, 0)
+            min_p[row] = p.min_p
+            presence[row] = p.presence_penalty
+            frequency[row] = p.frequency_penalty
+            repetition[row] = p.repetition_penalty
+            rng_keys[row] = seq.rng_key
+            rng_steps[row] = seq.num_output_tokens
+            num_prompt[row] = seq.num_prompt_tokens
+            bias = dict(p.logit_bias or {})
+            if seq.num_output_tokens < p.min_tokens:
+                for token_id in (*self.eos_token_ids, *p.stop_token_ids):
+                    bias[token_id] = _SUPPRESS
+            if bias:
+                ids = list(bias)[:MAX_BIAS_ENTRIES]
+                bias_ids[row, :len(ids)] = ids
+                bias_values[row, :len(ids)] = [bias[i] for i in ids]
+            if p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0:
+                any_penalty = True
+                penalty_rows.append((row, seq))
+        # the token history is only read when some row has a penalty; one fixed width keeps a
+        # single executable per bucket
+        history = np.full((s_pad, self.max_model_len), -1, np.int32)
+        for row, seq in penalty_rows:
+            history[row, :seq.num_tokens] = seq.token_ids
+        return dict(
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+            presence_penalty=presence, frequency_penalty=frequency, repetition_penalty=repetition,
+            bias_ids=bias_ids, bias_values=bias_values, rng_keys=rng_keys, rng_steps=rng_steps,
+            history=history, num_prompt_tokens=num_prompt,
+            any_random=np.array(bool((temperature > 0).any())),
+            any_filter=np.array(bool(((top_p < 1) | (top_k > 0)).any())),
+            any_penalty=np.array(any_penalty),
+        )

@@ -1,0 +1,100 @@
+"""Offline use without HTTP: ``jaxserve.LLM(config).generate(prompts, params)`` and ``.chat``."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Iterator
+
+from jaxserve.config import Config, load_config
+from jaxserve.outputs import CompletionOutput, RequestOutput
+from jaxserve.sampling_params import SamplingParams
+
+
+def merge_delta(total: RequestOutput | None, delta: RequestOutput) -> RequestOutput:
+    """Fold an engine delta into the running total of a request."""
+    if total is None:
+        total = RequestOutput(request_id=delta.request_id, prompt_token_ids=delta.prompt_token_ids,
+                              outputs=[], finished=False)
+    by_index = {c.index: c for c in total.outputs}
+    for c in delta.outputs:
+        acc = by_index.get(c.index)
+        if acc is None:
+            acc = by_index[c.index] = CompletionOutput(
+                index=c.index, text="", token_ids=[], logprobs=[] if c.logprobs is not None else None)
+        acc.text += c.text
+        acc.token_ids += c.token_ids
+        if c.logprobs is not None:
+            acc.logprobs = (acc.logprobs or []) + c.logprobs
+        acc.finish_reason = c.finish_reason or acc.finish_reason
+        acc.stop_reason = c.stop_reason if c.finish_reason else acc.stop_reason
+        acc.num_output_tokens = c.num_output_tokens
+    total.outputs = [by_index[i] for i in sorted(by_index)]
+    total.finished = delta.finished
+    return total
+
+
+class LLM:
+    def __init__(self, config: Config | str | Path | None = None, *, progress: bool = True,
+                 **overrides: Any):
+        from jaxserve.builder import build_engine
+
+        if not isinstance(config, Config):
+            config = load_config(config, overrides)
+        self.config = config
+        self.engine, self.info = build_engine(config, progress=progress)
+        self.tokenizer = self.engine.tokenizer
+        self._ids = itertools.count()
+
+    def encode_chat(self, messages: list[dict], **template_kwargs: Any) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True, **template_kwargs)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer(prompt, add_special_tokens=False).input_ids
+        return list(prompt)
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[RequestOutput]:
+        """Deltas of one request as the engine produces them (the engine runs in this thread)."""
+        request_id = f"offline-{next(self._ids)}"
+        self.engine.add_request(request_id, prompt_ids, params)
+        try:
+            while self.engine.has_unfinished_requests():
+                for out in self.engine.step():
+                    if out.request_id == request_id:
+                        yield out
+                        if out.finished:
+                            return
+        finally:
+            self.engine.abort_request(request_id)
+
+    def generate_ids(self, prompts: list[list[int]],
+                     params: SamplingParams | list[SamplingParams] | None = None,
+                     ) -> list[RequestOutput]:
+        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        ids = []
+        for prompt_ids, p in zip(prompts, params_list):
+            request_id = f"offline-{next(self._ids)}"
+            self.engine.add_request(request_id, prompt_ids, p)
+            ids.append(request_id)
+        totals: dict[str, RequestOutput] = {}
+        while self.engine.has_unfinished_requests():
+            for delta in self.engine.step():
+                totals[delta.request_id] = merge_delta(totals.get(delta.request_id), delta)
+        return [totals[i] for i in ids]
+
+    def generate(self, prompts: str | list[str] | list[list[int]],
+                 params: SamplingParams | list[SamplingParams] | None = None,
+                 ) -> list[RequestOutput]:
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        return self.generate_ids([self._encode(p) for p in prompts], params)
+
+    def chat(self, messages: list[dict] | list[list[dict]],
+             params: SamplingParams | list[SamplingParams] | None = None,
+             **template_kwargs: Any) -> list[RequestOutput]:
+        conversations = messages if messages and isinstance(messages[0], list) else [messages]
+        return self.generate_ids([self.encode_chat(c, **template_kwargs) for c in conversations],
+                                 params)

@@ -1,0 +1,132 @@
+"""A Llama-family decoder in Flax NNX that runs over a ragged batch against a paged KV cache.
+
+One call takes the tokens of every scheduled sequence concatenated (prefill chunks and decode
+tokens mixed), writes their K/V into the pages named by ``slot_mapping`` and attends through the
+page table. Only the rows named by ``logits_indices`` go through the LM head.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxserve.models.attention_metadata import AttentionBackend, AttentionMetadata
+from jaxserve.models.llama_config import LlamaConfig
+from jaxserve.models.rope import apply_rope, inverse_frequencies
+
+
+class LlamaAttention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, backend: AttentionBackend, *, dtype, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.backend = backend
+        hidden, hq, hkv, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+
+        def linear(n_in, n_out, bias):
+            return nnx.Linear(n_in, n_out, use_bias=bias, dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+        self.q_proj = linear(hidden, hq * d, cfg.attention_bias)
+        self.k_proj = linear(hidden, hkv * d, cfg.attention_bias)
+        self.v_proj = linear(hidden, hkv * d, cfg.attention_bias)
+        self.o_proj = linear(hq * d, hidden, False)
+
+    def __call__(
+        self,
+        x: jax.Array,  # [T, hidden]
+        positions: jax.Array,  # i32[T]
+        kv_pages: jax.Array,  # [num_pages, 2, Hkv, page_size, D]
+        md: AttentionMetadata,
+    ) -> tuple[jax.Array, jax.Array]:  # [T, hidden], updated kv_pages
+        cfg = self.cfg
+        t = x.shape[0]
+        inv_freq = jnp.asarray(inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
+        q = self.q_proj(x).reshape(t, cfg.num_attention_heads, cfg.head_dim)  # [T, Hq, D]
+        k = self.k_proj(x).reshape(t, cfg.num_key_value_heads, cfg.head_dim)  # [T, Hkv, D]
+        v = self.v_proj(x).reshape(t, cfg.num_key_value_heads, cfg.head_dim)  # [T, Hkv, D]
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        kv_pages = self.backend.update_kv(kv_pages, k, v, md.slot_mapping)
+        out = self.backend.attention(
+            q, kv_pages, md.kv_lens, md.page_table, md.cu_q_lens, md.num_seqs,
+            sm_scale=cfg.head_dim**-0.5, sliding_window=cfg.sliding_window,
+        )  # [T, Hq, D]
+        return self.o_proj(out.reshape(t, -1)), kv_pages
+
+
+class LlamaMLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, dtype, rngs: nnx.Rngs):
+        def linear(n_in, n_out):
+            return nnx.Linear(n_in, n_out, use_bias=False, dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+        self.gate_proj = linear(cfg.hidden_size, cfg.intermediate_size)
+        self.up_proj = linear(cfg.hidden_size, cfg.intermediate_size)
+        self.down_proj = linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [T, hidden] -> [T, hidden]
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class RMSNorm(nnx.Module):
+    """Normalizes in float32 and casts back, exactly as Hugging Face's LlamaRMSNorm does."""
+
+    def __init__(self, dim: int, eps: float, *, dtype):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), dtype))  # [hidden]
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [T, hidden]
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...] * x32.astype(x.dtype)
+
+
+class LlamaDecoderLayer(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, backend: AttentionBackend, *, dtype, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
+        self.self_attn = LlamaAttention(cfg, backend, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
+        self.mlp = LlamaMLP(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, positions, kv_pages, md):  # x: [T, hidden]
+        attn_out, kv_pages = self.self_attn(self.input_layernorm(x), positions, kv_pages, md)
+        x = x + attn_out
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, kv_pages
+
+
+class LlamaForCausalLM(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, backend: AttentionBackend, *, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype,
+                                      param_dtype=dtype, rngs=rngs)
+        self.layers = nnx.List(
+            [LlamaDecoderLayer(cfg, backend, dtype=dtype, rngs=rngs)
+             for _ in range(cfg.num_hidden_layers)]
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
+        self.lm_head = nnx.data(None)  # tied: the embedding matrix doubles as the LM head
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nnx.Linear(cfg.hidden_size, cfg.vocab_size, use_bias=False,
+                                      dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,  # i32[T]
+        positions: jax.Array,  # i32[T]
+        kv_caches: list[jax.Array],  # per layer [num_pages, 2, Hkv, page_size, D]
+        md: AttentionMetadata,
+        logits_indices: jax.Array,  # i32[R]: the token rows whose next-token logits are needed
+    ) -> tuple[jax.Array, list[jax.Array]]:  # f32[R, vocab], updated kv_caches
+        x = self.embed_tokens(input_ids)  # [T, hidden]
+        new_caches = []
+        # A Python loop, not a scan: each layer's cache stays its own donated buffer, so the KV
+        # write is an in-place scatter instead of a copy of the whole stacked cache per step.
+        for layer, kv_pages in zip(self.layers, kv_caches):
+            x, kv_pages = layer(x, positions, kv_pages, md)
+            new_caches.append(kv_pages)
+        x = self.norm(x[logits_indices])  # [R, hidden]
+        if self.lm_head is None:
+            logits = self.embed_tokens.attend(x)
+        else:
+            logits = self.lm_head(x)
+        return logits.astype(jnp.float32), new_caches

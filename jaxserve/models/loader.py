@@ -1,0 +1,75 @@
+"""Build a Llama-family model from a Hugging Face safetensors folder, without torch.
+
+The model is first built abstractly (``nnx.eval_shape``: shapes only, no random init), then each
+parameter is filled from the checkpoint tensor whose Hugging Face name its NNX path maps to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from safetensors import safe_open
+
+from jaxserve.models.attention_metadata import AttentionBackend
+from jaxserve.models.llama import LlamaForCausalLM
+from jaxserve.models.llama_config import LlamaConfig
+
+
+def hf_name(path: tuple) -> tuple[str, bool]:
+    """NNX parameter path -> (Hugging Face tensor name, whether to transpose it)."""
+    keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    keys = [str(k) for k in keys if k != "value"]
+    leaf = keys[-1]
+    if keys[0] == "embed_tokens":
+        return "model.embed_tokens.weight", False
+    if keys[0] == "lm_head":
+        return "lm_head.weight", True
+    prefix = "model." + ".".join(keys[:-1])
+    if leaf == "kernel":  # nnx.Linear stores [in, out]; torch's Linear stores [out, in]
+        return prefix + ".weight", True
+    if leaf == "scale":
+        return prefix + ".weight", False
+    return prefix + "." + leaf, False
+
+
+def _open_tensors(folder: Path) -> dict[str, object]:
+    """Tensor name -> an open safetensors handle holding it (sharded checkpoints included)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {folder}")
+    where: dict[str, object] = {}
+    for file in files:
+        handle = safe_open(str(file), framework="flax")  # "flax" reads bfloat16 too; numpy cannot
+        for name in handle.keys():
+            where[name] = handle
+    return where
+
+
+def load_model(
+    folder: str | Path,
+    backend: AttentionBackend,
+    dtype: str = "float32",
+) -> LlamaForCausalLM:
+    folder = Path(folder)
+    cfg = LlamaConfig.from_hf(folder)
+    jdtype = jnp.dtype(dtype)
+    abstract = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, backend, dtype=jdtype, rngs=nnx.Rngs(0)))
+    graphdef, abstract_state = nnx.split(abstract)
+    tensors = _open_tensors(folder)
+
+    def fill(path, spec: jax.ShapeDtypeStruct) -> jax.Array:
+        name, transpose = hf_name(path)
+        if name not in tensors:
+            raise KeyError(f"{folder}: checkpoint has no tensor {name!r} (needed for {path})")
+        array = tensors[name].get_tensor(name)
+        if transpose:
+            array = array.T
+        if tuple(array.shape) != tuple(spec.shape):
+            raise ValueError(f"{name}: checkpoint shape {array.shape}, model expects {spec.shape}")
+        return jnp.asarray(array, dtype=spec.dtype)
+
+    state = jax.tree_util.tree_map_with_path(fill, abstract_state)
+    return nnx.merge(graphdef, state)

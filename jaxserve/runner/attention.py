@@ -1,0 +1,13 @@
+"""Pick the attention backend the model's layers call (``model.attention_backend`` config)."""
+
+from __future__ import annotations
+
+from jaxserve.models.attention_metadata import AttentionBackend
+
+
+def make_attention_backend(name: str) -> AttentionBackend:
+    from kernels.ragged_paged_attention.select import get_attention_fns, resolve_backend
+
+    resolved = resolve_backend(name)
+    attention, update_kv = get_attention_fns(resolved)
+    return AttentionBackend(name=resolved, attention=attention, update_kv=update_kv)

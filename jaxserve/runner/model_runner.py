@@ -1,0 +1,112 @@
+"""The device boundary: numpy step inputs in, numpy sampled tokens out.
+
+The runner owns the model weights and the paged KV cache (one array per layer, donated to every
+step so XLA updates it in place). Each (token bucket, sequence bucket) pair has one executable,
+compiled ahead of time at start; a step that finds none compiles it and counts it, so a steady
+state with zero compilations after warm-up can be checked.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxserve.engine.llm_engine import StepResult
+from jaxserve.engine.step_inputs import StepInputs
+from jaxserve.models.attention_metadata import AttentionBackend, AttentionMetadata
+from jaxserve.models.llama import LlamaForCausalLM
+from jaxserve.runner.compile_cache import backend_compile_count
+from jaxserve.runner.sampler import sample
+from jaxserve.runner.sampling_metadata import SamplingMetadata
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, *, num_pages: int, page_size: int,
+                 max_num_seqs: int):
+        cfg = model.cfg
+        self.cfg = cfg
+        self.graphdef, self.state = nnx.split(model)
+        dtype = model.embed_tokens.embedding.value.dtype
+        shape = (num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim)
+        # [num_pages, 2, Hkv, page_size, D] per layer
+        self.kv_caches = [jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)]
+        self.num_pages = num_pages
+        self.max_copies = max_num_seqs
+        self.executables: dict[tuple[int, int], object] = {}
+        self.compilations_after_warmup = 0
+        self._warm = False
+        graphdef = self.graphdef
+
+        def step(state, kv_caches, input_ids, positions, md, logits_indices, sm):
+            model = nnx.merge(graphdef, state)
+            logits, kv_caches = model(input_ids, positions, kv_caches, md, logits_indices)
+            return sample(logits, sm), kv_caches
+
+        self._step = jax.jit(step, donate_argnums=(1,))
+
+        def copy_pages(kv_caches, src, dst):  # src, dst: i32[C]; dst == num_pages pads
+            return [kv.at[dst].set(kv[src], mode="drop") for kv in kv_caches]
+
+        self._copy_pages = jax.jit(copy_pages, donate_argnums=(0,))
+
+    # ---- compilation -------------------------------------------------------------------------
+    def _device_args(self, inputs: StepInputs) -> tuple:
+        md = AttentionMetadata(
+            slot_mapping=inputs.slot_mapping, kv_lens=inputs.kv_lens,
+            page_table=inputs.page_table, cu_q_lens=inputs.cu_q_lens, num_seqs=inputs.num_seqs,
+        )
+        sm = SamplingMetadata(**inputs.sampling)
+        return (inputs.input_ids, inputs.positions, md, inputs.logits_indices, sm)
+
+    def _compile(self, inputs: StepInputs):
+        specs = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+            self._device_args(inputs),
+        )
+        return self._step.lower(self.state, self.kv_caches, *specs).compile()
+
+    def warmup(self, padding_inputs: list[StepInputs], progress: bool = True) -> float:
+        """Compile every bucket ahead of time; returns the seconds it took."""
+        start = time.perf_counter()
+        for i, inputs in enumerate(padding_inputs):
+            t0 = time.perf_counter()
+            self.executables[inputs.bucket] = self._compile(inputs)
+            if progress:
+                print(f"[jaxserve] compiled bucket {i + 1}/{len(padding_inputs)} "
+                      f"tokens={inputs.bucket[0]} seqs={inputs.bucket[1]} "
+                      f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
+        src = np.full(self.max_copies, 0, np.int32)
+        dst = np.full(self.max_copies, self.num_pages, np.int32)
+        self.kv_caches = self._copy_pages(self.kv_caches, src, dst)  # compiles the copy too
+        self._warm = True
+        self.compile_count_at_warmup = backend_compile_count()
+        return time.perf_counter() - start
+
+    # ---- the step ----------------------------------------------------------------------------
+    def execute(self, inputs: StepInputs) -> StepResult:
+        if len(inputs.page_copies):
+            self._run_copies(inputs.page_copies)
+        exe = self.executables.get(inputs.bucket)
+        if exe is None:
+            exe = self.executables[inputs.bucket] = self._compile(inputs)
+            if self._warm:
+                self.compilations_after_warmup += 1
+        (tokens, logprobs, top_ids, top_lps), self.kv_caches = exe(
+            self.state, self.kv_caches, *self._device_args(inputs)
+        )
+        # the one device-to-host transfer of the step
+        tokens, logprobs, top_ids, top_lps = jax.device_get((tokens, logprobs, top_ids, top_lps))
+        return StepResult(tokens, logprobs, top_ids, top_lps)
+
+    def _run_copies(self, copies: np.ndarray) -> None:  # i32[C, 2]
+        for chunk in range(0, len(copies), self.max_copies):
+            part = copies[chunk:chunk + self.max_copies]
+            src = np.zeros(self.max_copies, np.int32)
+            dst = np.full(self.max_copies, self.num_pages, np.int32)
+            src[:len(part)], dst[:len(part)] = part[:, 0], part[:, 1]
+            self.kv_caches = self._copy_pages(self.kv_caches, src, dst)
