@@ -28,6 +28,16 @@ import jax.numpy as jnp
 _MASK_VALUE = -1e30  # finite, so a fully masked row gives exp(...) == 0 rather than NaN
 
 
+def sanitize_cu_q_lens(
+    cu_q_lens: jax.Array,  # i32[S + 1]
+    num_seqs: jax.Array,  # i32[1]
+) -> jax.Array:  # i32[S + 1], entries past num_seqs equal to cu_q_lens[num_seqs]
+    """Padding rows own no queries, whatever their cu_q_lens entries say."""
+    num_seqs_s = num_seqs.reshape(())
+    rows = jnp.arange(cu_q_lens.shape[0], dtype=jnp.int32)  # i32[S + 1]
+    return jnp.where(rows <= num_seqs_s, cu_q_lens, cu_q_lens[num_seqs_s])
+
+
 def token_metadata(
     cu_q_lens: jax.Array,  # i32[S + 1]
     kv_lens: jax.Array,  # i32[S]
@@ -36,6 +46,9 @@ def token_metadata(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """For each query token: its sequence, its position, and whether it is a real token."""
     num_seqs_s = num_seqs.reshape(())
+    # entries past cu_q_lens[num_seqs] are padding and may hold garbage; searchsorted needs a
+    # sorted array, so repeat the last real offset over them
+    cu_q_lens = sanitize_cu_q_lens(cu_q_lens, num_seqs)
     t = jnp.arange(num_tokens, dtype=jnp.int32)  # i32[T]
     # seq_ids[t] = s such that cu_q_lens[s] <= t < cu_q_lens[s + 1]; q_len == 0 rows are skipped
     seq_ids = jnp.searchsorted(cu_q_lens, t, side="right").astype(jnp.int32) - 1  # i32[T]
@@ -73,11 +86,15 @@ def ref_ragged_paged_attention(
         m, l, acc = carry  # f32[T, Hkv, G], f32[T, Hkv, G], f32[T, Hkv, G, D]
         kv = kv_pages[token_pages[:, j]].astype(jnp.float32)  # [T, 2, Hkv, page_size, D]
         k, v = kv[:, 0], kv[:, 1]  # [T, Hkv, page_size, D]
+        key_pos = j * page_size + jnp.arange(page_size, dtype=jnp.int32)  # i32[page_size]
+        # slots past kv_len were never written for this sequence (a reused page may hold a dead
+        # request's inf/NaN); 0 * NaN is NaN, so a zero weight alone would not hide them
+        in_cache = key_pos[None, :] < seq_kv_lens[:, None]  # bool[T, page_size]
+        v = jnp.where(in_cache[:, None, :, None], v, 0.0)
         s = jnp.einsum("thgd,thkd->thgk", qg, k)  # f32[T, Hkv, G, page_size]
         if logits_soft_cap is not None:
             s = logits_soft_cap * jnp.tanh(s / logits_soft_cap)
-        key_pos = j * page_size + jnp.arange(page_size, dtype=jnp.int32)  # i32[page_size]
-        mask = (key_pos[None, :] <= pos[:, None]) & (key_pos[None, :] < seq_kv_lens[:, None])
+        mask = (key_pos[None, :] <= pos[:, None]) & in_cache
         if sliding_window is not None:
             mask &= key_pos[None, :] > pos[:, None] - sliding_window
         s = jnp.where(mask[:, None, None, :], s, _MASK_VALUE)
