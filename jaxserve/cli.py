@@ -1,0 +1,104 @@
+"""The ``jaxserve`` command: pull, generate, run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from jaxserve.config import Config, ConfigError, load_config
+
+# flag -> dotted config field it overrides
+RUN_OVERRIDES = {
+    "host": "server.host",
+    "port": "server.port",
+    "api_key": "server.api_key",
+    "served_model_name": "model.served_model_name",
+    "max_model_len": "model.max_model_len",
+    "max_num_seqs": "scheduler.max_num_seqs",
+    "max_num_batched_tokens": "scheduler.max_num_batched_tokens",
+    "chat_template": "model.chat_template",
+    "seed": "model.seed",
+    "model": "model.path",
+    "attention_backend": "model.attention_backend",
+    "dtype": "model.dtype",
+}
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="a YAML config (configs/smollm2.yaml)")
+    p.add_argument("--model", help="a known model name or a local Hugging Face folder")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"])
+    p.add_argument("--attention-backend", choices=["pallas", "reference", "auto"])
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--max-num-seqs", type=int)
+    p.add_argument("--max-num-batched-tokens", type=int)
+    p.add_argument("--chat-template", help="a Jinja chat template, or a file holding one")
+    p.add_argument("--seed", type=int)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="jaxserve", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    pull = sub.add_parser("pull", help="fetch a known model into the local cache")
+    pull.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    pull.add_argument("--force", action="store_true", help="rebuild even if present")
+
+    gen = sub.add_parser("generate", help="chat with the model once, streaming the reply")
+    _add_model_flags(gen)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--system", help="an optional system message")
+    gen.add_argument("--max-tokens", type=int, default=256)
+    gen.add_argument("--temperature", type=float, default=0.0)
+
+    run = sub.add_parser("run", help="serve the OpenAI-compatible API")
+    _add_model_flags(run)
+    run.add_argument("--host")
+    run.add_argument("--port", type=int)
+    run.add_argument("--api-key", default=os.environ.get("JAXSERVE_API_KEY"),
+                     help="require this bearer token (default: $JAXSERVE_API_KEY)")
+    run.add_argument("--served-model-name")
+    return root
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = {field: getattr(args, flag) for flag, field in RUN_OVERRIDES.items()
+                 if getattr(args, flag, None) is not None}
+    return load_config(args.config, overrides)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from jaxserve.llm import LLM
+    from jaxserve.sampling_params import SamplingParams
+
+    llm = LLM(config_from_args(args))
+    messages = ([{"role": "system", "content": args.system}] if args.system else [])
+    messages.append({"role": "user", "content": args.prompt})
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+    for out in llm.stream(llm.encode_chat(messages), params):
+        print(out.outputs[0].text, end="", flush=True)
+    print()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "pull":
+            from jaxserve.pull import pull
+
+            print(pull(args.name, force=args.force))
+        elif args.command == "generate":
+            _generate(args)
+        elif args.command == "run":
+            from jaxserve.entrypoints.server import serve
+
+            serve(config_from_args(args))
+    except ConfigError as exc:
+        sys.exit(f"jaxserve: invalid config: {exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""A runner with hand-computable outputs (JetStream's mock engine idea): the next token of a
+sequence is (its last input token + 1) mod 200, so tests can predict every token without a model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxserve.engine.llm_engine import StepResult
+from jaxserve.engine.step_inputs import StepInputs
+
+
+class FakeRunner:
+    def __init__(self):
+        self.steps: list[StepInputs] = []
+        self.compilations_after_warmup = 0
+
+    def execute(self, inputs: StepInputs) -> StepResult:
+        self.steps.append(inputs)
+        s_pad = inputs.bucket[1]
+        last_tokens = inputs.input_ids[inputs.logits_indices]  # i32[S]
+        tokens = ((last_tokens + 1) % 200).astype(np.int32)
+        top_ids = np.tile(np.arange(20, dtype=np.int32), (s_pad, 1))
+        return StepResult(tokens, np.full(s_pad, -0.5, np.float32), top_ids,
+                          np.full((s_pad, 20), -1.0, np.float32))
+
+
+class ScriptedRunner(FakeRunner):
+    """Every sample row gets the next token of a fixed script, one per step."""
+
+    def __init__(self, script: list[int]):
+        super().__init__()
+        self.script = list(script)
+
+    def execute(self, inputs: StepInputs) -> StepResult:
+        result = super().execute(inputs)
+        if any(s.sample for s in inputs.sample_rows):
+            result.tokens[:] = self.script.pop(0)
+        return result

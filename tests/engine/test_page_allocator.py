@@ -1,0 +1,36 @@
+import pytest
+
+from jaxserve.engine.page_allocator import OutOfPages, PageAllocator
+
+
+def test_allocate_and_free_round_trip():
+    alloc = PageAllocator(num_pages=8, page_size=4)
+    pages = alloc.allocate(3)
+    assert len(set(pages)) == 3 and alloc.num_free_pages == 5
+    alloc.free(pages)
+    alloc.check_all_free()
+
+
+def test_shared_pages_return_only_after_last_holder_frees():
+    alloc = PageAllocator(num_pages=4, page_size=4)
+    pages = alloc.allocate(2)
+    shared = alloc.share(pages)
+    alloc.free(pages)
+    assert alloc.num_free_pages == 2  # still held by the sharer
+    alloc.free(shared)
+    alloc.check_all_free()
+
+
+def test_over_allocation_raises_and_double_free_is_caught():
+    alloc = PageAllocator(num_pages=2, page_size=4)
+    with pytest.raises(OutOfPages):
+        alloc.allocate(3)
+    pages = alloc.allocate(1)
+    alloc.free(pages)
+    with pytest.raises(AssertionError):
+        alloc.free(pages)
+
+
+def test_pages_needed_rounds_up():
+    alloc = PageAllocator(num_pages=2, page_size=16)
+    assert [alloc.pages_needed(n) for n in (0, 1, 16, 17, 32)] == [0, 1, 1, 2, 2]

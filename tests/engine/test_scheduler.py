@@ -1,0 +1,140 @@
+"""Scheduler and engine bookkeeping against a fake runner: no model, milliseconds per test."""
+
+from __future__ import annotations
+
+import pytest
+
+from jaxserve.config import load_config
+from jaxserve.engine.llm_engine import LLMEngine, RequestError
+from jaxserve.sampling_params import SamplingParams
+from tests.engine.fake_runner import FakeRunner
+
+EOS = 2
+
+
+def make_engine(tokenizer, **overrides) -> LLMEngine:
+    base = {"cache.page_size": 4, "cache.num_pages": 64, "scheduler.max_num_seqs": 4,
+            "scheduler.max_num_batched_tokens": 16, "scheduler.token_buckets": [8, 16],
+            "scheduler.seq_buckets": [4]}
+    config = load_config(None, base | overrides)
+    return LLMEngine(config, FakeRunner(), tokenizer, max_model_len=128, vocab_size=259,
+                     eos_token_ids=(EOS,))
+
+
+def run_all(engine: LLMEngine, earlier: list | None = None) -> dict[str, list[list[int]]]:
+    """Step until done; returns each request's tokens per sample (earlier: outputs already seen)."""
+    tokens: dict[str, dict[int, list[int]]] = {}
+    outputs = list(earlier or [])
+    for _ in range(1000):
+        if not engine.has_unfinished_requests():
+            break
+        outputs += engine.step()
+    for out in outputs:
+        for c in out.outputs:
+            tokens.setdefault(out.request_id, {}).setdefault(c.index, []).extend(c.token_ids)
+    assert not engine.has_unfinished_requests()
+    return {rid: [by_index[i] for i in sorted(by_index)] for rid, by_index in tokens.items()}
+
+
+def test_decode_follows_fake_rule_and_stops_at_max_tokens(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    engine.add_request("a", [10, 11, 12], SamplingParams(max_tokens=5, temperature=0))
+    assert run_all(engine) == {"a": [[13, 14, 15, 16, 17]]}
+    engine.allocator.check_all_free()
+
+
+def test_chunked_prefill_respects_token_budget(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    prompt = list(range(20, 60))  # 40 tokens, budget 16 per step
+    engine.add_request("long", prompt, SamplingParams(max_tokens=2, temperature=0))
+    out = run_all(engine)
+    assert out == {"long": [[60, 61]]}
+    chunks = [int(s.cu_q_lens[s.num_seqs[0]]) for s in engine.runner.steps]
+    assert chunks[:3] == [16, 16, 8] and max(chunks) <= 16
+    engine.allocator.check_all_free()
+
+
+def test_decodes_go_before_a_new_prefill(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    engine.add_request("a", [5, 6], SamplingParams(max_tokens=4, temperature=0))
+    engine.step()  # a's prefill
+    engine.add_request("b", list(range(30, 60)), SamplingParams(max_tokens=1, temperature=0))
+    engine.step()
+    step = engine.runner.steps[-1]
+    assert step.input_ids[0] == 7  # a's decode token comes first
+    assert int(step.cu_q_lens[1]) == 1 and int(step.cu_q_lens[2]) == 16  # b fills the rest
+
+
+def test_preemption_by_recompute_keeps_outputs_and_frees_pages(tiny_tokenizer):
+    # 12 pages of 4 tokens: three requests of 10 prompt + 20 output tokens cannot all fit
+    engine = make_engine(tiny_tokenizer, **{"cache.num_pages": 12})
+    for i in range(3):
+        engine.add_request(f"r{i}", list(range(40 + i, 50 + i)), SamplingParams(max_tokens=20, temperature=0))
+    out = run_all(engine)
+    assert engine.scheduler.num_preemptions > 0
+    for i in range(3):
+        start = 50 + i
+        assert out[f"r{i}"] == [list(range(start, start + 20))]
+    engine.allocator.check_all_free()
+
+
+def test_n_samples_share_prompt_pages_then_copy_the_partial_page(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    engine.add_request("n", list(range(10, 16)), SamplingParams(n=3, max_tokens=3, temperature=0))
+    seen = engine.step()  # prefill once; all three samples take their first token from it
+    step = engine.runner.steps[0]
+    assert int(step.num_seqs[0]) == 1 and len(step.sample_rows) == 3
+    seqs = engine.requests["n"].seqs
+    assert seqs[1].pages[0] == seqs[0].pages[0]  # the full page is shared
+    assert seqs[1].pages[1] != seqs[0].pages[1]  # the partial page is copied
+    assert engine.allocator.ref_counts[seqs[0].pages[0]] == 3
+    seen += engine.step()
+    assert len(engine.runner.steps[1].page_copies) == 2
+    out = run_all(engine, seen)
+    assert out["n"] == [[16, 17, 18]] * 3
+    engine.allocator.check_all_free()
+
+
+def test_abort_frees_pages_and_reports_abort(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    engine.add_request("x", [1, 3, 4, 5, 6], SamplingParams(n=2, max_tokens=50, temperature=0))
+    engine.add_request("y", [7, 8], SamplingParams(max_tokens=50, temperature=0))
+    engine.step()
+    engine.step()
+    final = engine.abort_request("x")
+    assert final.finished and {c.finish_reason for c in final.outputs} == {"abort"}
+    engine.abort_request("y")
+    assert not engine.has_unfinished_requests()
+    engine.allocator.check_all_free()
+
+
+def test_eos_stops_unless_ignored_or_below_min_tokens(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    # fake rule: the token after 1 is 2 == EOS
+    engine.add_request("stop", [0, 1], SamplingParams(max_tokens=5, temperature=0))
+    engine.add_request("ignore", [0, 1], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    engine.add_request("stopid", [0, 5], SamplingParams(max_tokens=5, temperature=0, stop_token_ids=[7]))
+    out = run_all(engine)
+    assert out["stop"] == [[2]]
+    assert out["ignore"] == [[2, 3, 4]]
+    assert out["stopid"] == [[6, 7]]
+
+
+def test_min_tokens_puts_eos_in_the_bias(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    engine.add_request("m", [0, 1], SamplingParams(max_tokens=5, temperature=0, min_tokens=2))
+    engine.step()
+    bias_ids = engine.runner.steps[0].sampling["bias_ids"][0]
+    assert EOS in bias_ids.tolist()
+
+
+def test_request_errors_name_the_problem(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    with pytest.raises(RequestError) as err:
+        engine.add_request("big", list(range(100)), SamplingParams(max_tokens=100))
+    assert err.value.code == "context_length_exceeded"
+    with pytest.raises(ValueError, match="temperature"):
+        engine.add_request("t", [1], SamplingParams(temperature=3.0))
+    with pytest.raises(RequestError, match="n must be at most"):
+        engine.add_request("n", [1], SamplingParams(n=5))
+    assert not engine.has_unfinished_requests()
