@@ -1,0 +1,69 @@
+"""Both kernels lower for CUDA through the Pallas Triton backend, without a GPU present."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from kernels.ragged_paged_attention import ragged_paged_attention, update_kv_pages
+from kernels.ragged_paged_attention.export_check import TRITON_CUSTOM_CALL, export_for_cuda
+
+T, S, P, NUM_PAGES, PAGE_SIZE = 40, 5, 8, 64, 16
+
+
+def spec(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+@pytest.mark.parametrize(
+    "dtype,num_q_heads,num_kv_heads,head_dim",
+    [(jnp.bfloat16, 24, 8, 128), (jnp.float32, 8, 1, 64)],
+    ids=["bf16-gqa3-d128", "f32-gqa8-d64"],
+)
+def test_attention_lowers_to_triton(dtype, num_q_heads, num_kv_heads, head_dim):
+    attention = functools.partial(
+        ragged_paged_attention, sm_scale=head_dim**-0.5, sliding_window=128,
+        logits_soft_cap=30.0, interpret=False,
+    )
+    text = export_for_cuda(
+        attention,
+        spec((T, num_q_heads, head_dim), dtype),
+        spec((NUM_PAGES, 2, num_kv_heads, PAGE_SIZE, head_dim), dtype),
+        spec((S,), jnp.int32),
+        spec((S, P), jnp.int32),
+        spec((S + 1,), jnp.int32),
+        spec((1,), jnp.int32),
+    )
+    assert text.count(f"stablehlo.custom_call @{TRITON_CUSTOM_CALL}(") == 1
+    assert 'name = "ragged_paged_attention"' in text
+
+
+def test_kv_write_lowers_to_triton_in_place():
+    text = export_for_cuda(
+        jax.jit(functools.partial(update_kv_pages, interpret=False), donate_argnums=0),
+        spec((NUM_PAGES, 2, 8, PAGE_SIZE, 128), jnp.bfloat16),
+        spec((T, 8, 128), jnp.bfloat16),
+        spec((T, 8, 128), jnp.bfloat16),
+        spec((T,), jnp.int32),
+    )
+    assert text.count(f"stablehlo.custom_call @{TRITON_CUSTOM_CALL}(") == 1
+    assert 'name = "update_kv_pages"' in text
+    # the cache is both the kernel's output and the donated argument: no copy of the cache
+    assert "output_operand_aliases" in text and "tf.aliasing_output = 0" in text
+
+
+def test_export_keeps_the_custom_call_check():
+    """Without the Triton call on the allow list, export refuses the kernel: the check is live."""
+    kv_write = functools.partial(update_kv_pages, interpret=False)
+    with pytest.raises(ValueError, match="custom call"):
+        export_for_cuda(
+            kv_write,
+            spec((NUM_PAGES, 2, 1, PAGE_SIZE, 64), jnp.float32),
+            spec((T, 1, 64), jnp.float32),
+            spec((T, 1, 64), jnp.float32),
+            spec((T,), jnp.int32),
+            allowed_custom_calls=(),
+        )
