@@ -1,0 +1,112 @@
+"""Wire schemas of ``POST /v1/chat/completions``: the request, the response and the stream chunk.
+
+Shapes follow OpenAI's ``ChatCompletion`` and ``ChatCompletionChunk``, plus vLLM's extensions
+(``stop_reason``, the sampling extras in ``SamplingFields``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from jaxserve.entrypoints.protocol import SamplingFields, UsageInfo
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+class ContentPart(msgspec.Struct, kw_only=True):
+    type: str  # only "text" is served; images and audio are refused with a 400
+    text: str | None = None
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    role: str  # checked against ROLES by the handler, so the 400 can name the message
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls, into the prompt
+    tool_call_id: str | None = None  # which call a tool message answers
+
+
+class ChatCompletionRequest(SamplingFields, kw_only=True):
+    messages: list[ChatMessage]
+    max_tokens: int | None = None  # deprecated by OpenAI in favour of max_completion_tokens
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+    # issue 5 (tools, structured output) will act on these; for now tools only reach the template
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: Any = None
+
+
+# ---- logprobs -----------------------------------------------------------------------------------
+class TopLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobEntry(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(msgspec.Struct):
+    content: list[TokenLogprobEntry] | None
+    refusal: None = None
+
+
+# ---- the response -------------------------------------------------------------------------------
+class ChatCompletionMessage(msgspec.Struct):
+    content: str | None
+    role: str = "assistant"
+    refusal: None = None
+
+
+class ChatCompletionChoice(msgspec.Struct, kw_only=True):
+    index: int
+    message: ChatCompletionMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None
+    stop_reason: int | str | None = None  # vLLM: the stop string or token id that ended it
+
+
+class ChatCompletionResponse(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: UsageInfo
+
+
+# ---- the stream ---------------------------------------------------------------------------------
+class DeltaMessage(msgspec.Struct, kw_only=True):
+    # absent, not null, when a chunk does not carry it: OpenAI's final chunk has "delta": {}
+    role: str | UnsetType = UNSET
+    content: str | UnsetType = UNSET
+
+
+class ChatStreamChoice(msgspec.Struct, kw_only=True):
+    index: int
+    delta: DeltaMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+class ChatCompletionChunk(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatStreamChoice]
+    # present only with stream_options: in the final chunk, or in every chunk when continuous
+    usage: UsageInfo | None | UnsetType = UNSET
