@@ -1,0 +1,275 @@
+"""The engine behind an event loop: one thread owns the ``LLMEngine`` and runs its step loop.
+
+The engine is not thread-safe, so nothing else calls it. Requests reach the thread as commands on
+a ``queue.Queue``, applied between steps; while nothing runs the thread blocks on that queue, so an
+idle server burns no CPU. After each step the thread hands all of the step's deltas to the event
+loop in one ``call_soon_threadsafe``, where each lands in its request's ``RequestStream``. A slow
+client therefore never stalls the batch: its deltas wait in its stream and are merged into one
+when it reads again.
+
+If the step loop raises, the engine is dead: every waiting caller gets ``EngineDeadError`` and new
+requests are refused, so nothing hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from jaxserve.engine.llm_engine import LLMEngine
+from jaxserve.llm import merge_delta
+from jaxserve.outputs import RequestOutput
+from jaxserve.sampling_params import SamplingParams
+
+log = logging.getLogger("jaxserve.engine")
+
+
+class EngineDeadError(RuntimeError):
+    """The step loop failed or stopped; requests in flight cannot finish."""
+
+
+class StepObserver(Protocol):
+    """Called on the engine thread (the metrics layer implements it)."""
+
+    def request_added(self, request_id: str) -> None: ...
+    def request_aborted(self, request_id: str) -> None: ...
+    def step_done(self, engine: LLMEngine, outputs: list[RequestOutput]) -> None: ...
+
+
+class RequestStream:
+    """The deltas of one request, read on the event loop; ends after the finished delta."""
+
+    def __init__(self, request_id: str, engine: AsyncEngine):
+        self.request_id = request_id
+        self.finished = False
+        self._engine = engine
+        self._items: deque[RequestOutput] = deque()
+        self._error: BaseException | None = None
+        self._ready = asyncio.Event()
+
+    def put(self, output: RequestOutput) -> None:
+        self._items.append(output)
+        self._ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._ready.set()
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        while not self._items:
+            if self.finished:
+                raise StopAsyncIteration
+            if self._error is not None:
+                self.finished = True
+                raise self._error
+            self._ready.clear()
+            await self._ready.wait()
+        out = self._items.popleft()
+        if self._items:  # the reader fell behind: hand over everything as one delta
+            out = merge_delta(None, out)
+            while self._items:
+                out = merge_delta(out, self._items.popleft())
+        self.finished = out.finished
+        return out
+
+    def abort(self) -> None:
+        """Stop generating (the reader went away); a no-op once the request has finished."""
+        if not self.finished:
+            self.finished = True
+            self._engine.abort(self.request_id)
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine, observer: StepObserver | None = None):
+        self.engine = engine
+        self.observer = observer
+        self.dead: BaseException | None = None
+        self._commands: queue.Queue[tuple] = queue.Queue()
+        self._streams: dict[str, RequestStream] = {}
+        self._pending_adds = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- the event-loop side -----------------------------------------------------------------
+    def start(self) -> None:
+        """Call from the event loop that will read the streams."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="jaxserve-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Abort whatever still runs and end the thread (after the HTTP server drained)."""
+        if self._thread is None:
+            return
+        self._commands.put(("stop",))
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests not yet running: queued commands plus the scheduler's waiting queue (a len()
+        read from another thread, atomic under the GIL)."""
+        return self._pending_adds + len(self.engine.scheduler.waiting)
+
+    async def add_request(self, request_id: str, prompt_token_ids: list[int],
+                          params: SamplingParams) -> RequestStream:
+        """Queue a request; raises the engine's RequestError/ValueError if it refuses it."""
+        if self.dead is not None:
+            raise EngineDeadError(f"the engine is not running: {self.dead}")
+        stream = RequestStream(request_id, self)
+        self._streams[request_id] = stream
+        accepted = self._loop.create_future()
+        self._pending_adds += 1
+        self._commands.put(("add", request_id, prompt_token_ids, params, accepted))
+        try:
+            await accepted
+        except BaseException:
+            self._streams.pop(request_id, None)
+            if not accepted.done() or accepted.cancelled():  # we went away, it may still be added
+                self._commands.put(("abort", request_id))
+            raise
+        finally:
+            self._pending_adds -= 1
+        return stream
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int],
+                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """The deltas of one request; leaving the loop early aborts the request."""
+        stream = await self.add_request(request_id, prompt_token_ids, params)
+        try:
+            async for out in stream:
+                yield out
+        finally:
+            stream.abort()
+
+    def abort(self, request_id: str) -> None:
+        self._streams.pop(request_id, None)
+        self._commands.put(("abort", request_id))
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if stream is not None:
+                stream.put(out)
+                if out.finished:
+                    del self._streams[out.request_id]
+
+    def _fail_all(self, error: BaseException) -> None:
+        self.dead = error
+        dead = EngineDeadError(f"the engine stopped: {error!r}")
+        for stream in self._streams.values():
+            stream.fail(dead)
+        self._streams.clear()
+        while True:  # adds queued after the thread's last look would wait forever
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if command[0] == "add" and not command[4].done():
+                command[4].set_exception(dead)
+
+    # ---- the engine thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while self._apply_commands(block=not self.engine.has_unfinished_requests()):
+                if self.engine.has_unfinished_requests():
+                    outputs = self.engine.step()
+                    if self.observer is not None:
+                        self.observer.step_done(self.engine, outputs)
+                    if outputs:
+                        self._loop.call_soon_threadsafe(self._deliver, outputs)
+            error: BaseException = EngineDeadError("the engine was stopped")
+        except BaseException as exc:  # any failure must reach the waiting callers
+            log.exception("the engine step loop failed")
+            error = exc
+        try:
+            for request_id in list(self.engine.requests):
+                self.engine.abort_request(request_id)
+        except Exception:  # a broken engine may fail here too; the callers matter
+            log.exception("aborting the requests of a failed engine")
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._fail_all, error)
+
+    def _apply_commands(self, block: bool) -> bool:
+        """Apply queued commands; block for the first one when idle. False means stop."""
+        while True:
+            try:
+                command = self._commands.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            kind = command[0]
+            if kind == "stop":
+                return False
+            if kind == "abort":
+                self.engine.abort_request(command[1])
+                if self.observer is not None:
+                    self.observer.request_aborted(command[1])
+            elif kind == "add":
+                self._add(*command[1:])
+
+    def _add(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+             accepted: asyncio.Future) -> None:
+        error = None
+        try:
+            self.engine.add_request(request_id, prompt_token_ids, params)
+            if self.observer is not None:
+                self.observer.request_added(request_id)
+        except Exception as exc:  # noqa: BLE001 - the caller decides: a 400 or a 500
+            error = exc
+        self._loop.call_soon_threadsafe(_settle, accepted, error)
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled meanwhile
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """The deltas of several streams as they come, each with its stream's position; leaving
+    early (or one stream failing) aborts them all."""
+    if len(streams) == 1:  # the common case needs no tasks
+        try:
+            async for out in streams[0]:
+                yield 0, out
+        finally:
+            streams[0].abort()
+        return
+    merged: asyncio.Queue = asyncio.Queue()
+
+    async def pump(position: int, stream: RequestStream) -> None:
+        try:
+            async for out in stream:
+                merged.put_nowait((position, out))
+            merged.put_nowait((position, None))
+        except Exception as exc:  # noqa: BLE001 - re-raised by the reader below
+            merged.put_nowait((position, exc))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            position, item = await merged.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield position, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for stream in streams:
+            stream.abort()
