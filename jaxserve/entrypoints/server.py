@@ -1,0 +1,62 @@
+"""``jaxserve run``: bind the port at once, build the engine beside it, serve until SIGTERM.
+
+The port answers from the first second (``/health`` says 503 while the model loads and each
+bucket compiles, with the progress on stderr), so an orchestrator can tell "starting" from
+"down". On SIGTERM or Ctrl-C uvicorn stops accepting connections, lets every request in flight
+finish (streams included), then the app's shutdown stops the engine thread; a second signal
+forces the exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+import uvicorn
+
+from jaxserve.config import Config
+from jaxserve.entrypoints.app import create_app
+from jaxserve.entrypoints.state import ServerState
+
+log = logging.getLogger("jaxserve.server")
+
+
+def _build_in_background(config: Config, state: ServerState, server: uvicorn.Server,
+                         failed: threading.Event) -> threading.Thread:
+    def build() -> None:
+        from jaxserve.builder import build_engine
+
+        try:
+            engine, info = build_engine(config, progress=True)
+        except BaseException:  # any failure must stop the server, not hang it
+            log.exception("building the engine failed")
+            failed.set()
+            server.should_exit = True
+            return
+        state.attach_threadsafe(engine, info)
+        log.info("ready: serving %s on http://%s:%d", info.model_name, config.server.host,
+                 config.server.port)
+
+    # daemon: a SIGTERM during the compile must not wait for it to finish
+    thread = threading.Thread(target=build, name="jaxserve-build", daemon=True)
+    thread.start()
+    return thread
+
+
+def serve(config: Config) -> None:
+    """Serve the OpenAI-compatible API; blocks until the server is told to stop."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="[jaxserve] %(levelname)s %(name)s: %(message)s")
+    app = create_app(None, None, config)
+    state: ServerState = app.state.server
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.server.host, port=config.server.port, lifespan="on",
+        log_level="info", access_log=False,
+        timeout_graceful_shutdown=None,  # drain: every request in flight finishes
+    ))
+    failed = threading.Event()
+    _build_in_background(config, state, server, failed)
+    server.run()
+    if failed.is_set():
+        sys.exit("jaxserve: the engine could not be built (see the error above)")

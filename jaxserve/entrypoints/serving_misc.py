@@ -1,0 +1,72 @@
+"""The small endpoints: ``/v1/models``, ``/health``, ``/metrics``, ``/tokenize``,
+``/detokenize``, ``/version``."""
+
+from __future__ import annotations
+
+from litestar import Request, Response
+
+import jaxserve
+from jaxserve.entrypoints.errors import bad_request, decode_request
+from jaxserve.entrypoints.metrics import CONTENT_TYPE
+from jaxserve.entrypoints.prompts import template_messages
+from jaxserve.entrypoints.protocol import ModelCard, ModelList, VersionResponse
+from jaxserve.entrypoints.responses import json_response
+from jaxserve.entrypoints.state import ServerState
+from jaxserve.entrypoints.tokenize_protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+
+
+def list_models(state: ServerState) -> Response:
+    state.require_ready()
+    info = state.info
+    card = ModelCard(id=state.config.model.model_name, created=state.created,
+                     root=str(info.model_dir), max_model_len=info.max_model_len)
+    return json_response(ModelList(data=[card]))
+
+
+def health(state: ServerState) -> Response:
+    """200 with an empty body once the engine runs; 503 while loading or after it died."""
+    state.require_ready()
+    return Response(content=b"", status_code=200)
+
+
+def metrics(state: ServerState) -> Response:
+    return Response(content=state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def version() -> Response:
+    return json_response(VersionResponse(jaxserve.__version__))
+
+
+async def tokenize(state: ServerState, request: Request) -> Response:
+    req = decode_request(await request.body(), TokenizeRequest)
+    state.check_model(req.model)
+    state.require_ready()
+    if req.messages is not None:
+        ids = await state.prompts.encode_chat(
+            template_messages(req.messages), add_generation_prompt=req.add_generation_prompt,
+            continue_final_message=req.continue_final_message, tools=req.tools,
+            template_kwargs=req.chat_template_kwargs,
+            add_special_tokens=bool(req.add_special_tokens))
+    elif req.prompt is not None:
+        add_special = True if req.add_special_tokens is None else req.add_special_tokens
+        ids = await state.prompts.encode(req.prompt, add_special)
+    else:
+        raise bad_request("either prompt or messages is required", param="prompt")
+    strs = [state.token_str(t) for t in ids] if req.return_token_strs else None
+    return json_response(TokenizeResponse(count=len(ids), max_model_len=state.info.max_model_len,
+                                          tokens=ids, token_strs=strs))
+
+
+async def detokenize(state: ServerState, request: Request) -> Response:
+    req = decode_request(await request.body(), DetokenizeRequest)
+    state.check_model(req.model)
+    state.require_ready()
+    vocab = state.info.vocab_size
+    if any(not 0 <= t < vocab for t in req.tokens):
+        raise bad_request(f"token ids must be in [0, {vocab})", param="tokens")
+    return json_response(DetokenizeResponse(await state.prompts.decode(req.tokens)))
