@@ -26,6 +26,7 @@ from kernels.ragged_paged_attention import (
     ref_update_kv_pages,
     update_kv_pages,
 )
+from kernels.ragged_paged_attention.select import get_attention_fns, resolve_backend
 
 T_PAD = 48  # padded token count; not a power of two on purpose
 S_PAD = 6  # sequence rows; the cases use at most 4, the rest are padding rows
@@ -276,3 +277,12 @@ def test_reference_matches_naive_loop(window_cap):
     expected = naive_attention(args, **kw)
     assert rel_err(ref[:num_real], expected[:num_real]) < 1e-5
     assert (ref[num_real:] == 0).all()
+
+
+def test_select_backends():
+    assert resolve_backend("auto", "gpu") == "pallas"
+    assert resolve_backend("auto", "cpu") == "reference"  # measured, see docs/kernels.md
+    assert get_attention_fns("pallas") == (ragged_paged_attention, update_kv_pages)
+    assert get_attention_fns("reference") == (ref_ragged_paged_attention, ref_update_kv_pages)
+    with pytest.raises(ValueError, match="triton"):
+        resolve_backend("triton")

@@ -1,0 +1,51 @@
+"""Choose the attention and KV-write functions the model calls: the Pallas kernels or the reference.
+
+``auto`` means: the Pallas (Triton) kernels on a GPU, the pure-jnp reference everywhere else.
+On CPU that is a measured choice (``scripts/bench_kernel.py``, table in ``docs/kernels.md``):
+the kernels can only run there in interpret mode, whose KV write is 4-70x slower than the
+reference's scatter and whose attention loses decode-only steps (most steps of a serving run)
+by 2-3x, though it wins prefill-heavy steps by 2.5-6x. On TPU the Triton kernel cannot lower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, get_args
+
+import jax
+
+from kernels.ragged_paged_attention.kernel import ragged_paged_attention
+from kernels.ragged_paged_attention.kv_write import update_kv_pages
+from kernels.ragged_paged_attention.reference import (
+    ref_ragged_paged_attention,
+    ref_update_kv_pages,
+)
+
+Backend = Literal["pallas", "reference", "auto"]
+Resolved = Literal["pallas", "reference"]
+# what "auto" resolves to on each platform; see the module docstring for the CPU figure
+AUTO_BACKEND: dict[str, Resolved] = {"gpu": "pallas", "cpu": "reference", "tpu": "reference"}
+
+
+def resolve_backend(backend: str, platform: str | None = None) -> Resolved:
+    """``auto`` -> a concrete backend for ``platform`` (default: jax.default_backend())."""
+    if backend not in get_args(Backend):
+        raise ValueError(f"attention backend {backend!r} is not one of {get_args(Backend)}")
+    platform = platform or jax.default_backend()
+    if backend == "auto":
+        return AUTO_BACKEND.get(platform, "reference")
+    if backend == "pallas" and platform not in ("gpu", "cpu"):
+        raise ValueError(f"the Pallas kernels target NVIDIA GPUs (Triton), not {platform!r}")
+    return backend  # type: ignore[return-value]
+
+
+AttentionFn = Callable[..., jax.Array]  # ref_ragged_paged_attention's signature
+UpdateFn = Callable[..., jax.Array]  # ref_update_kv_pages's signature
+
+
+def get_attention_fns(backend: Backend) -> tuple[AttentionFn, UpdateFn]:
+    """(attention_fn, update_fn) for ``backend``; "auto" is resolved for the default platform."""
+    if resolve_backend(backend) == "pallas":
+        # interpret=None: they run in interpret mode when the default backend is the CPU
+        return ragged_paged_attention, update_kv_pages
+    return ref_ragged_paged_attention, ref_update_kv_pages
