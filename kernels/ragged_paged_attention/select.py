@@ -1,10 +1,11 @@
 """Choose the attention and KV-write functions the model calls: the Pallas kernels or the reference.
 
 ``auto`` means: the Pallas (Triton) kernels on a GPU, the pure-jnp reference everywhere else.
-On CPU that is a measured choice (``scripts/bench_kernel.py``, table in ``docs/kernels.md``):
-the kernels can only run there in interpret mode, whose KV write is 4-70x slower than the
-reference's scatter and whose attention loses decode-only steps (most steps of a serving run)
-by 2-3x, though it wins prefill-heavy steps by 2.5-6x. On TPU the Triton kernel cannot lower.
+On CPU that is a measured choice (``scripts/bench_kernel.py``, float32 as the CPU config runs,
+table in ``docs/kernels.md``): there the kernels only run in interpret mode, which loses
+decode-only steps (most steps of a serving run) by 2.5-3.3x and compiles about twice as slowly,
+while it wins prefill-heavy steps by 5-11x; a prefill-heavy CPU workload may prefer "pallas".
+On TPU the Triton kernel cannot lower at all.
 """
 
 from __future__ import annotations
