@@ -49,6 +49,7 @@ _ABANDONED_AFTER_S = 24 * 3600  # a pull takes minutes; older temp folders are f
 class KnownModel:
     description: str
     write: Callable[[Path], None]  # fills an empty folder with the HF model
+    revision: int = 1  # bumped when `write` changes, so stale pulled folders are rebuilt
 
 
 def _write_smollm2(folder: Path) -> None:
@@ -65,11 +66,12 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         _write_smollm2,
     ),
     "tiny-random-llama": KnownModel(
-        "2-layer random Llama (tied embeddings), for tests", partial(write_tiny_model, arch="llama")
+        "2-layer random Llama (tied embeddings), for tests", partial(write_tiny_model, arch="llama"),
+        revision=3,
     ),
     "tiny-random-qwen2": KnownModel(
         "2-layer random Qwen2 (qkv bias, untied, padded vocab), for tests",
-        partial(write_tiny_model, arch="qwen2"),
+        partial(write_tiny_model, arch="qwen2"), revision=3,
     ),
 }
 
@@ -84,13 +86,15 @@ def pull(name: str, *, force: bool = False) -> Path:
     if name not in KNOWN_MODELS:
         raise ValueError(f"unknown model {name!r}; {_known_names()}")
     target = models_dir() / name
-    if _is_hf_folder(target) and not force:
+    if _is_current(target, name) and not force:
         return target
+    force = force or target.exists()  # a stale revision is replaced
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=target.parent))
     try:
         KNOWN_MODELS[name].write(staging)
+        (staging / _REVISION_FILE).write_text(str(KNOWN_MODELS[name].revision))
         _make_readable(staging)
         _move_into_place(staging, target, replace=force)
     finally:
@@ -105,7 +109,7 @@ def resolve_model(name_or_path: str, *, auto_pull: bool = True) -> Path:
         return path
     if name_or_path in KNOWN_MODELS:
         target = models_dir() / name_or_path
-        if _is_hf_folder(target):
+        if _is_current(target, name_or_path):
             return target
         if auto_pull:
             return pull(name_or_path)
@@ -409,6 +413,18 @@ def _make_readable(folder: Path) -> None:
     folder.chmod(0o755)
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+_REVISION_FILE = ".jaxserve-revision"
+
+
+def _is_current(target: Path, name: str) -> bool:
+    """Pulled, and by the current revision of its writer (no marker file means revision 1)."""
+    if not _is_hf_folder(target):
+        return False
+    marker = target / _REVISION_FILE
+    revision = int(marker.read_text()) if marker.exists() else 1
+    return revision == KNOWN_MODELS[name].revision
 
 
 def _is_hf_folder(path: Path) -> bool:

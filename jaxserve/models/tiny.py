@@ -157,7 +157,10 @@ def _weights(config: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
 
     def normal(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+        # std 1/sqrt(last dim): layer outputs keep unit scale and outweigh the embedding in the
+        # residual stream, so greedy replies depend on the whole context instead of echoing the
+        # last token (which a tied, large embedding makes the model do)
+        return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
 
     d, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
     q = config["num_attention_heads"] * config["head_dim"]
