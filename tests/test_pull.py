@@ -97,7 +97,7 @@ def test_tiny_weights_depend_only_on_seed(tmp_path: Path) -> None:
     key = "model.layers.1.mlp.up_proj.weight"
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a[key], c[key])
-    assert a[key].dtype == np.float32 and 0.015 < a[key].std() < 0.025
+    assert a[key].dtype == np.float32 and 0.11 < a[key].std() < 0.14  # 1/sqrt(64)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
