@@ -39,3 +39,18 @@ def smollm2_dir() -> Path:
     from jaxserve.pull import resolve_model
 
     return resolve_model(os.environ.get("JAXSERVE_TEST_MODEL", "smollm2-135m-instruct"))
+
+
+def smollm2_overrides(model_dir: Path, backend: str) -> dict:
+    """A small-footprint SmolLM2 engine for tests: two buckets, 512-token context."""
+    return {"model.path": str(model_dir), "model.attention_backend": backend,
+            "model.max_model_len": 512, "cache.num_pages": 256,
+            "scheduler.max_num_seqs": 8, "scheduler.max_num_batched_tokens": 256,
+            "scheduler.token_buckets": [16, 256], "scheduler.seq_buckets": [8]}
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference_llm(smollm2_dir):
+    from jaxserve.llm import LLM
+
+    return LLM(None, progress=False, **smollm2_overrides(smollm2_dir, "reference"))

@@ -47,7 +47,7 @@ class ModelRunner:
             logits, kv_caches = model(input_ids, positions, kv_caches, md, logits_indices)
             return sample(logits, sm), kv_caches
 
-        self._step = jax.jit(step, donate_argnums=(1,))
+        self.step_fn = jax.jit(step, donate_argnums=(1,))
 
         def copy_pages(kv_caches, src, dst):  # src, dst: i32[C]; dst == num_pages pads
             return [kv.at[dst].set(kv[src], mode="drop") for kv in kv_caches]
@@ -55,7 +55,7 @@ class ModelRunner:
         self._copy_pages = jax.jit(copy_pages, donate_argnums=(0,))
 
     # ---- compilation -------------------------------------------------------------------------
-    def _device_args(self, inputs: StepInputs) -> tuple:
+    def device_args(self, inputs: StepInputs) -> tuple:
         md = AttentionMetadata(
             slot_mapping=inputs.slot_mapping, kv_lens=inputs.kv_lens,
             page_table=inputs.page_table, cu_q_lens=inputs.cu_q_lens, num_seqs=inputs.num_seqs,
@@ -66,9 +66,9 @@ class ModelRunner:
     def _compile(self, inputs: StepInputs):
         specs = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
-            self._device_args(inputs),
+            self.device_args(inputs),
         )
-        return self._step.lower(self.state, self.kv_caches, *specs).compile()
+        return self.step_fn.lower(self.state, self.kv_caches, *specs).compile()
 
     def warmup(self, padding_inputs: list[StepInputs], progress: bool = True) -> float:
         """Compile every bucket ahead of time; returns the seconds it took."""
@@ -97,7 +97,7 @@ class ModelRunner:
             if self._warm:
                 self.compilations_after_warmup += 1
         (tokens, logprobs, top_ids, top_lps), self.kv_caches = exe(
-            self.state, self.kv_caches, *self._device_args(inputs)
+            self.state, self.kv_caches, *self.device_args(inputs)
         )
         # the one device-to-host transfer of the step
         tokens, logprobs, top_ids, top_lps = jax.device_get((tokens, logprobs, top_ids, top_lps))

@@ -91,11 +91,8 @@ def assert_logits_close(ours: np.ndarray, theirs: np.ndarray) -> None:
     assert rel < 1e-4, f"max relative logit difference {rel:.2e}"
 
 
-def check_parity(model_dir, llm_overrides: dict, prompts: list[str]) -> None:
-    from jaxserve.llm import LLM
-
+def check_parity(model_dir, llm, prompts: list[str]) -> None:
     ref = hf_model(model_dir)
-    llm = LLM(None, progress=False, **llm_overrides)
     ids = [chat_ids(llm.tokenizer, p) for p in prompts]
     assert_logits_close(jax_prompt_logits(model_dir, ids[0]), hf_logits(ref, ids[0]))
     # ignore_eos: all 32 tokens are compared even where the reply would have ended
@@ -107,6 +104,7 @@ def check_parity(model_dir, llm_overrides: dict, prompts: list[str]) -> None:
 
 
 def test_tiny_qwen2_matches_transformers():
+    from jaxserve.llm import LLM
     from jaxserve.pull import resolve_model
 
     model_dir = resolve_model("tiny-random-qwen2")
@@ -114,13 +112,9 @@ def test_tiny_qwen2_matches_transformers():
                  "model.max_model_len": 256, "cache.page_size": 8, "cache.num_pages": 128,
                  "scheduler.max_num_seqs": 8, "scheduler.max_num_batched_tokens": 64,
                  "scheduler.token_buckets": [16, 64], "scheduler.seq_buckets": [8]}
-    check_parity(model_dir, overrides, CHATS[:4])
+    check_parity(model_dir, LLM(None, progress=False, **overrides), CHATS[:4])
 
 
 @pytest.mark.slow
-def test_smollm2_matches_transformers(smollm2_dir):
-    overrides = {"model.path": str(smollm2_dir), "model.attention_backend": "reference",
-                 "model.max_model_len": 512, "cache.num_pages": 256,
-                 "scheduler.max_num_seqs": 8, "scheduler.max_num_batched_tokens": 256,
-                 "scheduler.token_buckets": [16, 256], "scheduler.seq_buckets": [8]}
-    check_parity(smollm2_dir, overrides, CHATS)
+def test_smollm2_matches_transformers(smollm2_dir, smollm2_reference_llm):
+    check_parity(smollm2_dir, smollm2_reference_llm, CHATS)
