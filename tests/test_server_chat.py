@@ -83,7 +83,7 @@ def test_seeded_sampling_is_reproducible(http):
     again = chat(http, max_tokens=10, temperature=1.0, seed=1234, n=2)
     texts = [c["message"]["content"] for c in first["choices"]]
     assert texts == [c["message"]["content"] for c in again["choices"]]
-    assert texts[0] != texts[1]  # each sample has its own random stream
+    assert texts[0] != texts[1], first  # each sample has its own random stream
 
 
 @pytest.mark.parametrize("stream", [False, True])

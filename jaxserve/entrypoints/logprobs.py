@@ -55,8 +55,11 @@ def completion_logprobs(steps: list[StepLogprobs], token_str: TokenStrings,
     out = CompletionLogprobs(text_offset=[], token_logprobs=[], tokens=[], top_logprobs=[])
     for step in steps:
         token = token_str(step.token_id)
-        # the chosen token plus the top-k, best first, as vLLM: up to k + 1 entries
-        top = {token_str(alt.token_id): _finite(alt.logprob) for alt in step.top}
+        # the chosen token plus the top-k, as vLLM: up to k + 1 entries. Tokens that decode to
+        # the same string share a key; the likeliest keeps it (the top-k come best first).
+        top: dict[str, float] = {}
+        for alt in step.top:
+            top.setdefault(token_str(alt.token_id), _finite(alt.logprob))
         top.setdefault(token, _finite(step.logprob))
         out.tokens.append(token)
         out.token_logprobs.append(_finite(step.logprob))

@@ -44,10 +44,21 @@ def _build_in_background(config: Config, state: ServerState, server: uvicorn.Ser
     return thread
 
 
+def _log_to_stderr() -> None:
+    """jaxserve's own log lines, in the style of the build progress; other libraries' INFO
+    chatter (jax's backend probing) stays off."""
+    logger = logging.getLogger("jaxserve")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[jaxserve] %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def serve(config: Config) -> None:
     """Serve the OpenAI-compatible API; blocks until the server is told to stop."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="[jaxserve] %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     app = create_app(None, None, config)
     state: ServerState = app.state.server
     server = uvicorn.Server(uvicorn.Config(

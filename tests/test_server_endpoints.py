@@ -1,0 +1,81 @@
+"""The small endpoints: /v1/models, /health, /metrics, /tokenize, /detokenize, /version."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+import jaxserve
+
+pytest_plugins = ["tests.conftest_server"]
+
+
+def test_models(http, live_server):
+    body = http.get("/v1/models").json()
+    assert body["object"] == "list"
+    (card,) = body["data"]
+    assert card["id"] == live_server.model and card["object"] == "model"
+    assert card["max_model_len"] == live_server.max_model_len
+    client = openai.OpenAI(base_url=live_server.base_url, api_key=live_server.api_key)
+    assert [m.id for m in client.models.list()] == [live_server.model]
+
+
+def test_health_and_version(http):
+    health = http.get("/health")
+    assert health.status_code == 200 and health.content == b""
+    assert http.get("/version").json() == {"version": jaxserve.__version__}
+
+
+def test_metrics(http):
+    http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "m"}],
+                                            "max_tokens": 3, "ignore_eos": True})
+    response = http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for name in ("jaxserve:time_to_first_token_seconds_bucket",
+                 "jaxserve:inter_token_latency_seconds_bucket",
+                 "jaxserve:e2e_request_latency_seconds_bucket",
+                 "jaxserve:num_requests_running", "jaxserve:num_requests_waiting",
+                 "jaxserve:kv_cache_usage_perc", "jaxserve:num_preemptions_total",
+                 "jaxserve:prompt_tokens_total", "jaxserve:generation_tokens_total",
+                 "jaxserve:compilations_after_warmup_total"):
+        assert f"\n{name}{{" in text, name
+
+    def value(name: str) -> float:
+        line = next(x for x in text.splitlines() if x.startswith(name + "{"))
+        return float(line.rsplit(" ", 1)[1])
+
+    assert value("jaxserve:generation_tokens_total") >= 3
+    assert value("jaxserve:e2e_request_latency_seconds_count") >= 1
+    assert value("jaxserve:inter_token_latency_seconds_count") >= 2
+    assert value("jaxserve:compilations_after_warmup_total") == 0  # the buckets were enough
+
+
+def test_tokenize_prompt_and_detokenize(http, live_server):
+    body = http.post("/tokenize", json={"prompt": "héllo", "return_token_strs": True}).json()
+    expected = live_server.tokenizer("héllo", add_special_tokens=True).input_ids
+    assert body["tokens"] == expected and body["count"] == len(expected)
+    assert body["max_model_len"] == live_server.max_model_len
+    assert len(body["token_strs"]) == len(expected)
+    back = http.post("/detokenize", json={"tokens": body["tokens"]}).json()
+    assert back == {"prompt": "héllo"}
+
+
+def test_tokenize_messages_matches_chat_usage(http):
+    messages = [{"role": "user", "content": "count me"}]
+    count = http.post("/tokenize", json={"messages": messages}).json()["count"]
+    reply = http.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1})
+    assert reply.json()["usage"]["prompt_tokens"] == count
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/tokenize", {}),
+    ("/tokenize", {"prompt": "x", "model": "other"}),
+    ("/detokenize", {"tokens": [-1]}),
+    ("/detokenize", {"tokens": "abc"}),
+])
+def test_tokenize_errors(http, path, body):
+    response = http.post(path, json=body)
+    assert response.status_code in (400, 404)
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}

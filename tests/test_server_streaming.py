@@ -1,0 +1,96 @@
+"""Streams under load and clients that go away: many concurrent streams, a dropped stream, a
+dropped non-streamed request, a client that stops reading."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+pytest_plugins = ["tests.conftest_server"]
+
+HELLO = [{"role": "user", "content": "Tell me a story"}]
+
+
+def test_16_concurrent_streams(http, live_server):
+    reference = http.post("/v1/chat/completions", json={
+        "messages": HELLO, "max_tokens": 8, "temperature": 0, "ignore_eos": True}).json()
+    expected = reference["choices"][0]["message"]["content"]
+
+    async def one(client: httpx.AsyncClient) -> tuple[str, list[str], str]:
+        body = {"messages": HELLO, "max_tokens": 8, "temperature": 0, "ignore_eos": True,
+                "stream": True}
+        text, finishes, last = "", [], ""
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if not line:
+                    continue
+                last = line
+                if line == "data: [DONE]":
+                    continue
+                chunk = httpx.Response(200, content=line[6:]).json()
+                for choice in chunk["choices"]:
+                    text += choice["delta"].get("content", "")
+                    if choice["finish_reason"]:
+                        finishes.append(choice["finish_reason"])
+        return text, finishes, last
+
+    async def main():
+        async with httpx.AsyncClient(base_url=live_server.url, timeout=120,
+                                     headers={"Authorization": f"Bearer {live_server.api_key}"},
+                                     limits=httpx.Limits(max_connections=32)) as client:
+            return await asyncio.gather(*(one(client) for _ in range(16)))
+
+    for text, finishes, last in asyncio.run(main()):
+        assert text == expected
+        assert finishes == ["length"]
+        assert last == "data: [DONE]"
+
+
+def _generated(live_server) -> int:
+    return live_server.engine.stats.generation_tokens
+
+
+def test_dropped_stream_frees_its_pages(live_server):
+    max_tokens = live_server.max_model_len - 120  # far more than the few steps before the drop
+    before = _generated(live_server)
+    headers = {"Authorization": f"Bearer {live_server.api_key}"}
+    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+        body = {"messages": HELLO, "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            events = 0
+            for line in response.iter_lines():
+                events += line.startswith("data: ")
+                if events == 3:
+                    break  # leaving the block closes the connection mid-stream
+    live_server.wait_idle()
+    assert _generated(live_server) - before < max_tokens // 2  # aborted, not run to the end
+
+
+def test_dropped_plain_request_is_aborted(live_server):
+    max_tokens = live_server.max_model_len - 120
+    before = _generated(live_server)
+    headers = {"Authorization": f"Bearer {live_server.api_key}"}
+    with (httpx.Client(base_url=live_server.url, headers=headers, timeout=0.5) as client,
+          pytest.raises(httpx.ReadTimeout)):
+        client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": max_tokens,
+                                             "ignore_eos": True, "n": 2})
+    live_server.wait_idle()
+    assert _generated(live_server) - before < max_tokens  # two samples, far from the end
+
+
+def test_client_that_stops_reading_does_not_stall_others(http, live_server):
+    headers = {"Authorization": f"Bearer {live_server.api_key}"}
+    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as slow:
+        body = {"messages": HELLO, "max_tokens": 64, "ignore_eos": True, "stream": True}
+        with slow.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = response.iter_lines()
+            next(lines)  # one line, then not another until the others are done
+            for _ in range(3):
+                reply = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 4},
+                                  timeout=20)
+                assert reply.status_code == 200
+            rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
