@@ -53,6 +53,7 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class CacheConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     page_size: int = 16  # tokens per KV page
     num_pages: int = 1024  # pages in the whole cache, shared by all sequences
+    enable_prefix_caching: bool = True  # reuse the K/V of full pages of a prompt seen before
 
     def __post_init__(self) -> None:
         _check(self.page_size >= 1 and self.page_size & (self.page_size - 1) == 0,

@@ -91,3 +91,12 @@ def test_pages_return_after_abort_and_preemption(tiny_llm):
     assert not engine.has_unfinished_requests()
     assert engine.scheduler.num_preemptions > 0
     engine.allocator.check_all_free()
+
+
+def test_prefix_cache_hit_gives_the_same_tokens(tiny_llm):
+    params = SamplingParams(temperature=0, max_tokens=8)
+    text = "a shared system prompt that spans several pages " * 3
+    first = tiny_llm.generate([text + "question one"], params)[0]
+    second = tiny_llm.generate([text + "question one"], params)[0]
+    assert second.num_cached_tokens >= 8 * (len(text) // 8) - 8
+    assert first.outputs[0].token_ids == second.outputs[0].token_ids

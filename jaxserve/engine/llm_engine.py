@@ -66,7 +66,8 @@ class LLMEngine:
         self.vocab_size = vocab_size
         self.eos_token_ids = eos_token_ids
         cache = config.cache
-        self.allocator = PageAllocator(cache.num_pages, cache.page_size)
+        self.allocator = PageAllocator(cache.num_pages, cache.page_size,
+                                       cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.allocator)
         self.inputs = StepInputBuilder(
             token_buckets=config.scheduler.token_buckets,
@@ -215,4 +216,5 @@ class LLMEngine:
             return None
         return RequestOutput(request_id=request.request_id,
                              prompt_token_ids=request.prompt_token_ids, outputs=completions,
-                             finished=request.is_finished)
+                             finished=request.is_finished,
+                             num_cached_tokens=request.seqs[0].num_cached_tokens)

@@ -1,12 +1,20 @@
-"""The KV page allocator: a free list with reference counts (host side, no jax).
+"""The KV page allocator: reference counts, an LRU free list and a prefix cache (host side, no
+jax).
 
 A page is shared when several sequences point at it: the n samples of one prompt share its full
-pages. A page returns to the free list when its last holder frees it.
+pages, and so do requests whose prompts start alike. Every full page is known by a key that chains
+the key of the page before it with the page's own tokens, so one key names one whole prefix. A page
+whose last holder frees it goes to the end of the free list but keeps its key and its K/V: until it
+is handed out again (from the front: least recently freed first) a new sequence with the same prefix
+takes it back instead of recomputing it.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
+from typing import Hashable
+
+PageKey = tuple[Hashable, tuple[int, ...]]  # (key of the previous page or None, this page's tokens)
 
 
 class OutOfPages(RuntimeError):
@@ -14,11 +22,15 @@ class OutOfPages(RuntimeError):
 
 
 class PageAllocator:
-    def __init__(self, num_pages: int, page_size: int):
+    def __init__(self, num_pages: int, page_size: int, enable_prefix_caching: bool = True):
         self.num_pages = num_pages
         self.page_size = page_size
+        self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_pages
-        self.free_pages: deque[int] = deque(range(num_pages))
+        self.free_pages: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_pages))
+        self.cached: dict[PageKey, int] = {}  # prefix key -> page holding that prefix's last page
+        self.page_keys: list[PageKey | None] = [None] * num_pages
+        self.num_cache_hits = 0  # pages taken from the cache instead of being recomputed
 
     @property
     def num_free_pages(self) -> int:
@@ -37,9 +49,15 @@ class PageAllocator:
     def allocate(self, num_pages: int) -> list[int]:
         if not self.can_allocate(num_pages):
             raise OutOfPages(f"asked for {num_pages} pages, {self.num_free_pages} free")
-        pages = [self.free_pages.popleft() for _ in range(num_pages)]
-        for page in pages:
+        pages = []
+        for _ in range(num_pages):
+            page, _ = self.free_pages.popitem(last=False)
+            key = self.page_keys[page]
+            if key is not None:  # evict: the page gets new contents
+                del self.cached[key]
+                self.page_keys[page] = None
             self.ref_counts[page] = 1
+            pages.append(page)
         return pages
 
     def share(self, pages: list[int]) -> list[int]:
@@ -54,10 +72,50 @@ class PageAllocator:
             assert self.ref_counts[page] > 0, f"double free of page {page}"
             self.ref_counts[page] -= 1
             if self.ref_counts[page] == 0:
-                self.free_pages.append(page)
+                self.free_pages[page] = None
+
+    # ---- prefix cache -------------------------------------------------------------------------
+    def page_key(self, previous: PageKey | None, tokens: list[int]) -> PageKey:
+        return (hash(previous) if previous is not None else None, tuple(tokens))
+
+    def lookup(self, token_ids: list[int]) -> tuple[list[int], list[PageKey]]:
+        """Take the pages of the longest cached prefix of token_ids (full pages only); returns
+        them with their keys."""
+        pages: list[int] = []
+        keys: list[PageKey] = []
+        if not self.enable_prefix_caching:
+            return pages, keys
+        for start in range(0, len(token_ids) - self.page_size + 1, self.page_size):
+            key = self.page_key(keys[-1] if keys else None, token_ids[start:start + self.page_size])
+            page = self.cached.get(key)
+            if page is None:
+                break
+            if self.ref_counts[page] == 0:
+                del self.free_pages[page]
+            self.ref_counts[page] += 1
+            pages.append(page)
+            keys.append(key)
+        self.num_cache_hits += len(pages)
+        return pages, keys
+
+    def register(self, keys: list[PageKey], token_ids: list[int], pages: list[int],
+                 num_full_pages: int) -> None:
+        """Extend a sequence's page keys to its first num_full_pages (now computed), offering
+        each new page to the cache."""
+        if not self.enable_prefix_caching:
+            return
+        ps = self.page_size
+        for i in range(len(keys), num_full_pages):
+            key = self.page_key(keys[-1] if keys else None, token_ids[i * ps:(i + 1) * ps])
+            keys.append(key)
+            page = pages[i]
+            if key not in self.cached and self.page_keys[page] is None:
+                self.cached[key] = page
+                self.page_keys[page] = key
 
     def check_all_free(self) -> None:
         """The allocator invariant once nothing runs: every page is back, none is held."""
         held = [p for p, c in enumerate(self.ref_counts) if c]
         assert not held, f"pages still held: {held[:16]}"
         assert sorted(self.free_pages) == list(range(self.num_pages)), "free list corrupted"
+        assert all(self.page_keys[p] == k for k, p in self.cached.items()), "cache index corrupted"

@@ -62,8 +62,7 @@ class Scheduler:
             self.running.remove(seq)
         elif seq.status is Status.WAITING:
             self.waiting.remove(seq)
-        self.allocator.free(seq.pages)
-        seq.pages = []
+        self._release_pages(seq)
         seq.status = Status.FINISHED
 
     @property
@@ -104,9 +103,12 @@ class Scheduler:
             slots = 1 + len(self._pending_forks(seq))
             if len(self.running) + self._reserved_slots() + slots > self.config.max_num_seqs:
                 break
+            if not seq.pages:
+                self._take_cached_prefix(seq)
             num_new = min(seq.num_uncomputed_tokens, budget)
             needed = self.allocator.pages_needed(seq.num_computed_tokens + num_new) - len(seq.pages)
             if not self.allocator.can_allocate(needed):
+                self._release_pages(seq)  # give the cached prefix back; it stays cached
                 break
             self.waiting.popleft()
             seq.status = Status.RUNNING
@@ -116,11 +118,29 @@ class Scheduler:
             budget -= num_new
         return out
 
+    def _take_cached_prefix(self, seq: Sequence) -> None:
+        # the last token is always computed: its logits are what the step is for
+        pages, keys = self.allocator.lookup(seq.token_ids[:-1])
+        seq.pages, seq.page_keys = pages, keys
+        seq.num_computed_tokens = len(pages) * self.allocator.page_size
+        if seq.num_preemptions == 0:
+            seq.num_cached_tokens = seq.num_computed_tokens
+
+    def _release_pages(self, seq: Sequence) -> None:
+        self.allocator.free(seq.pages)
+        seq.pages, seq.page_keys = [], []
+        seq.num_computed_tokens = 0
+
     def _schedule(self, seq: Sequence, num_new: int, out: SchedulerOutput, ids: set[int]) -> None:
         sample = seq.num_computed_tokens + num_new == seq.num_tokens
         out.scheduled.append(ScheduledSeq(seq, seq.num_computed_tokens, num_new, sample))
         ids.add(seq.seq_id)
         seq.num_computed_tokens += num_new
+        # pages this step fills are offered to the prefix cache now: a sequence that finds one
+        # later (or later in this step: every layer writes K/V before it attends) reads it after
+        # this step wrote it, since steps run in order
+        full = seq.num_computed_tokens // self.allocator.page_size
+        self.allocator.register(seq.page_keys, seq.token_ids, seq.pages, full)
         if sample:
             for fork in self._pending_forks(seq):
                 out.scheduled.append(ScheduledSeq(fork, 0, 0, True, logits_from=seq))
@@ -141,9 +161,7 @@ class Scheduler:
 
     def preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self.allocator.free(seq.pages)
-        seq.pages = []
-        seq.num_computed_tokens = 0
+        self._release_pages(seq)
         seq.num_preemptions += 1
         seq.status = Status.WAITING
         self.waiting.appendleft(seq)
@@ -155,11 +173,11 @@ class Scheduler:
         page_size = self.allocator.page_size
         num_full = fork.num_prompt_tokens // page_size
         fork.pages = self.allocator.share(leader.pages[:num_full])
+        fork.page_keys = leader.page_keys[:num_full]
         fork.status = Status.RUNNING
         if fork.num_prompt_tokens % page_size:
             if not self.allocator.can_allocate(1):  # no page for the copy: recompute later
-                self.allocator.free(fork.pages)
-                fork.pages = []
+                self._release_pages(fork)
                 fork.status = Status.WAITING
                 self.waiting.appendleft(fork)
                 return

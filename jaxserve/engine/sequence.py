@@ -35,6 +35,8 @@ class Sequence:
     status: Status = Status.WAITING
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
     pages: list[int] = field(default_factory=list)
+    page_keys: list = field(default_factory=list)  # prefix-cache keys of the full pages computed
+    num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
     finish_reason: str | None = None
     finish_emitted: bool = False  # the delta carrying finish_reason has gone out
     stop_reason: str | int | None = None

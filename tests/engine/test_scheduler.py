@@ -138,3 +138,29 @@ def test_request_errors_name_the_problem(tiny_tokenizer):
     with pytest.raises(RequestError, match="n must be at most"):
         engine.add_request("n", [1], SamplingParams(n=5))
     assert not engine.has_unfinished_requests()
+
+
+def test_prefix_cache_skips_computing_a_shared_prefix(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    prefix = list(range(100, 112))  # three full pages of 4
+    engine.add_request("a", prefix + [7, 8], SamplingParams(max_tokens=2, temperature=0))
+    run_all(engine)
+    engine.add_request("b", prefix + [9], SamplingParams(max_tokens=2, temperature=0))
+    outputs = []
+    while engine.has_unfinished_requests():
+        outputs += engine.step()
+    first = engine.runner.steps[-2]  # b's prefill
+    assert int(first.cu_q_lens[1]) == 1  # only the token after the cached prefix is computed
+    assert int(first.positions[0]) == 12
+    assert outputs[-1].num_cached_tokens == 12
+    assert [t for o in outputs for t in o.outputs[0].token_ids] == [10, 11]
+    engine.allocator.check_all_free()
+
+
+def test_prefix_caching_can_be_turned_off(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **{"cache.enable_prefix_caching": False})
+    prompt = list(range(100, 113))
+    for rid in ("a", "b"):
+        engine.add_request(rid, prompt, SamplingParams(max_tokens=1, temperature=0))
+        run_all(engine)
+    assert int(engine.runner.steps[-1].cu_q_lens[1]) == 13
