@@ -31,6 +31,7 @@ def merge_delta(total: RequestOutput | None, delta: RequestOutput) -> RequestOut
         acc.num_output_tokens = c.num_output_tokens
     total.outputs = [by_index[i] for i in sorted(by_index)]
     total.finished = delta.finished
+    total.num_cached_tokens = delta.num_cached_tokens
     return total
 
 
