@@ -12,6 +12,25 @@ import msgspec
 MAX_TOP_LOGPROBS = 20
 
 
+class StructuredOutputs(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One constraint on the output (vLLM's ``structured_outputs``); exactly one field is set."""
+
+    json: dict | str | None = None  # a JSON schema
+    json_object: bool = False  # any JSON object
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None  # Lark (or GBNF) grammar text
+
+    def validate(self) -> "StructuredOutputs":
+        given = [name for name in ("json", "regex", "choice", "grammar")
+                 if getattr(self, name) is not None] + (["json_object"] if self.json_object else [])
+        if len(given) != 1:
+            raise ValueError(f"structured_outputs must set exactly one constraint, got {given or 'none'}")
+        if self.choice is not None and not self.choice:
+            raise ValueError("structured_outputs.choice must not be empty")
+        return self
+
+
 class SamplingParams(msgspec.Struct, kw_only=True):
     n: int = 1
     temperature: float = 1.0  # 0 means greedy
@@ -32,6 +51,7 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     skip_special_tokens: bool = True
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token plus top-k
     prompt_logprobs: int | None = None
+    structured_outputs: StructuredOutputs | None = None  # constrained decoding
 
     @property
     def greedy(self) -> bool:
@@ -74,6 +94,8 @@ class SamplingParams(msgspec.Struct, kw_only=True):
             for token_id in self.stop_token_ids:
                 if not 0 <= token_id < vocab_size:
                     raise bad("stop_token_ids", f"has token id {token_id} outside [0, {vocab_size})")
+        if self.structured_outputs is not None:
+            self.structured_outputs.validate()
         if self.logit_bias:
             for token_id, bias in self.logit_bias.items():
                 if not -100.0 <= bias <= 100.0:

@@ -37,7 +37,7 @@ def test_full_model_step_exports_for_cuda(tiny_model_dir):
         token_buckets=config.scheduler.token_buckets, seq_buckets=config.scheduler.seq_buckets,
         page_size=config.cache.page_size,
         max_pages_per_seq=config.model.max_model_len // config.cache.page_size,
-        max_model_len=config.model.max_model_len, eos_token_ids=(2,),
+        max_model_len=config.model.max_model_len, eos_token_ids=(2,), vocab_size=cfg.vocab_size,
     )
     inputs = builder.padding_inputs((16, 8))
 

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from jaxserve.config import Config
+from jaxserve.engine.constraints import ConstraintFactory
 from jaxserve.engine.output_processor import OutputProcessor
 from jaxserve.engine.page_allocator import PageAllocator
 from jaxserve.engine.scheduler import Scheduler, SchedulerOutput
@@ -58,13 +59,15 @@ class EngineStats:
 
 class LLMEngine:
     def __init__(self, config: Config, runner: Runner, tokenizer, *, max_model_len: int,
-                 vocab_size: int, eos_token_ids: tuple[int, ...]):
+                 vocab_size: int, eos_token_ids: tuple[int, ...],
+                 constraint_factory: ConstraintFactory | None = None):
         self.config = config
         self.runner = runner
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
         self.eos_token_ids = eos_token_ids
+        self.constraint_factory = constraint_factory
         cache = config.cache
         self.allocator = PageAllocator(cache.num_pages, cache.page_size,
                                        cache.enable_prefix_caching)
@@ -76,6 +79,7 @@ class LLMEngine:
             max_pages_per_seq=-(-max_model_len // cache.page_size),
             max_model_len=max_model_len,
             eos_token_ids=eos_token_ids,
+            vocab_size=vocab_size,
         )
         self.outputs = OutputProcessor(tokenizer, eos_token_ids, max_model_len)
         self.requests: dict[str, Request] = {}
@@ -115,18 +119,31 @@ class LLMEngine:
             raise RequestError(f"the request needs {pages} KV pages but the cache has only "
                                f"{self.config.cache.num_pages}", code="context_length_exceeded")
 
+        constraints = [self._constraint(params) for _ in range(params.n)]
         request = Request(request_id, list(prompt_token_ids), params, max_tokens)
         for index in range(params.n):
             seq = Sequence(seq_id=next(self._seq_ids), request=request, index=index,
                            token_ids=list(prompt_token_ids), num_prompt_tokens=num_prompt,
                            rng_key=self._rng_key(params.seed, index),
-                           logprobs=[] if params.logprobs is not None else None)
+                           logprobs=[] if params.logprobs is not None else None,
+                           constraint=constraints[index])
             request.seqs.append(seq)
         self.requests[request_id] = request
         self.scheduler.add(request.seqs[0])
         for fork in request.seqs[1:]:
             fork.status = Status.FORK_PENDING
         self.stats.prompt_tokens += num_prompt
+
+    def _constraint(self, params: SamplingParams):
+        if params.structured_outputs is None:
+            return None
+        if self.constraint_factory is None:
+            raise RequestError("structured outputs are not available on this engine",
+                               param="structured_outputs")
+        try:
+            return self.constraint_factory(params)
+        except ValueError as exc:
+            raise RequestError(str(exc), param="response_format") from None
 
     def _rng_key(self, seed: int | None, index: int) -> np.ndarray:
         if seed is None:

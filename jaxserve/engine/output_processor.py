@@ -36,6 +36,8 @@ class OutputProcessor:
         """Add one sampled token to seq and decide whether it finishes the sequence."""
         params = seq.params
         seq.token_ids.append(token_id)
+        if seq.constraint is not None:
+            seq.constraint.accept_token(token_id)
         if logprobs is not None:
             if seq.logprobs is None:
                 seq.logprobs = []
@@ -49,6 +51,8 @@ class OutputProcessor:
             text = self._stream(seq).step(self.backend_tokenizer, token_id)
             if text:
                 self._add_text(seq, text)
+        if not seq.finish_reason and seq.constraint is not None and seq.constraint.is_terminated():
+            self._finish(seq, "stop", None)
         if not seq.finish_reason:
             if seq.num_output_tokens >= seq.request.max_tokens or seq.num_tokens >= self.max_model_len:
                 self._finish(seq, "length", None)

@@ -42,6 +42,7 @@ class Sequence:
     stop_reason: str | int | None = None
     logprobs: list[StepLogprobs] | None = None
     num_preemptions: int = 0
+    constraint: object | None = None  # a constraints.Constraint when the output is constrained
     # filled by the detokenizer
     output_text: str = ""
     num_emitted_tokens: int = 0

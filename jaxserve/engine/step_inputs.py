@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jaxserve.engine.buckets import pick_bucket
+from jaxserve.engine.constraints import bitmask_words
 from jaxserve.engine.scheduler import ScheduledSeq, SchedulerOutput
 
 MAX_BIAS_ENTRIES = 384  # logit_bias (<= 300) plus eos/stop ids suppressed for min_tokens
@@ -37,13 +38,15 @@ class StepInputs:
 
 class StepInputBuilder:
     def __init__(self, *, token_buckets: list[int], seq_buckets: list[int], page_size: int,
-                 max_pages_per_seq: int, max_model_len: int, eos_token_ids: tuple[int, ...]):
+                 max_pages_per_seq: int, max_model_len: int, eos_token_ids: tuple[int, ...],
+                 vocab_size: int):
         self.token_buckets = token_buckets
         self.seq_buckets = seq_buckets
         self.page_size = page_size
         self.max_pages_per_seq = max_pages_per_seq
         self.max_model_len = max_model_len
         self.eos_token_ids = eos_token_ids
+        self.bitmask_words = bitmask_words(vocab_size)
 
     def padding_inputs(self, bucket: tuple[int, int]) -> StepInputs:
         """All-padding inputs of one bucket: the shapes to compile it ahead of time."""
@@ -110,6 +113,9 @@ class StepInputBuilder:
         num_prompt = np.zeros(s_pad, np.int32)
         any_penalty = False
         penalty_rows = []
+        # all bits set: every token allowed; constrained rows get their grammar's mask
+        token_bitmask = np.full((s_pad, self.bitmask_words), -1, np.int32)
+        any_mask = False
         for row, s in enumerate(rows):
             seq, p = s.seq, s.seq.params
             temperature[row] = p.temperature
@@ -130,6 +136,9 @@ class StepInputBuilder:
                 ids = list(bias)[:MAX_BIAS_ENTRIES]
                 bias_ids[row, :len(ids)] = ids
                 bias_values[row, :len(ids)] = [bias[i] for i in ids]
+            if seq.constraint is not None:
+                seq.constraint.fill_bitmask(token_bitmask, row)
+                any_mask = True
             if p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0:
                 any_penalty = True
                 penalty_rows.append((row, seq))
@@ -146,4 +155,5 @@ class StepInputBuilder:
             any_random=np.array(bool((temperature > 0).any())),
             any_filter=np.array(bool(((top_p < 1) | (top_k > 0)).any())),
             any_penalty=np.array(any_penalty),
+            token_bitmask=token_bitmask, any_mask=np.array(any_mask),
         )

@@ -33,6 +33,14 @@ def _apply_penalties(logits: jax.Array, sm: SamplingMetadata) -> jax.Array:  # f
     return logits
 
 
+def _apply_bitmask(logits: jax.Array, sm: SamplingMetadata) -> jax.Array:  # f32[R, V]
+    vocab = logits.shape[1]
+    ids = jnp.arange(vocab, dtype=jnp.int32)
+    words = sm.token_bitmask[:, ids // 32]  # i32[R, V]
+    allowed = (jnp.right_shift(words, ids % 32) & 1) == 1  # arithmetic shift: bit 31 works too
+    return jnp.where(allowed, logits, _NEG_INF)
+
+
 def _top_k_top_p_mask(logits: jax.Array, sm: SamplingMetadata) -> jax.Array:  # f32[R, V]
     vocab = logits.shape[1]
     sorted_desc = -jnp.sort(-logits, axis=-1)  # f32[R, V]
@@ -69,6 +77,8 @@ def sample(
     row_ids = jnp.broadcast_to(jnp.arange(rows)[:, None], sm.bias_ids.shape)
     safe_bias_ids = jnp.where(sm.bias_ids < 0, vocab, sm.bias_ids)
     x = x.at[row_ids, safe_bias_ids].add(sm.bias_values, mode="drop")
+    # the grammar comes last, so no bias or penalty can push a forbidden token back in
+    x = jax.lax.cond(sm.any_mask, _apply_bitmask, lambda lg, _: lg, x, sm)
     greedy_tokens = jnp.argmax(x, axis=-1).astype(jnp.int32)  # i32[R]
 
     def draw(x):

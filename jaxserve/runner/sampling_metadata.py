@@ -26,3 +26,5 @@ class SamplingMetadata:
     any_random: jax.Array  # bool[]: some row samples (temperature > 0)
     any_filter: jax.Array  # bool[]: some row uses top_p or top_k (needs a sort)
     any_penalty: jax.Array  # bool[]: some row uses a penalty (needs token counts)
+    token_bitmask: jax.Array  # i32[R, ceil(V / 32)]: bit t % 32 of word t // 32 allows token t
+    any_mask: jax.Array  # bool[]: some row is constrained by a grammar

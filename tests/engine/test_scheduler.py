@@ -164,3 +164,46 @@ def test_prefix_caching_can_be_turned_off(tiny_tokenizer):
         engine.add_request(rid, prompt, SamplingParams(max_tokens=1, temperature=0))
         run_all(engine)
     assert int(engine.runner.steps[-1].cu_q_lens[1]) == 13
+
+
+class OnlyThenStop:
+    """A hand-made constraint: allows exactly the given tokens in order, then is done."""
+
+    def __init__(self, tokens):
+        self.tokens = list(tokens)
+
+    def fill_bitmask(self, bitmask, row):
+        bitmask[row] = 0
+        bitmask[row, self.tokens[0] // 32] = 1 << (self.tokens[0] % 32)
+
+    def accept_token(self, token_id):
+        assert token_id == self.tokens.pop(0)
+
+    def is_terminated(self):
+        return not self.tokens
+
+
+def test_constraint_masks_rows_and_finishes_the_sequence(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    engine.constraint_factory = lambda params: OnlyThenStop([13, 14])
+    from jaxserve.sampling_params import StructuredOutputs
+
+    params = SamplingParams(max_tokens=10, temperature=0,
+                            structured_outputs=StructuredOutputs(regex="x"))
+    engine.add_request("c", [10, 11, 12], params)  # the fake rule yields 13, 14, ...
+    engine.add_request("free", [50], SamplingParams(max_tokens=3, temperature=0))
+    out = run_all(engine)
+    assert out == {"c": [[13, 14]], "free": [[51, 52, 53]]}
+    first = engine.runner.steps[0].sampling
+    assert bool(first["any_mask"])
+    assert first["token_bitmask"][0, 0] == 1 << 13 and (first["token_bitmask"][1] == -1).all()
+
+
+def test_structured_outputs_without_a_factory_is_a_clear_error(tiny_tokenizer):
+    from jaxserve.sampling_params import StructuredOutputs
+
+    engine = make_engine(tiny_tokenizer)
+    with pytest.raises(RequestError, match="structured outputs"):
+        engine.add_request("c", [1], SamplingParams(structured_outputs=StructuredOutputs(regex="a")))
+    with pytest.raises(ValueError, match="exactly one"):
+        SamplingParams(structured_outputs=StructuredOutputs(regex="a", choice=["b"])).validate()

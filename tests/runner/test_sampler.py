@@ -22,6 +22,7 @@ def metadata(rows: int, **fields) -> SamplingMetadata:
         rng_keys=np.stack([np.array([7, i], np.uint32) for i in range(rows)]),
         rng_steps=np.zeros(rows, np.int32), history=np.full((rows, 8), -1, np.int32),
         num_prompt_tokens=np.zeros(rows, np.int32),
+        token_bitmask=np.full((rows, V // 32), -1, np.int32),
     )
     base.update({k: np.asarray(v) for k, v in fields.items()})
     base["any_random"] = np.array(bool((base["temperature"] > 0).any()))
@@ -29,6 +30,7 @@ def metadata(rows: int, **fields) -> SamplingMetadata:
     base["any_penalty"] = np.array(bool((base["presence_penalty"] != 0).any()
                                         or (base["frequency_penalty"] != 0).any()
                                         or (base["repetition_penalty"] != 1).any()))
+    base["any_mask"] = np.array(bool((base["token_bitmask"] != -1).any()))
     return SamplingMetadata(**base)
 
 
@@ -115,3 +117,18 @@ def test_draws_follow_the_softmax(temperature):
     p /= p.sum()
     freq = np.bincount(tokens, minlength=3)[:3] / rows
     np.testing.assert_allclose(freq, p, atol=0.07)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_grammar_bitmask_allows_only_its_tokens(temperature):
+    logits = random_logits(2, seed=6)
+    mask = np.zeros((2, V // 32), np.uint32)
+    mask[0, 1] = 1 << 3  # row 0: only token 35
+    mask[1, :] = 0xFFFFFFFF
+    mask[1, 1] = 0x7FFFFFFF  # row 1: everything but token 63
+    logits[1, 63] = 100.0
+    for step in range(8):
+        sm = metadata(2, temperature=np.full(2, temperature, np.float32),
+                      token_bitmask=mask.view(np.int32), rng_steps=[step, step])
+        tokens = jax.device_get(_sample(logits, sm)[0])
+        assert tokens[0] == 35 and tokens[1] != 63
