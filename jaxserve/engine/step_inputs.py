@@ -156,4 +156,5 @@ class StepInputBuilder:
             any_filter=np.array(bool(((top_p < 1) | (top_k > 0)).any())),
             any_penalty=np.array(any_penalty),
             token_bitmask=token_bitmask, any_mask=np.array(any_mask),
+            any_logprobs=np.array(any(s.seq.params.logprobs is not None for s in rows)),
         )

@@ -69,10 +69,6 @@ def sample(
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Returns token i32[R], its logprob f32[R], top ids i32[R, 20] and top logprobs f32[R, 20]."""
     rows, vocab = logits.shape
-    # logprobs describe the model's own distribution, before any sampling parameter (as vLLM)
-    logprobs = jax.nn.log_softmax(logits, axis=-1)  # f32[R, V]
-    top_logprobs, top_ids = jax.lax.top_k(logprobs, NUM_TOP_LOGPROBS)  # f32[R, 20], i32[R, 20]
-
     x = jax.lax.cond(sm.any_penalty, _apply_penalties, lambda lg, _: lg, logits, sm)
     row_ids = jnp.broadcast_to(jnp.arange(rows)[:, None], sm.bias_ids.shape)
     safe_bias_ids = jnp.where(sm.bias_ids < 0, vocab, sm.bias_ids)
@@ -94,5 +90,18 @@ def sample(
         return jnp.where(greedy, greedy_tokens, drawn)
 
     tokens = jax.lax.cond(sm.any_random, draw, lambda _: greedy_tokens, x)
-    token_logprobs = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]  # f32[R]
-    return tokens, token_logprobs, top_ids.astype(jnp.int32), top_logprobs
+
+    def with_logprobs(tokens):
+        # logprobs describe the model's own distribution, before any sampling parameter (as vLLM)
+        logprobs = jax.nn.log_softmax(logits, axis=-1)  # f32[R, V]
+        top_logprobs, top_ids = jax.lax.top_k(logprobs, NUM_TOP_LOGPROBS)  # f32[R, 20], i32[R, 20]
+        token_logprobs = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]  # f32[R]
+        return token_logprobs, top_ids.astype(jnp.int32), top_logprobs
+
+    def without(tokens):  # a full-vocab softmax and top-k cost more than the rest of sampling
+        return (jnp.zeros((rows,), jnp.float32), jnp.zeros((rows, NUM_TOP_LOGPROBS), jnp.int32),
+                jnp.zeros((rows, NUM_TOP_LOGPROBS), jnp.float32))
+
+    token_logprobs, top_ids, top_logprobs = jax.lax.cond(sm.any_logprobs, with_logprobs, without,
+                                                         tokens)
+    return tokens, token_logprobs, top_ids, top_logprobs

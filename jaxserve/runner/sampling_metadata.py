@@ -28,3 +28,4 @@ class SamplingMetadata:
     any_penalty: jax.Array  # bool[]: some row uses a penalty (needs token counts)
     token_bitmask: jax.Array  # i32[R, ceil(V / 32)]: bit t % 32 of word t // 32 allows token t
     any_mask: jax.Array  # bool[]: some row is constrained by a grammar
+    any_logprobs: jax.Array  # bool[]: some row wants logprobs

@@ -31,6 +31,7 @@ def metadata(rows: int, **fields) -> SamplingMetadata:
                                         or (base["frequency_penalty"] != 0).any()
                                         or (base["repetition_penalty"] != 1).any()))
     base["any_mask"] = np.array(bool((base["token_bitmask"] != -1).any()))
+    base["any_logprobs"] = np.array(True)
     return SamplingMetadata(**base)
 
 
@@ -132,3 +133,12 @@ def test_grammar_bitmask_allows_only_its_tokens(temperature):
                       token_bitmask=mask.view(np.int32), rng_steps=[step, step])
         tokens = jax.device_get(_sample(logits, sm)[0])
         assert tokens[0] == 35 and tokens[1] != 63
+
+
+def test_logprobs_are_skipped_when_no_row_wants_them():
+    logits = random_logits(2, seed=7)
+    sm = metadata(2)
+    sm = SamplingMetadata(**{**sm.__dict__, "any_logprobs": np.array(False)})
+    tokens, lp, top_ids, top_lp = jax.device_get(_sample(logits, sm))
+    np.testing.assert_array_equal(tokens, logits.argmax(-1))
+    assert not lp.any() and not top_ids.any() and not top_lp.any()
