@@ -1,0 +1,203 @@
+"""bench_serving.py against an in-process fake OpenAI streaming server with known delays.
+
+The fake sends its first chunk TTFT_S after the request and each later one ITL_S after the
+previous, so the measured TTFT, ITL, TPOT and E2E have known lower bounds and, on an idle
+event loop, sit just above them. The metrics math is also checked on hand-made results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import bench_serving as bs
+
+TTFT_S, ITL_S, NUM_TOKENS = 0.20, 0.05, 5
+SLACK_S = 0.15  # scheduling noise allowed on a loaded 2-core machine
+
+
+async def fake_completions(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           *, send_usage: bool, seen: list[dict]) -> None:
+    """One POST /v1/completions answered as an SSE stream; the connection closes after it."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    body = json.loads(await reader.readexactly(length))
+    seen.append(body)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+    for i in range(body["max_tokens"]):
+        await asyncio.sleep(TTFT_S if i == 0 else ITL_S)
+        last = i == body["max_tokens"] - 1
+        choice = {"index": 0, "text": f"t{i}", "finish_reason": "length" if last else None}
+        writer.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
+        await writer.drain()
+    if send_usage:
+        usage = {"prompt_tokens": 3, "completion_tokens": body["max_tokens"]}
+        writer.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+    writer.write(b"data: [DONE]\n\n")
+    await writer.drain()
+    writer.close()
+
+
+async def bench_fake(argv: list[str], send_usage: bool = True) -> tuple[dict, list[dict]]:
+    seen: list[dict] = []
+
+    async def handle(reader, writer):
+        await fake_completions(reader, writer, send_usage=send_usage, seen=seen)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    args = bs.parser().parse_args(["--base-url", f"http://127.0.0.1:{port}", *argv])
+    prompts = [bs.Prompt("a b c", 3)] * args.num_prompts
+    async with server, httpx.AsyncClient(timeout=10) as client:
+        url = args.base_url + args.endpoint
+
+        async def send(prompt):
+            return await bs.stream_completion(client, url, bs.request_body(args, prompt, [2, 0]),
+                                              prompt.num_tokens)
+
+        level = await bs.run_level(send, prompts, [], concurrency=args.concurrency[0],
+                                   rate=args.request_rate, max_duration=20, seed=0,
+                                   progress=False)
+    return level, seen
+
+
+def test_known_delays_give_known_ttft_itl_tpot_e2e():
+    level, seen = asyncio.run(bench_fake(["--concurrency", "2", "--num-prompts", "4",
+                                          "--output-len", str(NUM_TOKENS)]))
+    assert level["completed"] == 4 and level["failed"] == 0
+    assert level["total_output_tokens"] == 4 * NUM_TOKENS
+    assert level["total_input_tokens"] == 4 * 3
+    for p in ("p50", "p99"):
+        assert TTFT_S * 1000 <= level[f"{p}_ttft_ms"] < (TTFT_S + SLACK_S) * 1000
+        assert ITL_S * 1000 * 0.9 <= level[f"{p}_itl_ms"] < (ITL_S + SLACK_S) * 1000
+        assert ITL_S * 1000 <= level[f"{p}_tpot_ms"] < (ITL_S + SLACK_S) * 1000
+    e2e = TTFT_S + (NUM_TOKENS - 1) * ITL_S
+    assert e2e * 1000 <= level["p50_e2el_ms"] < (e2e + SLACK_S) * 1000
+    # two waves of two concurrent requests: about 2 * e2e of wall time
+    assert 2 * e2e <= level["duration_s"] < 2 * e2e + 2 * SLACK_S
+    assert level["output_throughput"] == pytest.approx(
+        level["total_output_tokens"] / level["duration_s"])
+    body = seen[0]
+    assert body["stream"] and body["temperature"] == 0.0 and body["ignore_eos"] is True
+    assert body["stream_options"] == {"include_usage": True} and "logit_bias" not in body
+
+
+def test_eos_bias_and_no_usage_count_max_tokens():
+    """llama.cpp's way: logit_bias on eos instead of ignore_eos, and no usage chunk."""
+    level, seen = asyncio.run(bench_fake(["--num-prompts", "1", "--output-len", "3",
+                                          "--eos-bias"], send_usage=False))
+    assert level["completed"] == 1 and level["total_output_tokens"] == 3
+    assert seen[0]["logit_bias"] == {"2": -100, "0": -100} and "ignore_eos" not in seen[0]
+
+
+def test_poisson_rate_sends_every_prompt():
+    level, seen = asyncio.run(bench_fake(["--request-rate", "50", "--num-prompts", "3",
+                                          "--output-len", "2"]))
+    assert level["completed"] == 3 and level["request_rate"] == 50 and len(seen) == 3
+
+
+def test_http_error_fails_the_request_not_the_run():
+    async def run():
+        async def handle(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n"
+                         b"Connection: close\r\n\r\n{}")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, httpx.AsyncClient(timeout=5) as client:
+            return await bs.stream_completion(client, f"http://127.0.0.1:{port}/v1/completions",
+                                              {"max_tokens": 1}, 1)
+
+    result = asyncio.run(run())
+    assert not result.ok and result.error.startswith("HTTP 404")
+    level = bs.summarize([result], 1.0)
+    assert level["completed"] == 0 and level["failed"] == 1 and math.isnan(level["p50_ttft_ms"])
+
+
+def test_summarize_matches_vllm_definitions():
+    results = [
+        bs.RequestResult(ok=True, prompt_tokens=10, output_tokens=3, ttft=0.1, e2e=0.5,
+                         itl=[0.2, 0.2]),
+        bs.RequestResult(ok=True, prompt_tokens=10, output_tokens=5, ttft=0.3, e2e=0.7,
+                         itl=[0.1] * 4),
+        bs.RequestResult(ok=True, prompt_tokens=10, output_tokens=1, ttft=0.2, e2e=0.2),
+        bs.RequestResult(ok=False, prompt_tokens=10, error="boom"),
+    ]
+    level = bs.summarize(results, duration=2.0)
+    assert level["completed"] == 3 and level["failed"] == 1 and level["errors"] == ["boom"]
+    assert level["output_throughput"] == pytest.approx(9 / 2.0)
+    assert level["total_token_throughput"] == pytest.approx((30 + 9) / 2.0)
+    assert level["request_throughput"] == pytest.approx(1.5)
+    # TPOT skips one-token requests: (0.5-0.1)/2 = 200 ms and (0.7-0.3)/4 = 100 ms
+    assert level["mean_tpot_ms"] == pytest.approx(150.0)
+    assert level["p50_tpot_ms"] == pytest.approx(150.0)
+    assert level["p99_tpot_ms"] == pytest.approx(100 + 0.99 * 100)
+    assert level["mean_itl_ms"] == pytest.approx((0.4 + 0.4) / 6 * 1000)
+    assert level["p50_ttft_ms"] == pytest.approx(200.0)
+    assert level["p50_e2el_ms"] == pytest.approx(500.0)
+
+
+def test_argument_parsing():
+    args = bs.parser().parse_args([])
+    assert args.concurrency == [1] and args.request_rate is None and not args.eos_bias
+    assert (args.input_len, args.output_len, args.prompt_format) == (128, 128, "text")
+    args = bs.parser().parse_args(["--concurrency", "1,4,16", "--request-rate", "2.5",
+                                   "--eos-bias", "--prompt-format", "ids"])
+    assert args.concurrency == [1, 4, 16] and args.request_rate == 2.5 and args.eos_bias
+    for bad in ("0", "1,x", ""):
+        with pytest.raises(SystemExit):
+            bs.parser().parse_args(["--concurrency", bad])
+
+
+class RawTokenizer:
+    """The byte-level BPE of the tiny model through `tokenizers` alone: the calls
+    random_prompts makes, without the seconds that importing transformers costs."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(str(path))
+        self.all_special_ids = [i for i, t in self.tok.get_added_tokens_decoder().items()
+                                if t.special]
+
+    def __len__(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+
+def test_random_prompts_have_the_exact_token_count(tiny_model_dir):
+    tokenizer = RawTokenizer(tiny_model_dir / "tokenizer.json")
+    assert tokenizer.all_special_ids
+    for as_text in (True, False):
+        prompts = bs.random_prompts(tokenizer, 4, 32, seed=1, as_text=as_text)
+        assert len({str(p.prompt) for p in prompts}) == 4
+        for p in prompts:
+            ids = tokenizer.encode(p.prompt) if as_text else p.prompt
+            assert len(ids) == p.num_tokens == 32
+            assert not set(ids) & set(tokenizer.all_special_ids)
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    levels = [{"concurrency": c, "request_rate": None, "output_throughput": 10.0 * c,
+               "total_token_throughput": 20.0 * c,
+               **{f"p{p}_{m}_ms": float(c * p) for p in (50, 99)
+                  for m in ("ttft", "tpot", "e2el")}} for c in (1, 4, 16)]
+    bs.plot(levels, tmp_path / "x.png", "fake")
+    assert (tmp_path / "x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
