@@ -1,0 +1,159 @@
+"""The llguidance constraint factory: masks, EOS, padding ids, errors, the compiled-grammar cache.
+
+A "random model" walks each grammar by drawing uniformly among the tokens the mask allows, which
+is the worst case for a grammar (no language model keeps it on the likely path); whatever it
+writes must still match.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from jaxserve.engine.constraints import bitmask_words
+from jaxserve.pull import resolve_model
+from jaxserve.sampling_params import SamplingParams, StructuredOutputs
+from jaxserve.structured import GrammarBackend, GrammarError
+
+EOS = 2
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_tokenizer):
+    return GrammarBackend(tiny_tokenizer, len(tiny_tokenizer), (EOS,))
+
+
+def allowed(bitmask: np.ndarray, row: int, vocab: int) -> np.ndarray:
+    bits = (bitmask[row].view(np.uint32)[:, None] >> np.arange(32, dtype=np.uint32)) & 1
+    return np.flatnonzero(bits.reshape(-1)[:vocab])
+
+
+def random_walk(backend: GrammarBackend, so: StructuredOutputs, tokenizer, seed: int,
+                max_tokens: int = 400) -> tuple[str, bool]:
+    """Text the random model writes under the constraint, and whether it ended by itself."""
+    constraint = backend(SamplingParams(structured_outputs=so))
+    rng = np.random.default_rng(seed)
+    vocab = backend.vocab_size
+    bitmask = np.full((3, bitmask_words(vocab)), -1, np.int32)
+    tokens = []
+    for _ in range(max_tokens):
+        constraint.fill_bitmask(bitmask, 1)
+        choices = allowed(bitmask, 1, vocab)
+        assert len(choices), "the grammar allowed nothing"
+        # prefer ending when allowed half the time, so walks finish
+        token = EOS if EOS in choices and rng.random() < 0.5 else int(rng.choice(choices))
+        constraint.accept_token(token)
+        if token == EOS:
+            return tokenizer.decode(tokens), True
+        tokens.append(token)
+        if constraint.is_terminated():
+            return tokenizer.decode(tokens), True
+    return tokenizer.decode(tokens), False
+
+
+SCHEMA = {"type": "object",
+          "properties": {"id": {"type": "integer", "minimum": 1, "maximum": 99},
+                         "tag": {"enum": ["a", "b"]},
+                         "code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]$"}},
+          "required": ["id", "tag", "code"], "additionalProperties": False}
+
+
+def test_json_schema_walks_validate(backend, tiny_tokenizer):
+    for seed in range(10):
+        text, ended = random_walk(backend, StructuredOutputs(json=SCHEMA), tiny_tokenizer, seed)
+        assert ended, text
+        jsonschema.validate(json.loads(text), SCHEMA)
+
+
+def test_json_object_walks_parse(backend, tiny_tokenizer):
+    so = StructuredOutputs(json_object=True)
+    for seed in range(5):
+        text, ended = random_walk(backend, so, tiny_tokenizer, seed, max_tokens=2000)
+        assert ended and isinstance(json.loads(text), dict), text
+
+
+def test_regex_and_choice_walks_match(backend, tiny_tokenizer):
+    for seed in range(10):
+        text, ended = random_walk(backend, StructuredOutputs(regex=r"[a-c]{2,4}-\d\d"),
+                                  tiny_tokenizer, seed)
+        assert ended and re.fullmatch(r"[a-c]{2,4}-\d\d", text), text
+        text, ended = random_walk(backend, StructuredOutputs(choice=["yes", "no", "maybe"]),
+                                  tiny_tokenizer, seed)
+        assert ended and text in ("yes", "no", "maybe"), text
+
+
+def test_lark_grammar_walks_match(backend, tiny_tokenizer):
+    grammar = 'start: "(" num ("+" num)* ")"\nnum: /[0-9]{1,3}/'
+    for seed in range(10):
+        text, ended = random_walk(backend, StructuredOutputs(grammar=grammar), tiny_tokenizer,
+                                  seed)
+        assert ended and re.fullmatch(r"\(\d{1,3}(\+\d{1,3})*\)", text), text
+
+
+def test_eos_allowed_exactly_when_the_grammar_accepts(backend, tiny_tokenizer):
+    constraint = backend(SamplingParams(structured_outputs=StructuredOutputs(regex="ab+")))
+    bitmask = np.full((1, bitmask_words(backend.vocab_size)), -1, np.int32)
+    constraint.fill_bitmask(bitmask, 0)
+    assert EOS not in allowed(bitmask, 0, backend.vocab_size)  # "" does not match
+    for token in tiny_tokenizer("ab", add_special_tokens=False).input_ids:
+        constraint.accept_token(token)
+    constraint.fill_bitmask(bitmask, 0)
+    assert EOS in allowed(bitmask, 0, backend.vocab_size)  # "ab" matches, "abb" may follow
+    assert not constraint.is_terminated()
+    constraint.accept_token(EOS)
+    assert constraint.is_terminated()
+
+
+def test_a_finished_grammar_terminates_without_eos(backend, tiny_tokenizer):
+    constraint = backend(SamplingParams(structured_outputs=StructuredOutputs(choice=["done"])))
+    for token in tiny_tokenizer("done", add_special_tokens=False).input_ids:
+        assert not constraint.is_terminated()
+        constraint.accept_token(token)
+    assert constraint.is_terminated()
+
+
+def test_padding_ids_of_a_larger_model_vocab_are_never_allowed():
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny-random-qwen2")))
+    vocab = 320  # the model's embedding rows; the tokenizer has fewer
+    assert len(tokenizer) < vocab
+    backend = GrammarBackend(tokenizer, vocab, (EOS,))
+    constraint = backend(SamplingParams(structured_outputs=StructuredOutputs(regex="(?s:.*)")))
+    bitmask = np.full((2, bitmask_words(vocab)), -1, np.int32)
+    constraint.fill_bitmask(bitmask, 1)
+    ids = allowed(bitmask, 1, 32 * bitmask.shape[1])
+    assert ids.max() < len(tokenizer) and len(ids) > 100
+    assert (bitmask[0] == -1).all()  # other rows untouched
+
+
+def test_a_repeated_schema_compiles_once(tiny_tokenizer):
+    backend = GrammarBackend(tiny_tokenizer, len(tiny_tokenizer), (EOS,))
+    first = backend(SamplingParams(structured_outputs=StructuredOutputs(json=SCHEMA)))
+    second = backend(SamplingParams(structured_outputs=StructuredOutputs(json=json.dumps(SCHEMA))))
+    assert backend.compilations == 1
+    assert first.matcher is not second.matcher  # each sequence walks its own copy
+    token = tiny_tokenizer("{", add_special_tokens=False).input_ids[0]
+    first.accept_token(token)
+    assert first.matcher.is_error() is False and second.matcher.is_accepting() is False
+    backend(SamplingParams(structured_outputs=StructuredOutputs(regex="x")))
+    assert backend.compilations == 2
+
+
+@pytest.mark.parametrize("so, field, words", [
+    (StructuredOutputs(regex="a(b"), "regex", "unclosed group"),
+    (StructuredOutputs(json={"type": "strange"}), "json", "Invalid type"),
+    (StructuredOutputs(json="{not json"), "json", "not valid JSON"),
+    (StructuredOutputs(json={"type": "array", "minItems": 3, "maxItems": 1}), "json",
+     "minItems"),
+    (StructuredOutputs(json={"type": "string", "pattern": "(("}), "json", "regex"),
+    (StructuredOutputs(grammar="start: missing_rule"), "grammar", "missing_rule"),
+])
+def test_invalid_constraints_raise_naming_the_field(backend, so, field, words):
+    with pytest.raises(GrammarError) as info:
+        backend(SamplingParams(structured_outputs=so))
+    assert info.value.field == field
+    assert words in str(info.value) and "\n" not in str(info.value)
