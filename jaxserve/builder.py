@@ -59,6 +59,7 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
     from jaxserve.runner.attention import make_attention_backend
     from jaxserve.runner.compile_cache import backend_compile_count, enable_persistent_cache
     from jaxserve.runner.model_runner import ModelRunner
+    from jaxserve.structured import GrammarBackend
 
     enable_persistent_cache()
     backend_compile_count()  # install the listener before the first compilation
@@ -80,7 +81,8 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
                          max_num_seqs=config.scheduler.max_num_seqs)
     eos = eos_ids(model_dir, tokenizer, model_cfg.eos_token_ids)
     engine = LLMEngine(config, runner, tokenizer, max_model_len=max_model_len,
-                       vocab_size=model_cfg.vocab_size, eos_token_ids=eos)
+                       vocab_size=model_cfg.vocab_size, eos_token_ids=eos,
+                       constraint_factory=GrammarBackend(tokenizer, model_cfg.vocab_size, eos))
     buckets = all_buckets(config.scheduler.token_buckets, config.scheduler.seq_buckets)
     compile_seconds = runner.warmup([engine.inputs.padding_inputs(b) for b in buckets], progress)
     _log(f"{len(buckets)} buckets ready in {compile_seconds:.1f}s", progress)
