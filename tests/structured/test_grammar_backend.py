@@ -1,8 +1,8 @@
 """The llguidance constraint factory: masks, EOS, padding ids, errors, the compiled-grammar cache.
 
-A "random model" walks each grammar by drawing uniformly among the tokens the mask allows, which
-is the worst case for a grammar (no language model keeps it on the likely path); whatever it
-writes must still match.
+The ``random_walk`` fixture (conftest.py) plays a model that draws uniformly among the tokens the
+mask allows: the worst case for a grammar, since no language model keeps it on the likely path.
+Whatever it writes must still match.
 """
 
 from __future__ import annotations
@@ -20,40 +20,12 @@ from jaxserve.pull import resolve_model
 from jaxserve.sampling_params import SamplingParams, StructuredOutputs
 from jaxserve.structured import GrammarBackend, GrammarError
 
-EOS = 2
+EOS = 2  # the tiny models' eos id
 
 
 @pytest.fixture(scope="module")
 def backend(tiny_tokenizer):
     return GrammarBackend(tiny_tokenizer, len(tiny_tokenizer), (EOS,))
-
-
-def allowed(bitmask: np.ndarray, row: int, vocab: int) -> np.ndarray:
-    bits = (bitmask[row].view(np.uint32)[:, None] >> np.arange(32, dtype=np.uint32)) & 1
-    return np.flatnonzero(bits.reshape(-1)[:vocab])
-
-
-def random_walk(backend: GrammarBackend, so: StructuredOutputs, tokenizer, seed: int,
-                max_tokens: int = 400) -> tuple[str, bool]:
-    """Text the random model writes under the constraint, and whether it ended by itself."""
-    constraint = backend(SamplingParams(structured_outputs=so))
-    rng = np.random.default_rng(seed)
-    vocab = backend.vocab_size
-    bitmask = np.full((3, bitmask_words(vocab)), -1, np.int32)
-    tokens = []
-    for _ in range(max_tokens):
-        constraint.fill_bitmask(bitmask, 1)
-        choices = allowed(bitmask, 1, vocab)
-        assert len(choices), "the grammar allowed nothing"
-        # prefer ending when allowed half the time, so walks finish
-        token = EOS if EOS in choices and rng.random() < 0.5 else int(rng.choice(choices))
-        constraint.accept_token(token)
-        if token == EOS:
-            return tokenizer.decode(tokens), True
-        tokens.append(token)
-        if constraint.is_terminated():
-            return tokenizer.decode(tokens), True
-    return tokenizer.decode(tokens), False
 
 
 SCHEMA = {"type": "object",
@@ -63,21 +35,21 @@ SCHEMA = {"type": "object",
           "required": ["id", "tag", "code"], "additionalProperties": False}
 
 
-def test_json_schema_walks_validate(backend, tiny_tokenizer):
+def test_json_schema_walks_validate(backend, tiny_tokenizer, random_walk):
     for seed in range(10):
         text, ended = random_walk(backend, StructuredOutputs(json=SCHEMA), tiny_tokenizer, seed)
         assert ended, text
         jsonschema.validate(json.loads(text), SCHEMA)
 
 
-def test_json_object_walks_parse(backend, tiny_tokenizer):
+def test_json_object_walks_parse(backend, tiny_tokenizer, random_walk):
     so = StructuredOutputs(json_object=True)
     for seed in range(5):
         text, ended = random_walk(backend, so, tiny_tokenizer, seed, max_tokens=2000)
         assert ended and isinstance(json.loads(text), dict), text
 
 
-def test_regex_and_choice_walks_match(backend, tiny_tokenizer):
+def test_regex_and_choice_walks_match(backend, tiny_tokenizer, random_walk):
     for seed in range(10):
         text, ended = random_walk(backend, StructuredOutputs(regex=r"[a-c]{2,4}-\d\d"),
                                   tiny_tokenizer, seed)
@@ -87,7 +59,7 @@ def test_regex_and_choice_walks_match(backend, tiny_tokenizer):
         assert ended and text in ("yes", "no", "maybe"), text
 
 
-def test_lark_grammar_walks_match(backend, tiny_tokenizer):
+def test_lark_grammar_walks_match(backend, tiny_tokenizer, random_walk):
     grammar = 'start: "(" num ("+" num)* ")"\nnum: /[0-9]{1,3}/'
     for seed in range(10):
         text, ended = random_walk(backend, StructuredOutputs(grammar=grammar), tiny_tokenizer,
@@ -95,15 +67,15 @@ def test_lark_grammar_walks_match(backend, tiny_tokenizer):
         assert ended and re.fullmatch(r"\(\d{1,3}(\+\d{1,3})*\)", text), text
 
 
-def test_eos_allowed_exactly_when_the_grammar_accepts(backend, tiny_tokenizer):
+def test_eos_allowed_exactly_when_the_grammar_accepts(backend, tiny_tokenizer, allowed_ids):
     constraint = backend(SamplingParams(structured_outputs=StructuredOutputs(regex="ab+")))
     bitmask = np.full((1, bitmask_words(backend.vocab_size)), -1, np.int32)
     constraint.fill_bitmask(bitmask, 0)
-    assert EOS not in allowed(bitmask, 0, backend.vocab_size)  # "" does not match
+    assert EOS not in allowed_ids(bitmask, 0, backend.vocab_size)  # "" does not match
     for token in tiny_tokenizer("ab", add_special_tokens=False).input_ids:
         constraint.accept_token(token)
     constraint.fill_bitmask(bitmask, 0)
-    assert EOS in allowed(bitmask, 0, backend.vocab_size)  # "ab" matches, "abb" may follow
+    assert EOS in allowed_ids(bitmask, 0, backend.vocab_size)  # "ab" matches, "abb" may follow
     assert not constraint.is_terminated()
     constraint.accept_token(EOS)
     assert constraint.is_terminated()
@@ -117,7 +89,7 @@ def test_a_finished_grammar_terminates_without_eos(backend, tiny_tokenizer):
     assert constraint.is_terminated()
 
 
-def test_padding_ids_of_a_larger_model_vocab_are_never_allowed():
+def test_padding_ids_of_a_larger_model_vocab_are_never_allowed(allowed_ids):
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny-random-qwen2")))
     vocab = 320  # the model's embedding rows; the tokenizer has fewer
     assert len(tokenizer) < vocab
@@ -125,7 +97,7 @@ def test_padding_ids_of_a_larger_model_vocab_are_never_allowed():
     constraint = backend(SamplingParams(structured_outputs=StructuredOutputs(regex="(?s:.*)")))
     bitmask = np.full((2, bitmask_words(vocab)), -1, np.int32)
     constraint.fill_bitmask(bitmask, 1)
-    ids = allowed(bitmask, 1, 32 * bitmask.shape[1])
+    ids = allowed_ids(bitmask, 1, 32 * bitmask.shape[1])
     assert ids.max() < len(tokenizer) and len(ids) > 100
     assert (bitmask[0] == -1).all()  # other rows untouched
 

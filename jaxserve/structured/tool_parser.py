@@ -1,0 +1,330 @@
+"""Tool calls out of model text, whole or as it streams (host side, no jax).
+
+Two shapes are read:
+
+- Hermes blocks, anywhere in the text: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
+  (text around them is the message content);
+- a bare JSON function object as the whole reply: ``{"name": ..., "arguments": {...}}``, taken as
+  a call only when its name is one of the request's tools (otherwise it is content).
+
+``"parameters"`` is read as a synonym of ``"arguments"`` (Llama 3.1 writes it). The arguments are
+passed on as the exact JSON text the model wrote, so the streamed fragments of a call add up to
+the arguments of the same reply unstreamed.
+
+``ToolCallParser.feed`` takes each new piece of text and returns what can be said so far: content
+and tool-call deltas in OpenAI's order (a call's index, id and name first, then argument
+fragments). Text that might still turn out to be the start of a tool call (a partial
+``<tool_call``, a JSON object whose name is not complete) is held back until it is decided.
+Content is stripped of leading and trailing whitespace, so the newlines around calls vanish.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from dataclasses import dataclass, field
+
+from jaxserve.structured.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+_ARGUMENT_KEYS = ("arguments", "parameters")
+_CALL_KEYS = frozenset({"name", *_ARGUMENT_KEYS, "id", "type"})
+_ID_ALPHABET = string.ascii_letters + string.digits
+_WS = " \t\n\r"
+
+
+def new_call_id() -> str:
+    return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text
+
+
+@dataclass
+class ToolCallDelta:
+    index: int
+    id: str | None = None  # with the name, in the first delta of a call only
+    name: str | None = None
+    arguments: str = ""
+
+
+# ---- a scanner for one JSON object that may still be arriving ------------------------------------
+class _Invalid(Exception):
+    pass
+
+
+@dataclass
+class _ObjectScan:
+    """The top-level members of a possibly incomplete JSON object."""
+
+    values: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # key -> value span
+    end: int | None = None  # index just past the closing brace, once it arrived
+
+
+def _skip_ws(s: str, i: int) -> int:
+    while i < len(s) and s[i] in _WS:
+        i += 1
+    return i
+
+
+def _string_end(s: str, i: int) -> int | None:
+    """s[i] is a quote; the index past the closing quote, or None when it has not arrived."""
+    i += 1
+    while i < len(s):
+        c = s[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            return i + 1
+        i += 1
+    return None
+
+
+def _value_end(s: str, i: int) -> int | None:
+    """The index past the JSON value starting at s[i], or None when it is incomplete."""
+    c = s[i]
+    if c == '"':
+        return _string_end(s, i)
+    if c in "{[":
+        depth = 0
+        while i < len(s):
+            c = s[i]
+            if c == '"':
+                end = _string_end(s, i)
+                if end is None:
+                    return None
+                i = end
+                continue
+            if c in "{[":
+                depth += 1
+            elif c in "}]":
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        return None
+    start = i  # a number or a literal: ends at the first delimiter
+    while i < len(s) and s[i] not in _WS + ",}]":
+        i += 1
+    if i == start:
+        raise _Invalid
+    return i if i < len(s) else None
+
+
+def _scan_object(s: str, i: int) -> _ObjectScan:
+    """s[i] is '{'; raises _Invalid when the text cannot be a JSON object."""
+    scan = _ObjectScan()
+    i = _skip_ws(s, i + 1)
+    if i < len(s) and s[i] == "}":
+        scan.end = i + 1
+        return scan
+    while True:
+        if i >= len(s):
+            return scan
+        if s[i] != '"':
+            raise _Invalid
+        key_end = _string_end(s, i)
+        if key_end is None:
+            return scan
+        key = json.loads(s[i:key_end])
+        i = _skip_ws(s, key_end)
+        if i >= len(s):
+            return scan
+        if s[i] != ":":
+            raise _Invalid
+        i = _skip_ws(s, i + 1)
+        if i >= len(s):
+            return scan
+        value_end = _value_end(s, i)
+        scan.values[key] = (i, value_end)
+        if value_end is None:
+            return scan
+        i = _skip_ws(s, value_end)
+        if i >= len(s):
+            return scan
+        if s[i] == "}":
+            scan.end = i + 1
+            return scan
+        if s[i] != ",":
+            raise _Invalid
+        i = _skip_ws(s, i + 1)
+
+
+# ---- the parser ---------------------------------------------------------------------------------
+class ToolCallParser:
+    def __init__(self, tool_names: frozenset[str] | set[str], parallel: bool = True):
+        self.tool_names = frozenset(tool_names)
+        self.parallel = parallel
+        self.calls: list[ToolCall] = []
+        self.content = ""  # all content said so far
+        self._buffer = ""  # text not yet decided
+        self._mode = "start"  # start | text | tagged | bare
+        self._pending_ws = ""  # trailing whitespace of the content, said once text follows
+        # the call being read: its index in self.calls once its name is known
+        self._current: int | None = None
+        self._said_arguments = 0  # characters of the current call's arguments already said
+
+    def feed(self, text: str, final: bool = False) -> tuple[str, list[ToolCallDelta]]:
+        """Add new model text; returns the content and the tool-call deltas it decides. With
+        ``final`` everything still held back is decided."""
+        self._buffer += text
+        content: list[str] = []
+        deltas: list[ToolCallDelta] = []
+        while True:
+            progressed = {"start": self._start, "text": self._text, "tagged": self._call,
+                          "bare": self._call}[self._mode](content, deltas, final)
+            if not progressed:
+                break
+        said = self._content("".join(content), final)
+        return said, deltas
+
+    # ---- modes: each consumes from the buffer and says whether it made progress -------------
+    def _start(self, content, deltas, final) -> bool:
+        stripped = self._buffer.lstrip(_WS)
+        if not stripped:
+            return False
+        self._buffer = stripped
+        bare = stripped[0] == "{" and bool(self.tool_names)
+        self._mode = "bare" if bare else "text"
+        return True
+
+    def _text(self, content, deltas, final) -> bool:
+        at = self._buffer.find(TOOL_CALL_OPEN)
+        if at >= 0:
+            content.append(self._buffer[:at])
+            self._buffer = self._buffer[at + len(TOOL_CALL_OPEN):]
+            self._mode = "tagged"
+            return True
+        keep = 0 if final else _partial_suffix(self._buffer, TOOL_CALL_OPEN)
+        content.append(self._buffer[:len(self._buffer) - keep])
+        self._buffer = self._buffer[len(self._buffer) - keep:]
+        return False
+
+    def _call(self, content, deltas, final) -> bool:
+        """Reading one call object (after <tool_call>, or bare at the start of the reply)."""
+        tagged = self._mode == "tagged"
+        start = _skip_ws(self._buffer, 0)
+        if start >= len(self._buffer):
+            if final:
+                return self._give_up(content, tagged)
+            return False
+        try:
+            if self._buffer[start] != "{":
+                raise _Invalid
+            scan = _scan_object(self._buffer, start)
+            name = self._name(scan)
+        except (_Invalid, json.JSONDecodeError):
+            return self._give_up(content, tagged)
+        if not tagged and self._current is None and not _CALL_KEYS.issuperset(scan.values):
+            return self._give_up(content, tagged)  # a key no call has: JSON content
+        if self._current is None and name is not None:
+            if not tagged and name not in self.tool_names:
+                return self._give_up(content, tagged)  # JSON content, not a call
+            if self.parallel or not self.calls:
+                self.calls.append(ToolCall(new_call_id(), name, ""))
+                self._current = len(self.calls) - 1
+                deltas.append(ToolCallDelta(self._current, self.calls[-1].id, name))
+            else:
+                self._current = -1  # a second call when only one is allowed: read, then drop
+        if self._current is not None:
+            self._say_arguments(scan, deltas, complete=scan.end is not None or final)
+        if scan.end is None:
+            if final:
+                if self._current is None:
+                    return self._give_up(content, tagged)
+                self._end_call(len(self._buffer))
+            return False
+        if self._current is None:  # a whole object without a name
+            return self._give_up(content, tagged)
+        rest = scan.end
+        if tagged:
+            close = _skip_ws(self._buffer, rest)
+            tail = self._buffer[close:]
+            if tail.startswith(TOOL_CALL_CLOSE):
+                rest = close + len(TOOL_CALL_CLOSE)
+            elif TOOL_CALL_CLOSE.startswith(tail) and not final:
+                return False  # the closing tag may be arriving
+        self._end_call(rest)
+        return True
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _name(self, scan: _ObjectScan) -> str | None:
+        span = scan.values.get("name")
+        if span is None or span[1] is None:
+            return None
+        name = json.loads(self._buffer[span[0]:span[1]])
+        if not isinstance(name, str):
+            raise _Invalid
+        return name
+
+    def _arguments_span(self, scan: _ObjectScan) -> tuple[int, int | None] | None:
+        for key in _ARGUMENT_KEYS:
+            if key in scan.values:
+                return scan.values[key]
+        return None
+
+    def _say_arguments(self, scan: _ObjectScan, deltas: list[ToolCallDelta],
+                       complete: bool) -> None:
+        span = self._arguments_span(scan)
+        if span is not None:
+            start, end = span
+            arguments = self._buffer[start:len(self._buffer) if end is None else end]
+        elif complete:
+            arguments = "{}"  # a call without arguments
+        else:
+            return
+        if self._current < 0:
+            return
+        new = arguments[self._said_arguments:]
+        if new:
+            self.calls[self._current].arguments += new
+            self._said_arguments = len(arguments)
+            deltas.append(ToolCallDelta(self._current, arguments=new))
+
+    def _end_call(self, consumed: int) -> None:
+        self._buffer = self._buffer[consumed:]
+        self._current = None
+        self._said_arguments = 0
+        self._mode = "text"
+
+    def _give_up(self, content: list[str], tagged: bool) -> bool:
+        """What looked like a call is not one: it is content after all."""
+        if self._current is not None and self._current >= 0:  # already announced: keep it
+            self._end_call(len(self._buffer))
+            return False
+        content.append((TOOL_CALL_OPEN if tagged else "") + self._buffer)
+        self._buffer = ""
+        self._current = None
+        self._mode = "text"
+        return False
+
+    def _content(self, text: str, final: bool) -> str:
+        """Content with leading and trailing whitespace held back or dropped."""
+        if not self.content:
+            text = text.lstrip(_WS)
+        text = self._pending_ws + text
+        kept = text.rstrip(_WS)
+        self._pending_ws = "" if final else text[len(kept):]
+        self.content += kept
+        return kept
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """The length of the longest end of text that begins tag (the tag may be arriving)."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
+
+
+def parse_tool_calls(text: str, tool_names: frozenset[str] | set[str],
+                     parallel: bool = True) -> tuple[str | None, list[ToolCall]]:
+    """A whole reply: its content (None when empty) and its tool calls."""
+    parser = ToolCallParser(tool_names, parallel)
+    parser.feed(text, final=True)
+    return parser.content or None, parser.calls
