@@ -268,10 +268,14 @@ def naive_attention(args, *, sm_scale, sliding_window=None, logits_soft_cap=None
 @pytest.mark.parametrize(
     "window_cap", [(None, None), (5, 3.0)], ids=["plain", "window-softcap"]
 )
-def test_reference_matches_naive_loop(window_cap):
+@pytest.mark.parametrize(
+    "lens", [([1, 0, 6, 3], [9, 4, 6, 20]), ([1, 1, 0, 1], [9, 33, 4, 1]), ([40], [50])],
+    ids=["mixed", "decode-only", "long-prefill"],
+)
+def test_reference_matches_naive_loop(window_cap, lens):
     sliding_window, logits_soft_cap = window_cap
     cfg = Config(jnp.float32, 6, 2, 16)
-    args, num_real = make_inputs(cfg, [1, 0, 6, 3], [9, 4, 6, 20], seed=14)
+    args, num_real = make_inputs(cfg, *lens, seed=14)
     kw = dict(sm_scale=0.3, sliding_window=sliding_window, logits_soft_cap=logits_soft_cap)
     ref = np.asarray(ref_ragged_paged_attention(*args, **kw))
     expected = naive_attention(args, **kw)

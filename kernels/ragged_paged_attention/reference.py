@@ -15,9 +15,15 @@ Query i of a sequence with q_len queries and kv_len keys sits at position kv_len
 attends causally to keys 0..kv_len - q_len + i. Tokens past cu_q_lens[num_seqs] are padding: their
 output is zero. A sequence with q_len == 0 contributes nothing.
 
-The reference walks the pages with an online softmax (a ``fori_loop`` up to the longest sequence's
-page count), gathering for every query token the page its sequence has at that index. Memory stays
-O(T * page_size) per iteration whatever the context length, so it also serves as the CPU fallback.
+The reference walks the pages with an online softmax (a ``fori_loop`` up to the furthest query's
+page), so memory stays O(T * page_size) per iteration whatever the context length and it also
+serves as the CPU fallback. It has two ways to group the queries, picked per step by ``lax.cond``:
+
+- a decode-only step (no sequence has more than one query) gathers, for every query token, the page
+  its sequence has at the loop index;
+- a step with prefill cuts each sequence's queries into blocks of ``block_q`` and gathers one page
+  per block, ``block_q`` times fewer gathers than per token (a 512-token prefill is ~10x faster on
+  CPU), at the price of padding each sequence's last block.
 """
 
 from __future__ import annotations
@@ -59,6 +65,96 @@ def token_metadata(
     return seq_ids, jnp.where(valid, pos, -1), valid
 
 
+def _online_softmax_over_pages(
+    qg: jax.Array,  # f32[N, B, Hkv, G, D]: N groups of B queries, pre-scaled
+    pos: jax.Array,  # i32[N, B]: each query's position; -1 for no query
+    pages: jax.Array,  # i32[N, P]: the page table row of each group's sequence
+    kv_len: jax.Array,  # i32[N]: keys in each group's sequence (0 for no sequence)
+    kv_pages: jax.Array,  # [num_pages, 2, Hkv, page_size, D]
+    sliding_window: int | None,
+    logits_soft_cap: float | None,
+    pages_per_iter: int = 1,
+) -> jax.Array:  # f32[N, B, Hkv, G, D]
+    n, b, hkv, g, d = qg.shape
+    page_size = kv_pages.shape[3]
+    keys_per_iter = page_size * pages_per_iter
+    pad = -pages.shape[1] % pages_per_iter
+    pages = jnp.pad(pages, ((0, 0), (0, pad)))  # [N, P'] with P' a multiple of pages_per_iter
+    # causal: no query looks past its own position, so the loop stops at the furthest one's page
+    furthest = jnp.max(jnp.minimum(pos + 1, kv_len[:, None]))
+    num_iters = (furthest + keys_per_iter - 1) // keys_per_iter
+
+    def body(j, carry):
+        m, l, acc = carry  # f32[N, B, Hkv, G], f32[N, B, Hkv, G], f32[N, B, Hkv, G, D]
+        ids = jax.lax.dynamic_slice_in_dim(pages, j * pages_per_iter, pages_per_iter, axis=1)
+        kv = kv_pages[ids].astype(jnp.float32)  # [N, pages_per_iter, 2, Hkv, page_size, D]
+        kv = kv.transpose(0, 2, 3, 1, 4, 5).reshape(n, 2, hkv, keys_per_iter, d)
+        k, v = kv[:, 0], kv[:, 1]  # [N, Hkv, keys_per_iter, D]
+        key_pos = j * keys_per_iter + jnp.arange(keys_per_iter, dtype=jnp.int32)  # i32[K]
+        # slots past kv_len were never written for this sequence (a reused page may hold a dead
+        # request's inf/NaN); 0 * NaN is NaN, so a zero weight alone would not hide them
+        in_cache = key_pos[None, :] < kv_len[:, None]  # bool[N, K]
+        v = jnp.where(in_cache[:, None, :, None], v, 0.0)
+        s = jnp.einsum("nbhgd,nhkd->nbhgk", qg, k)  # f32[N, B, Hkv, G, K]
+        if logits_soft_cap is not None:
+            s = logits_soft_cap * jnp.tanh(s / logits_soft_cap)
+        mask = (key_pos[None, None, :] <= pos[:, :, None]) & in_cache[:, None, :]  # bool[N, B, K]
+        if sliding_window is not None:
+            mask &= key_pos[None, None, :] > pos[:, :, None] - sliding_window
+        mask = mask[:, :, None, None, :]
+        s = jnp.where(mask, s, _MASK_VALUE)
+        m_new = jnp.maximum(m, s.max(axis=-1))
+        p = jnp.exp(s - m_new[..., None]) * mask  # masked keys weigh exactly 0
+        alpha = jnp.exp(m - m_new)
+        l_new = alpha * l + p.sum(axis=-1)
+        acc_new = alpha[..., None] * acc + jnp.einsum("nbhgk,nhkd->nbhgd", p, v)
+        return m_new, l_new, acc_new
+
+    init = (
+        jnp.full((n, b, hkv, g), _MASK_VALUE, jnp.float32),
+        jnp.zeros((n, b, hkv, g), jnp.float32),
+        jnp.zeros((n, b, hkv, g, d), jnp.float32),
+    )
+    _, l, acc = jax.lax.fori_loop(0, num_iters, body, init)
+    return acc / jnp.where(l == 0.0, 1.0, l)[..., None]  # queries with no keys stay 0
+
+
+def _per_token(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap):
+    num_tokens = qg.shape[0]
+    seq_ids, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)
+    out = _online_softmax_over_pages(
+        qg[:, None], pos[:, None], page_table[seq_ids], jnp.where(valid, kv_lens[seq_ids], 0),
+        kv_pages, window, cap,
+    )
+    return out[:, 0]  # f32[T, Hkv, G, D]
+
+
+def _blocked(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, block_q):
+    num_tokens, num_seqs_pad = qg.shape[0], kv_lens.shape[0]
+    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
+    q_lens = cu[1:] - cu[:-1]  # i32[S]
+    # work items: block i of sequence s holds its queries i * block_q ... (i + 1) * block_q - 1;
+    # sum over s of cdiv(q_len, block_q) <= cdiv(T, block_q) + S, a static bound
+    cu_blocks = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum((q_lens + block_q - 1) // block_q)])
+    num_items = -(-num_tokens // block_q) + num_seqs_pad
+    w = jnp.arange(num_items, dtype=jnp.int32)
+    item_seq = jnp.clip(jnp.searchsorted(cu_blocks, w, side="right") - 1, 0, num_seqs_pad - 1)
+    item_valid = w < cu_blocks[-1]  # bool[N]
+    first = cu[item_seq] + (w - cu_blocks[item_seq]) * block_q  # i32[N]: first query's token
+    token = first[:, None] + jnp.arange(block_q, dtype=jnp.int32)[None, :]  # i32[N, B]
+    is_query = (token < cu[item_seq + 1][:, None]) & item_valid[:, None]  # bool[N, B]
+    pos = kv_lens[item_seq][:, None] - q_lens[item_seq][:, None] + token - cu[item_seq][:, None]
+    pos = jnp.where(is_query, pos, -1)  # i32[N, B]
+    safe_token = jnp.where(is_query, token, 0)
+    out = _online_softmax_over_pages(
+        qg[safe_token], pos, page_table[item_seq], jnp.where(item_valid, kv_lens[item_seq], 0),
+        kv_pages, window, cap, pages_per_iter=4,  # 64 keys a step: fewer, larger dots on CPU
+    )  # f32[N, B, Hkv, G, D]
+    # each real token is in exactly one block: scatter the blocks back to token order
+    dest = jnp.where(is_query, token, num_tokens)
+    return jnp.zeros(qg.shape, jnp.float32).at[dest].set(out, mode="drop")
+
+
 def ref_ragged_paged_attention(
     q: jax.Array,  # [T, Hq, D]
     kv_pages: jax.Array,  # [num_pages, 2, Hkv, page_size, D]
@@ -70,48 +166,21 @@ def ref_ragged_paged_attention(
     sm_scale: float,
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
+    block_q: int = 16,  # queries per gathered page in steps with prefill
 ) -> jax.Array:  # [T, Hq, D]
     num_tokens, num_q_heads, head_dim = q.shape
-    _, _, num_kv_heads, page_size, _ = kv_pages.shape
+    num_kv_heads = kv_pages.shape[2]
     group = num_q_heads // num_kv_heads
-    seq_ids, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)
-
     # [T, Hkv, G, D]: query heads grouped under the KV head they share (GQA)
     qg = (q.astype(jnp.float32) * sm_scale).reshape(num_tokens, num_kv_heads, group, head_dim)
-    token_pages = page_table[seq_ids]  # i32[T, P]
-    seq_kv_lens = jnp.where(valid, kv_lens[seq_ids], 0)  # i32[T]
-    num_pages_needed = (jnp.max(seq_kv_lens) + page_size - 1) // page_size
-
-    def body(j, carry):
-        m, l, acc = carry  # f32[T, Hkv, G], f32[T, Hkv, G], f32[T, Hkv, G, D]
-        kv = kv_pages[token_pages[:, j]].astype(jnp.float32)  # [T, 2, Hkv, page_size, D]
-        k, v = kv[:, 0], kv[:, 1]  # [T, Hkv, page_size, D]
-        key_pos = j * page_size + jnp.arange(page_size, dtype=jnp.int32)  # i32[page_size]
-        # slots past kv_len were never written for this sequence (a reused page may hold a dead
-        # request's inf/NaN); 0 * NaN is NaN, so a zero weight alone would not hide them
-        in_cache = key_pos[None, :] < seq_kv_lens[:, None]  # bool[T, page_size]
-        v = jnp.where(in_cache[:, None, :, None], v, 0.0)
-        s = jnp.einsum("thgd,thkd->thgk", qg, k)  # f32[T, Hkv, G, page_size]
-        if logits_soft_cap is not None:
-            s = logits_soft_cap * jnp.tanh(s / logits_soft_cap)
-        mask = (key_pos[None, :] <= pos[:, None]) & in_cache
-        if sliding_window is not None:
-            mask &= key_pos[None, :] > pos[:, None] - sliding_window
-        s = jnp.where(mask[:, None, None, :], s, _MASK_VALUE)
-        m_new = jnp.maximum(m, s.max(axis=-1))
-        p = jnp.exp(s - m_new[..., None]) * mask[:, None, None, :]  # masked keys weigh exactly 0
-        alpha = jnp.exp(m - m_new)
-        l_new = alpha * l + p.sum(axis=-1)
-        acc_new = alpha[..., None] * acc + jnp.einsum("thgk,thkd->thgd", p, v)
-        return m_new, l_new, acc_new
-
-    init = (
-        jnp.full((num_tokens, num_kv_heads, group), _MASK_VALUE, jnp.float32),
-        jnp.zeros((num_tokens, num_kv_heads, group), jnp.float32),
-        jnp.zeros((num_tokens, num_kv_heads, group, head_dim), jnp.float32),
+    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
+    decode_only = jnp.max(cu[1:] - cu[:-1]) <= 1
+    args = (qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, sliding_window, logits_soft_cap)
+    out = jax.lax.cond(
+        decode_only,
+        lambda: _per_token(*args),
+        lambda: _blocked(*args, block_q=block_q),
     )
-    _, l, acc = jax.lax.fori_loop(0, num_pages_needed, body, init)
-    out = acc / jnp.where(l == 0.0, 1.0, l)[..., None]  # rows with no keys (padding) stay 0
     return out.reshape(num_tokens, num_q_heads, head_dim).astype(q.dtype)
 
 
