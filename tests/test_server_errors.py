@@ -76,6 +76,7 @@ COMPLETION_400 = [
     ({"prompt": []}, "prompt"),
     ({"prompt": ["text", [1, 2]]}, "prompt"),
     ({"prompt": [10**9]}, "prompt"),  # a token id outside the vocabulary
+    ({"prompt": [5, 2**63], "echo": True}, "prompt"),  # ... which echo must not try to decode
     ({"prompt": ""}, "prompt"),
     ({"suffix": "tail"}, "suffix"),
     ({"best_of": 3}, "best_of"),

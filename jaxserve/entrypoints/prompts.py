@@ -48,20 +48,25 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
-def completion_prompts(prompt: str | list) -> list[str | list[int]]:
-    """A completions ``prompt`` as a list of prompts, each text or token ids."""
+def completion_prompts(prompt: str | list, vocab_size: int) -> list[str | list[int]]:
+    """A completions ``prompt`` as a list of prompts, each text or token ids (checked against
+    the vocabulary here, since echo decodes them before the engine sees them)."""
     if isinstance(prompt, str):
         return [prompt]
     if not prompt:
         raise bad_request("prompt must not be empty", param="prompt")
-    if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]
     if all(isinstance(p, str) for p in prompt):
         return list(prompt)
-    if all(isinstance(p, list) for p in prompt):
-        return [list(p) for p in prompt]
-    raise bad_request("prompt must be a string, a list of strings, a list of token ids or a "
-                      "list of token-id lists", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        prompts = [list(prompt)]
+    elif all(isinstance(p, list) for p in prompt):
+        prompts = [list(p) for p in prompt]
+    else:
+        raise bad_request("prompt must be a string, a list of strings, a list of token ids or "
+                          "a list of token-id lists", param="prompt")
+    if any(not 0 <= t < vocab_size for p in prompts for t in p):
+        raise bad_request(f"prompt token ids must be in [0, {vocab_size})", param="prompt")
+    return prompts
 
 
 class Prompts:

@@ -45,7 +45,7 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     state.require_ready()
     params = validate(completion_params(req, state.defaults, state.info.vocab_size),
                       state.info.vocab_size)
-    prompts = completion_prompts(req.prompt)
+    prompts = completion_prompts(req.prompt, state.info.vocab_size)
     prompt_ids = [await state.prompts.encode(p, req.add_special_tokens) if isinstance(p, str)
                   else p for p in prompts]
     echoes = [""] * len(prompts)
