@@ -52,6 +52,8 @@ CHAT_400 = [
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
      "messages[0].content"),
     ({"add_generation_prompt": True, "continue_final_message": True}, "continue_final_message"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": [None]}]}]},
+     "messages[0].tool_calls[0].function"),
 ]
 
 

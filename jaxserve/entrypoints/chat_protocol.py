@@ -12,6 +12,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from jaxserve.entrypoints.protocol import SamplingFields, UsageInfo
+from jaxserve.sampling_params import StructuredOutputs
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -21,11 +22,25 @@ class ContentPart(msgspec.Struct, kw_only=True):
     text: str | None = None
 
 
+class MessageFunctionCall(msgspec.Struct):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class MessageToolCall(msgspec.Struct, kw_only=True):
+    """A call an assistant made earlier in the conversation; typed so that a malformed one is a
+    400 here rather than a surprise for the chat template."""
+
+    id: str
+    type: str = "function"
+    function: MessageFunctionCall
+
+
 class ChatMessage(msgspec.Struct, kw_only=True):
     role: str  # checked against ROLES by the handler, so the 400 can name the message
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls, into the prompt
+    tool_calls: list[MessageToolCall] | None = None  # an assistant's earlier calls, into the prompt
     tool_call_id: str | None = None  # which call a tool message answers
 
 
@@ -38,10 +53,16 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
-    # issue 5 (tools, structured output) will act on these; for now tools only reach the template
+    # tools and output constraints: checked and combined in entrypoints/structured.py
     tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    response_format: Any = None
+    tool_choice: str | dict[str, Any] | None = None  # none | auto | required | a named function
+    parallel_tool_calls: bool | None = True
+    response_format: dict[str, Any] | None = None  # text | json_object | json_schema
+    structured_outputs: StructuredOutputs | None = None  # vLLM
+    guided_json: dict[str, Any] | str | None = None  # vLLM's older fields
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
 
 # ---- logprobs -----------------------------------------------------------------------------------
@@ -64,10 +85,22 @@ class ChoiceLogprobs(msgspec.Struct):
 
 
 # ---- the response -------------------------------------------------------------------------------
+class FunctionCall(msgspec.Struct):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCall(msgspec.Struct, kw_only=True):
+    id: str  # call_...
+    type: str = "function"
+    function: FunctionCall
+
+
 class ChatCompletionMessage(msgspec.Struct):
-    content: str | None
+    content: str | None  # None when the reply is only tool calls
     role: str = "assistant"
     refusal: None = None
+    tool_calls: list[ToolCall] | UnsetType = UNSET  # absent when the reply calls no tool
 
 
 class ChatCompletionChoice(msgspec.Struct, kw_only=True):
@@ -88,10 +121,23 @@ class ChatCompletionResponse(msgspec.Struct, kw_only=True):
 
 
 # ---- the stream ---------------------------------------------------------------------------------
+class DeltaFunctionCall(msgspec.Struct, kw_only=True):
+    name: str | UnsetType = UNSET  # in a call's first chunk only
+    arguments: str = ""  # the next fragment of the arguments' JSON text
+
+
+class DeltaToolCall(msgspec.Struct, kw_only=True):
+    index: int  # which call of the choice; id, type and name come in its first chunk
+    id: str | UnsetType = UNSET
+    type: str | UnsetType = UNSET
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(msgspec.Struct, kw_only=True):
     # absent, not null, when a chunk does not carry it: OpenAI's final chunk has "delta": {}
     role: str | UnsetType = UNSET
     content: str | UnsetType = UNSET
+    tool_calls: list[DeltaToolCall] | UnsetType = UNSET
 
 
 class ChatStreamChoice(msgspec.Struct, kw_only=True):

@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 import jinja2
+import msgspec
 
 from jaxserve.entrypoints.chat_protocol import ROLES, ChatMessage
 from jaxserve.entrypoints.errors import bad_request
@@ -43,7 +44,7 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
         for key in ("name", "tool_calls", "tool_call_id"):
             value = getattr(message, key)
             if value is not None:
-                entry[key] = value
+                entry[key] = msgspec.to_builtins(value)  # templates index dicts
         out.append(entry)
     return out
 

@@ -4,6 +4,10 @@ A streamed reply goes: for each of the n choices a first chunk with ``delta.role
 chunks (with their logprobs when asked); exactly one chunk per choice carrying its
 ``finish_reason``; with ``include_usage`` a last chunk with ``choices: []`` and the usage; then
 ``data: [DONE]``. An error after the first byte is sent as an error event, then ``[DONE]``.
+
+With tools, the reply's text is read for tool calls (``structured/tool_parser.py``): a call's
+first chunk carries its index, id and name, later chunks fragments of its arguments, and a choice
+that called a tool finishes with ``tool_calls``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ from jaxserve.entrypoints.chat_protocol import (
     ChatCompletionResponse,
     ChatStreamChoice,
     ChoiceLogprobs,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
+    ToolCall,
 )
 from jaxserve.entrypoints.errors import APIError, decode_request
 from jaxserve.entrypoints.logprobs import chat_logprobs
@@ -39,8 +47,11 @@ from jaxserve.entrypoints.responses import (
 )
 from jaxserve.entrypoints.sampling import chat_params, validate
 from jaxserve.entrypoints.state import ServerState, random_id
+from jaxserve.entrypoints.structured import compile_constraint, request_structure
 from jaxserve.llm import merge_delta
 from jaxserve.outputs import RequestOutput
+from jaxserve.structured.tool_parser import ToolCallDelta, ToolCallParser
+from jaxserve.structured.tool_prompt import prompt_messages, template_supports_tools
 
 log = logging.getLogger("jaxserve.server")
 
@@ -49,15 +60,22 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
     req = decode_request(await request.body(), ChatCompletionRequest)
     state.check_model(req.model)
     state.require_ready()  # before tokenizing: a loading server answers 503 at once
-    params = validate(chat_params(req, state.defaults, state.info.vocab_size),
-                      state.info.vocab_size)
-    messages = template_messages(req.messages)
+    params = chat_params(req, state.defaults, state.info.vocab_size)
+    structure = request_structure(req)
+    params.structured_outputs = structure.constraint
+    params = validate(params, state.info.vocab_size)
+    await compile_constraint(state.engine.engine.constraint_factory, structure)
+    messages, tools = prompt_messages(
+        template_messages(req.messages), structure.tools,
+        template_supports_tools(state.prompts.tokenizer.chat_template))
     prompt_ids = await state.prompts.encode_chat(
         messages, add_generation_prompt=req.add_generation_prompt,
-        continue_final_message=req.continue_final_message, tools=req.tools,
+        continue_final_message=req.continue_final_message, tools=tools,
         template_kwargs=req.chat_template_kwargs)
     (stream,) = await state.submit([prompt_ids], params)
     reply = _Reply(state, req, f"chatcmpl-{req.request_id or random_id()}", len(prompt_ids))
+    if structure.reads_tool_calls:
+        reply.read_tool_calls(structure.tools.names, structure.tools.parallel)
     if req.stream:
         return sse_response(reply.stream(stream))
     try:
@@ -90,6 +108,17 @@ class _Reply:
         self.model = state.config.model.model_name
         self.num_prompt_tokens = num_prompt_tokens
         self.want_logprobs = bool(req.logprobs)
+        self.tool_names: frozenset[str] | None = None  # set when the text is read for calls
+        self.parallel_tool_calls = True
+
+    def read_tool_calls(self, names: frozenset[str], parallel: bool) -> None:
+        self.tool_names = names
+        self.parallel_tool_calls = parallel
+
+    def _parser(self) -> ToolCallParser | None:
+        if self.tool_names is None:
+            return None
+        return ToolCallParser(self.tool_names, self.parallel_tool_calls)
 
     def _usage(self, completion_tokens: int) -> UsageInfo:
         return UsageInfo(self.num_prompt_tokens, completion_tokens,
@@ -101,13 +130,17 @@ class _Reply:
         return ChoiceLogprobs(content=chat_logprobs(steps, self.state.token_str))
 
     def response(self, total: RequestOutput) -> ChatCompletionResponse:
-        choices = [
-            ChatCompletionChoice(
-                index=c.index, message=ChatCompletionMessage(content=c.text),
-                logprobs=self._logprobs(c.logprobs), finish_reason=c.finish_reason,
-                stop_reason=c.stop_reason)
-            for c in total.outputs
-        ]
+        choices = []
+        for c in total.outputs:
+            message, finish_reason = ChatCompletionMessage(content=c.text), c.finish_reason
+            parser = self._parser()
+            if parser is not None:
+                parser.feed(c.text, final=True)
+                message = _message(parser)
+                finish_reason = _finish_reason(parser, c.finish_reason)
+            choices.append(ChatCompletionChoice(
+                index=c.index, message=message, logprobs=self._logprobs(c.logprobs),
+                finish_reason=finish_reason, stop_reason=c.stop_reason))
         completion_tokens = sum(len(c.token_ids) for c in total.outputs)
         return ChatCompletionResponse(id=self.id, created=self.created, model=self.model,
                                       choices=choices, usage=self._usage(completion_tokens))
@@ -122,6 +155,7 @@ class _Reply:
         continuous = bool(options and options.continuous_usage_stats)
         n = self.req.n or 1
         generated = [0] * n  # tokens per choice so far
+        parsers = [self._parser() for _ in range(n)]
 
         def usage():
             return self._usage(sum(generated)) if continuous else UNSET
@@ -134,13 +168,20 @@ class _Reply:
                 for c in out.outputs:
                     generated[c.index] = c.num_output_tokens
                     with_logprobs = self.want_logprobs and bool(c.logprobs)
-                    if not (c.text or with_logprobs or c.finish_reason):
-                        continue  # tokens whose text is held back (a partial character, a stop)
+                    text, calls, finish_reason = c.text, UNSET, c.finish_reason
+                    parser = parsers[c.index]
+                    if parser is not None:
+                        text, deltas = parser.feed(c.text, final=c.finish_reason is not None)
+                        calls = _delta_tool_calls(deltas) or UNSET
+                        finish_reason = _finish_reason(parser, c.finish_reason)
+                    if not (text or calls or with_logprobs or c.finish_reason):
+                        continue  # text held back (a partial character, a stop, a tool call)
                     # a chunk that carries only logprobs still says content "", a final one {}
-                    content = c.text if (c.text or c.finish_reason is None) else UNSET
+                    content = text if (text or (c.finish_reason is None and not calls)) \
+                        else UNSET
                     choice = ChatStreamChoice(
-                        index=c.index, delta=DeltaMessage(content=content),
-                        logprobs=self._logprobs(c.logprobs), finish_reason=c.finish_reason,
+                        index=c.index, delta=DeltaMessage(content=content, tool_calls=calls),
+                        logprobs=self._logprobs(c.logprobs), finish_reason=finish_reason,
                         stop_reason=c.stop_reason)
                     yield self._chunk([choice], usage())
             if include_usage:
@@ -153,3 +194,31 @@ class _Reply:
         finally:
             stream.abort()
         yield DONE
+
+
+def _message(parser: ToolCallParser) -> ChatCompletionMessage:
+    if not parser.calls:
+        return ChatCompletionMessage(content=parser.content)
+    calls = [ToolCall(id=c.id, function=FunctionCall(c.name, c.arguments)) for c in parser.calls]
+    return ChatCompletionMessage(content=parser.content or None, tool_calls=calls)
+
+
+def _finish_reason(parser: ToolCallParser, finish_reason: str | None) -> str | None:
+    """A reply that called a tool and stopped by itself finishes with tool_calls (OpenAI)."""
+    return "tool_calls" if finish_reason == "stop" and parser.calls else finish_reason
+
+
+def _delta_tool_calls(deltas: list[ToolCallDelta]) -> list[DeltaToolCall]:
+    """Parser deltas in OpenAI's shape, the fragments of one call in one chunk joined."""
+    out: list[DeltaToolCall] = []
+    for d in deltas:
+        if out and out[-1].index == d.index:
+            out[-1].function.arguments += d.arguments
+        elif d.id is not None:
+            out.append(DeltaToolCall(index=d.index, id=d.id, type="function",
+                                     function=DeltaFunctionCall(name=d.name,
+                                                                arguments=d.arguments)))
+        else:
+            out.append(DeltaToolCall(index=d.index,
+                                     function=DeltaFunctionCall(arguments=d.arguments)))
+    return out

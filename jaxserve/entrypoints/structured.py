@@ -1,0 +1,137 @@
+"""Request fields to one output constraint and a tool plan; every mistake a 400 naming its field.
+
+A request may constrain its output through exactly one of:
+
+- ``response_format``: ``{"type": "text"}`` (no constraint), ``{"type": "json_object"}``, or
+  ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`` (OpenAI);
+- ``structured_outputs``: ``{json | json_object | regex | choice | grammar}`` (vLLM);
+- ``guided_json``, ``guided_regex``, ``guided_choice``, ``guided_grammar`` (vLLM's older fields);
+- ``tool_choice`` "required" or a named function, which forces a tool call through a grammar.
+
+Two of them in one request is a 400, as is a schema, regex or grammar that does not compile: the
+grammar is compiled here, on a worker thread, before the request reaches the engine, so the error
+can name the field and the engine thread finds it compiled in the cache. With ``tool_choice``
+"auto" and a constraint, the constraint wins and no tool calls are read (vLLM does the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from jaxserve.entrypoints.errors import bad_request
+from jaxserve.sampling_params import StructuredOutputs
+from jaxserve.structured import GrammarBackend, GrammarError
+from jaxserve.structured.grammars import load_schema
+from jaxserve.structured.tools import ToolError, ToolPlan, parse_tools
+
+_GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+           "guided_grammar": "grammar"}
+
+
+@dataclass(frozen=True)
+class RequestStructure:
+    constraint: StructuredOutputs | None
+    param: str | None  # the request field the constraint came from
+    tools: ToolPlan
+
+    @property
+    def reads_tool_calls(self) -> bool:
+        """Whether the reply's text is searched for tool calls."""
+        return self.tools.forces_call or (self.tools.parses_calls and self.constraint is None)
+
+
+def request_structure(req: Any) -> RequestStructure:
+    """The request's constraint and tool plan; raises a 400 for two constraints or bad tools."""
+    given: list[tuple[str, StructuredOutputs]] = []
+    response_format = _response_format(getattr(req, "response_format", None))
+    if response_format is not None:
+        given.append(("response_format", response_format))
+    structured = getattr(req, "structured_outputs", None)
+    if structured is not None:
+        try:
+            given.append(("structured_outputs", structured.validate()))
+        except ValueError as exc:  # "structured_outputs[.choice] must ..."
+            raise bad_request(str(exc), param=str(exc).split(" ", 1)[0]) from None
+    for name, kind in _GUIDED.items():
+        value = getattr(req, name, None)
+        if value is None:
+            continue
+        if kind == "choice" and not value:
+            raise bad_request(f"{name} must not be empty", param=name)
+        given.append((name, StructuredOutputs(**{kind: value})))
+    try:
+        plan = parse_tools(getattr(req, "tools", None), getattr(req, "tool_choice", None),
+                           getattr(req, "parallel_tool_calls", True))
+    except ToolError as exc:
+        raise bad_request(str(exc), param=exc.param) from None
+    if plan.forces_call:
+        given.append(("tool_choice", StructuredOutputs(grammar=plan.grammar())))
+    if len(given) > 1:
+        names = [name for name, _ in given]
+        raise bad_request(f"only one output constraint may be given per request, got "
+                          f"{' and '.join(names)}", param=names[1])
+    if not given:
+        return RequestStructure(None, None, plan)
+    param, constraint = given[0]
+    return RequestStructure(constraint, param, plan)
+
+
+def _response_format(value: Any) -> StructuredOutputs | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad_request("response_format must be an object", param="response_format")
+    kind = value.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return StructuredOutputs(json_object=True)
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict):
+            raise bad_request("response_format.json_schema must be an object with the schema",
+                              param="response_format.json_schema")
+        schema = spec.get("schema")
+        if schema is None:  # OpenAI allows leaving it out: any JSON object
+            return StructuredOutputs(json_object=True)
+        try:
+            return StructuredOutputs(json=load_schema(schema))
+        except GrammarError as exc:
+            raise bad_request(f"response_format.json_schema.schema: {exc}",
+                              param="response_format.json_schema.schema") from None
+    raise bad_request(f"response_format.type must be 'text', 'json_object' or 'json_schema', "
+                      f"got {kind!r}", param="response_format.type")
+
+
+async def compile_constraint(backend: Any, structure: RequestStructure) -> None:
+    """Compile the request's grammar off the event loop (a cache hit when seen before); a
+    grammar that does not compile is a 400 naming the field."""
+    if structure.constraint is None or not isinstance(backend, GrammarBackend):
+        return  # an engine without the llguidance backend refuses the request itself
+    await asyncio.to_thread(_compile, backend, structure)
+
+
+def _compile(backend: GrammarBackend, structure: RequestStructure) -> None:
+    try:
+        backend.compile(structure.constraint)
+    except GrammarError as exc:
+        param = _error_param(backend, structure, exc)
+        raise bad_request(f"{param}: {exc}", param=param) from None
+
+
+def _error_param(backend: GrammarBackend, structure: RequestStructure, exc: GrammarError) -> str:
+    param = structure.param
+    if param == "response_format":
+        return "response_format.json_schema.schema"
+    if param == "structured_outputs":
+        return f"structured_outputs.{exc.field}"
+    if param == "tool_choice":  # which tool's parameters: compile them one by one
+        for i, function in enumerate(structure.tools.functions):
+            try:
+                backend.compile(StructuredOutputs(json=function.parameters))
+            except GrammarError:
+                return f"tools[{i}].function.parameters"
+        return "tools"
+    return param
