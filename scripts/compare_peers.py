@@ -1,0 +1,179 @@
+"""jaxserve against its CPU peers (vLLM CPU, llama.cpp) side by side, one server at a time.
+
+For each server: start it on 127.0.0.1, time start to ready, run bench_serving.py's workloads
+(c=1, 4, 16 at 128 in / 128 out; c=4 at 512 in / 32 out), sample the peak memory of its process
+tree, stop it. Then write the table (jaxserve / best peer ratios) and the raw numbers into
+docs/performance.md between its generated-section markers. Peers are installed first if missing
+(scripts/peers/install.sh: minutes for vLLM, ~4 min of compiling for llama.cpp).
+
+    python scripts/compare_peers.py                       # all three, writes docs/performance.md
+    python scripts/compare_peers.py --servers jaxserve,vllm --check-vllm-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers.report import write_report
+from peers.servers import GGUF_F32, PEERS_DIR, ROOT, SERVED_NAME, RunningServer, server_specs
+
+# name, concurrency, input tokens, output tokens, prompts (each level is also time-bounded)
+WORKLOADS = [
+    ("c=1", 1, 128, 128, 8),
+    ("c=4", 4, 128, 128, 16),
+    ("c=16", 16, 128, 128, 48),
+    ("c=4, 512 in / 32 out", 4, 512, 32, 16),
+]
+
+
+def ensure_installed(servers: list[str], log_dir: Path) -> None:
+    for name in servers:
+        if name == "jaxserve":
+            continue
+        with open(log_dir / f"install_{name}.log", "a") as log:
+            subprocess.run([str(ROOT / "scripts/peers/install.sh"), name], check=True,
+                           stdout=log, stderr=subprocess.STDOUT)
+        if name == "llamacpp" and not GGUF_F32.exists():
+            subprocess.run([sys.executable, str(ROOT / "scripts/peers/gguf_f32.py"),
+                            str(GGUF_F32)], check=True)
+
+
+def bench(server: RunningServer, name: str, conc: int, in_len: int, out_len: int, prompts: int,
+          args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    result_path = out_dir / f"{server.spec.name}_{in_len}x{out_len}_c{conc}.json"
+    cmd = [sys.executable, str(ROOT / "scripts/bench_serving.py"), "--base-url", server.base_url,
+           "--model", SERVED_NAME, "--tokenizer", str(args.model_dir),
+           "--concurrency", str(conc), "--input-len", str(in_len), "--output-len", str(out_len),
+           "--num-prompts", str(prompts), "--max-duration", str(args.max_duration),
+           "--label", f"{server.spec.name} {name}", "--result-json", str(result_path),
+           "--no-progress", *server.spec.bench_args]
+    subprocess.run(cmd, check=True, timeout=args.max_duration * 3 + 600)
+    return json.loads(result_path.read_text())["levels"][0]
+
+
+def vllm_bench_serve(server: RunningServer, args: argparse.Namespace, out_dir: Path
+                     ) -> dict[str, Any]:
+    """The reference load generator on the c=4 workload, for comparison with bench_serving."""
+    name = "vllm_bench_serve_128x128_c4.json"
+    cmd = [str(PEERS_DIR / "vllm-venv/bin/vllm"), "bench", "serve", "--backend", "vllm",
+           "--base-url", server.base_url, "--endpoint", "/v1/completions",
+           "--model", str(args.model_dir), "--served-model-name", SERVED_NAME,
+           "--dataset-name", "random", "--random-input-len", "128", "--random-output-len", "128",
+           "--num-prompts", "16", "--max-concurrency", "4", "--num-warmups", "4",
+           "--temperature", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
+           "--metric-percentiles", "50,99", "--save-result", "--result-dir", str(out_dir),
+           "--result-filename", name, "--disable-tqdm",
+           *(["--ignore-eos"] if "--eos-bias" not in server.spec.bench_args else [])]
+    with open(out_dir / "vllm_bench_serve.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, timeout=900,
+                       env={**os.environ, "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1"})
+    return json.loads((out_dir / name).read_text())
+
+
+def run_server(name: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    spec = server_specs(args.model_dir, args.port)[name]
+    record: dict[str, Any] = {"name": name, "note": spec.note, "argv": spec.argv,
+                              "loadavg_before": list(os.getloadavg()), "workloads": {}}
+    if args.cold_start and name in ("jaxserve", "vllm"):  # empty compile caches
+        with tempfile.TemporaryDirectory() as cache:
+            cold_env = {"JAXSERVE_COMPILE_CACHE": cache, "VLLM_CACHE_ROOT": cache}
+            cold = RunningServer(spec, args.port, out_dir / f"{name}_cold.log", cold_env)
+            record["cold_ready_s"] = cold.wait_ready(args.ready_timeout)
+            cold.stop()
+    print(f"== {name}: starting ({' '.join(spec.argv)})", flush=True)
+    server = RunningServer(spec, args.port, out_dir / f"{name}.log")
+    try:
+        record["ready_s"] = server.wait_ready(args.ready_timeout)
+        if record["ready_s"] is None:
+            record["error"] = f"not ready in {args.ready_timeout:.0f} s; see {server.log_path}"
+            print(f"== {name}: {record['error']}", flush=True)
+            return record
+        record["rss_at_ready"] = server.peak_rss
+        print(f"== {name}: ready in {record['ready_s']:.1f} s", flush=True)
+        for workload in WORKLOADS:
+            if args.quick:
+                workload = (*workload[:4], max(workload[1], 2))
+            record["workloads"][workload[0]] = bench(server, *workload, args, out_dir)
+            record["workloads"][workload[0]]["loadavg_after"] = list(os.getloadavg())
+        if args.check_vllm_bench and name == args.check_vllm_bench_on:
+            record["vllm_bench_serve"] = vllm_bench_serve(server, args, out_dir)
+            record["bench_serving_repeat"] = bench(server, "c=4 (repeat)", 4, 128, 128, 16,
+                                                   args, out_dir / "repeat")
+        if name == "jaxserve":
+            record["metrics_tail"] = [line for line in server.get("/metrics").splitlines()
+                                      if line.startswith("jaxserve:compilations")]
+    finally:
+        server.stop()
+        record["peak_rss"], record["peak_pss"] = server.peak_rss, server.peak_pss
+        record["loadavg_after"] = list(os.getloadavg())
+    return record
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--servers", default="jaxserve,vllm,llamacpp")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="the HF folder all servers load (default: jaxserve's pulled SmolLM2)")
+    p.add_argument("--port", type=int, default=8311)
+    p.add_argument("--max-duration", type=float, default=180.0,
+                   help="per workload: stop sending after this many seconds")
+    p.add_argument("--ready-timeout", type=float, default=600.0)
+    p.add_argument("--cold-start", action="store_true",
+                   help="also time a start with empty compile caches (jaxserve, vLLM)")
+    p.add_argument("--check-vllm-bench", action="store_true",
+                   help="also run `vllm bench serve` at c=4 against one server")
+    p.add_argument("--check-vllm-bench-on", default="vllm")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 2+ prompts a workload")
+    p.add_argument("--out-dir", type=Path, default=PEERS_DIR / "results" / time.strftime(
+        "%Y%m%d-%H%M%S"), help="raw JSON results and server logs")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs/performance.md")
+    p.add_argument("--no-install", action="store_true")
+    return p
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # so `finally` stops the running server's process group
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.model_dir is None:
+        from jaxserve.pull import resolve_model
+
+        args.model_dir = resolve_model(SERVED_NAME)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.no_install:
+        ensure_installed(servers, args.out_dir)
+    run = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "loadavg_start": list(os.getloadavg()),
+           "cpu": _cpu_name(), "nproc": os.cpu_count(), "workloads": [w[0] for w in WORKLOADS],
+           "servers": {}}
+    for name in servers:
+        run["servers"][name] = run_server(name, args, args.out_dir)
+        (args.out_dir / "compare_peers.json").write_text(json.dumps(run, indent=1))
+    run["loadavg_end"] = list(os.getloadavg())
+    (args.out_dir / "compare_peers.json").write_text(json.dumps(run, indent=1))
+    write_report(run, args.doc, args.out_dir)
+    print(f"wrote {args.doc} and {args.out_dir}/compare_peers.json")
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()

