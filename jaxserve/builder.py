@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaxserve.config import Config
-from jaxserve.engine.buckets import all_buckets
+from jaxserve.engine.buckets import all_buckets, decode_buckets
 from jaxserve.engine.llm_engine import LLMEngine
 
 
@@ -77,14 +77,19 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
     load_seconds = time.perf_counter() - start
     _log(f"model loaded in {load_seconds:.1f}s", progress)
 
+    sched = config.scheduler
     runner = ModelRunner(model, num_pages=config.cache.num_pages, page_size=config.cache.page_size,
-                         max_num_seqs=config.scheduler.max_num_seqs)
+                         max_num_seqs=sched.max_num_seqs, num_decode_steps=sched.num_decode_steps)
     eos = eos_ids(model_dir, tokenizer, model_cfg.eos_token_ids)
     engine = LLMEngine(config, runner, tokenizer, max_model_len=max_model_len,
                        vocab_size=model_cfg.vocab_size, eos_token_ids=eos,
                        constraint_factory=GrammarBackend(tokenizer, model_cfg.vocab_size, eos))
-    buckets = all_buckets(config.scheduler.token_buckets, config.scheduler.seq_buckets)
-    compile_seconds = runner.warmup([engine.inputs.padding_inputs(b) for b in buckets], progress)
+    buckets = all_buckets(sched.token_buckets, sched.seq_buckets)
+    padding = [engine.inputs.padding_inputs(b) for b in buckets]
+    if sched.num_decode_steps > 1:
+        padding += [engine.inputs.padding_inputs(b, sched.num_decode_steps)
+                    for b in decode_buckets(sched.token_buckets, sched.seq_buckets, sched.max_num_seqs)]
+    compile_seconds = runner.warmup(padding, progress)
     _log(f"{len(buckets)} buckets ready in {compile_seconds:.1f}s", progress)
     info = EngineInfo(model_dir, config.model.model_name, max_model_len, model_cfg.vocab_size,
                       eos, backend.name, load_seconds, compile_seconds)

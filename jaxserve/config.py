@@ -67,12 +67,17 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # padded sizes the jitted step is compiled for; each run pads up to the nearest rung
     token_buckets: list[int] = msgspec.field(default_factory=lambda: [16, 64, 256])
     seq_buckets: list[int] = msgspec.field(default_factory=lambda: [4, 16])
+    # decode-only batches run this many steps per host round trip (1 disables); tokens past a
+    # stop are computed and dropped, so larger values waste more at the end of a request
+    num_decode_steps: int = 4
 
     def __post_init__(self) -> None:
         _check(self.max_num_seqs >= 1, "scheduler.max_num_seqs",
                f"must be at least 1, got {self.max_num_seqs}")
         _check(self.max_num_batched_tokens >= 1, "scheduler.max_num_batched_tokens",
                f"must be at least 1, got {self.max_num_batched_tokens}")
+        _check(1 <= self.num_decode_steps <= 64, "scheduler.num_decode_steps",
+               f"must be in [1, 64], got {self.num_decode_steps}")
         _ladder(self.token_buckets, "scheduler.token_buckets")
         _ladder(self.seq_buckets, "scheduler.seq_buckets")
         _check(self.token_buckets[-1] >= self.max_num_batched_tokens, "scheduler.token_buckets",

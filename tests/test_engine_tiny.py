@@ -100,3 +100,26 @@ def test_prefix_cache_hit_gives_the_same_tokens(tiny_llm):
     second = tiny_llm.generate([text + "question one"], params)[0]
     assert second.num_cached_tokens >= 8 * (len(text) // 8) - 8
     assert first.outputs[0].token_ids == second.outputs[0].token_ids
+
+
+def test_multi_step_decode_equals_single_steps(tiny_llm):
+    """Decode bursts (num_decode_steps=4, the tiny config's default) feed tokens back on the
+    device; one step per call must give the same tokens, greedy and seeded."""
+    from jaxserve.llm import LLM
+    from tests.conftest import TINY_CONFIG
+
+    assert tiny_llm.config.scheduler.num_decode_steps > 1
+    single = LLM(TINY_CONFIG, progress=False, **{"scheduler.num_decode_steps": 1})
+    batch = prompts(5)
+    for params in (SamplingParams(temperature=0, max_tokens=11),
+                   SamplingParams(temperature=1.0, seed=3, max_tokens=11, logprobs=2)):
+        ours = tiny_llm.generate(batch, params)
+        ref = single.generate(batch, params)
+        assert [o.outputs[0].token_ids for o in ours] == [o.outputs[0].token_ids for o in ref]
+        if params.logprobs:
+            a = [lp.logprob for o in ours for lp in o.outputs[0].logprobs]
+            b = [lp.logprob for o in ref for lp in o.outputs[0].logprobs]
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    steps = tiny_llm.engine.stats.steps
+    tiny_llm.generate(["burst"], SamplingParams(temperature=0, max_tokens=9, ignore_eos=True))
+    assert tiny_llm.engine.stats.steps - steps == 3  # prefill + 2 bursts of 4

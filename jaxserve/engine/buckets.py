@@ -14,6 +14,14 @@ def pick_bucket(ladder: list[int], n: int) -> int:
     return ladder[i]
 
 
+def decode_buckets(token_ladder: list[int], seq_ladder: list[int], max_num_seqs: int,
+                   ) -> list[tuple[int, int]]:
+    """The buckets a decode-only batch (one token per sequence) can land in."""
+    pairs = {(pick_bucket(token_ladder, n), pick_bucket(seq_ladder, n))
+             for n in range(1, max_num_seqs + 1)}
+    return sorted(pairs)
+
+
 def all_buckets(token_ladder: list[int], seq_ladder: list[int]) -> list[tuple[int, int]]:
     """Every (num_tokens, num_seqs) pair a step can be padded to."""
     return [(t, s) for t in token_ladder for s in seq_ladder]

@@ -37,10 +37,10 @@ class RequestError(ValueError):
 
 @dataclass
 class StepResult:
-    tokens: np.ndarray  # i32[S]
-    logprobs: np.ndarray  # f32[S]
-    top_ids: np.ndarray  # i32[S, 20]
-    top_logprobs: np.ndarray  # f32[S, 20]
+    tokens: np.ndarray  # i32[K, S]: K = the step's num_steps
+    logprobs: np.ndarray  # f32[K, S]
+    top_ids: np.ndarray  # i32[K, S, 20]
+    top_logprobs: np.ndarray  # f32[K, S, 20]
 
 
 class Runner(Protocol):
@@ -71,7 +71,7 @@ class LLMEngine:
         cache = config.cache
         self.allocator = PageAllocator(cache.num_pages, cache.page_size,
                                        cache.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.allocator)
+        self.scheduler = Scheduler(config.scheduler, self.allocator, max_model_len)
         self.inputs = StepInputBuilder(
             token_buckets=config.scheduler.token_buckets,
             seq_buckets=config.scheduler.seq_buckets,
@@ -186,8 +186,12 @@ class LLMEngine:
                 continue
             if s.logits_from is not None:
                 self.scheduler.fork(s.logits_from, seq)
-            self.outputs.append_token(seq, int(result.tokens[row]), self._logprobs(seq, row, result))
-            self.stats.generation_tokens += 1
+            for k in range(inputs.num_steps):  # tokens after a stop were computed, then dropped
+                if seq.finish_reason is not None:
+                    break
+                self.outputs.append_token(seq, int(result.tokens[k, row]),
+                                          self._logprobs(seq, k, row, result))
+                self.stats.generation_tokens += 1
             request = seq.request
             if request.first_token_time is None:
                 request.first_token_time = now
@@ -204,13 +208,14 @@ class LLMEngine:
                 self.stats.finished_requests += 1
         return outputs
 
-    def _logprobs(self, seq: Sequence, row: int, result: StepResult) -> StepLogprobs | None:
+    def _logprobs(self, seq: Sequence, step: int, row: int,
+                  result: StepResult) -> StepLogprobs | None:
         k = seq.params.logprobs
         if k is None:
             return None
-        top = [TokenLogprob(int(result.top_ids[row, j]), float(result.top_logprobs[row, j]))
-               for j in range(k)]
-        return StepLogprobs(int(result.tokens[row]), float(result.logprobs[row]), top)
+        ids, lps = result.top_ids[step, row], result.top_logprobs[step, row]
+        top = [TokenLogprob(int(ids[j]), float(lps[j])) for j in range(k)]
+        return StepLogprobs(int(result.tokens[step, row]), float(result.logprobs[step, row]), top)
 
     def _release(self, seq: Sequence) -> None:
         if seq.status is Status.FORK_PENDING:

@@ -32,6 +32,7 @@ class SchedulerOutput:
     scheduled: list[ScheduledSeq]
     page_copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst), run first
     preempted: list[Sequence] = field(default_factory=list)
+    num_steps: int = 1  # > 1: a decode-only batch runs this many steps in one device call
 
     @property
     def num_tokens(self) -> int:
@@ -43,8 +44,9 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, allocator: PageAllocator):
+    def __init__(self, config: SchedulerConfig, allocator: PageAllocator, max_model_len: int):
         self.config = config
+        self.max_model_len = max_model_len
         self.allocator = allocator
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -116,7 +118,31 @@ class Scheduler:
             seq.pages += self.allocator.allocate(needed)
             self._schedule(seq, num_new, out, scheduled_ids)
             budget -= num_new
+        self._extend_decodes(out)
         return out
+
+    def _extend_decodes(self, out: SchedulerOutput) -> None:
+        """Let a decode-only batch run num_decode_steps steps per device call, when every
+        sequence can: no grammar or penalty (the host sets those between steps), no pending
+        min_tokens, room in its context and pages for the extra tokens."""
+        k = self.config.num_decode_steps
+        if k == 1 or not out.scheduled or out.page_copies:
+            return
+        for s in out.scheduled:
+            seq, p = s.seq, s.seq.params
+            if (s.num_new_tokens != 1 or not s.sample or s.logits_from is not None
+                    or seq.constraint is not None or seq.num_output_tokens < p.min_tokens
+                    or p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
+                    or seq.num_tokens + k - 1 > self.max_model_len):
+                return
+        extra = [self.allocator.pages_needed(s.seq.num_computed_tokens + k - 1) - len(s.seq.pages)
+                 for s in out.scheduled]
+        if not self.allocator.can_allocate(sum(extra)):
+            return
+        for s, n in zip(out.scheduled, extra):
+            s.seq.pages += self.allocator.allocate(n)
+            s.seq.num_computed_tokens += k - 1  # the k - 1 tokens sampled inside the call
+        out.num_steps = k
 
     def _take_cached_prefix(self, seq: Sequence) -> None:
         # the last token is always computed: its logits are what the step is for
@@ -139,7 +165,7 @@ class Scheduler:
         # pages this step fills are offered to the prefix cache now: a sequence that finds one
         # later (or later in this step: every layer writes K/V before it attends) reads it after
         # this step wrote it, since steps run in order
-        full = seq.num_computed_tokens // self.allocator.page_size
+        full = min(seq.num_computed_tokens, seq.num_tokens) // self.allocator.page_size
         self.allocator.register(seq.page_keys, seq.token_ids, seq.pages, full)
         if sample:
             for fork in self._pending_forks(seq):

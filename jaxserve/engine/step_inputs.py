@@ -34,6 +34,7 @@ class StepInputs:
     sampling: dict[str, np.ndarray]  # the fields of runner.SamplingMetadata, [S, ...] each
     page_copies: np.ndarray  # i32[C, 2]: (src, dst) pages to copy before the step
     sample_rows: list[ScheduledSeq]  # which sequence each sample row belongs to
+    num_steps: int = 1  # decode steps the device runs before returning (decode-only batches)
 
 
 class StepInputBuilder:
@@ -48,9 +49,9 @@ class StepInputBuilder:
         self.eos_token_ids = eos_token_ids
         self.bitmask_words = bitmask_words(vocab_size)
 
-    def padding_inputs(self, bucket: tuple[int, int]) -> StepInputs:
+    def padding_inputs(self, bucket: tuple[int, int], num_steps: int = 1) -> StepInputs:
         """All-padding inputs of one bucket: the shapes to compile it ahead of time."""
-        return self.build(SchedulerOutput(scheduled=[]), bucket)
+        return self.build(SchedulerOutput(scheduled=[], num_steps=num_steps), bucket)
 
     def build(self, sched: SchedulerOutput, bucket: tuple[int, int] | None = None) -> StepInputs:
         attn_rows = [s for s in sched.scheduled if s.num_new_tokens > 0]
@@ -95,7 +96,7 @@ class StepInputBuilder:
             slot_mapping=slot_mapping, kv_lens=kv_lens, page_table=page_table,
             cu_q_lens=cu_q_lens, num_seqs=np.array([len(attn_rows)], np.int32),
             logits_indices=logits_indices, sampling=self._sampling(sample_rows, s_pad),
-            page_copies=copies, sample_rows=sample_rows,
+            page_copies=copies, sample_rows=sample_rows, num_steps=sched.num_steps,
         )
 
     def _sampling(self, rows: list[ScheduledSeq], s_pad: int) -> dict[str, np.ndarray]:

@@ -2,12 +2,15 @@
 
 The runner owns the model weights and the paged KV cache (one array per layer, donated to every
 step so XLA updates it in place). Each (token bucket, sequence bucket) pair has one executable,
-compiled ahead of time at start; a step that finds none compiles it and counts it, so a steady
-state with zero compilations after warm-up can be checked.
+compiled ahead of time at start, and decode-only buckets have a second one that runs
+``num_decode_steps`` steps in a ``lax.scan``, feeding each step's tokens to the next on the device;
+a step that finds no executable compiles it and counts it, so a steady state with zero
+compilations after warm-up can be checked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -27,7 +30,7 @@ from jaxserve.runner.sampling_metadata import SamplingMetadata
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, *, num_pages: int, page_size: int,
-                 max_num_seqs: int):
+                 max_num_seqs: int, num_decode_steps: int = 1):
         cfg = model.cfg
         self.cfg = cfg
         self.graphdef, self.state = nnx.split(model)
@@ -49,6 +52,33 @@ class ModelRunner:
 
         self.step_fn = jax.jit(step, donate_argnums=(1,))
 
+        def decode_steps(state, kv_caches, input_ids, positions, md, logits_indices, sm):
+            # decode-only: token i is row i's one query and its sample row
+            t_pad, s_pad = input_ids.shape[0], logits_indices.shape[0]
+            num_seqs = md.num_seqs[0]
+            tok = jnp.arange(t_pad, dtype=jnp.int32)
+            tok_row = jnp.minimum(tok, s_pad - 1)
+            max_page = md.page_table.shape[1] - 1
+
+            def one(carry, _):
+                kv_caches, ids, pos, md, sm = carry
+                out, kv_caches = step(state, kv_caches, ids, pos, md, logits_indices, sm)
+                ids = ids.at[jnp.arange(s_pad)].set(out[0], mode="drop")
+                pos = pos + 1
+                page = md.page_table[tok_row, jnp.minimum(pos // page_size, max_page)]
+                slots = jnp.where(tok < num_seqs, page * page_size + pos % page_size, -1)
+                md = dataclasses.replace(md, slot_mapping=slots,
+                                         kv_lens=md.kv_lens + (tok_row[:s_pad] < num_seqs))
+                sm = dataclasses.replace(sm, rng_steps=sm.rng_steps + 1)
+                return (kv_caches, ids, pos, md, sm), out
+
+            carry = (kv_caches, input_ids, positions, md, sm)
+            (kv_caches, *_), outs = jax.lax.scan(one, carry, length=num_decode_steps)
+            return outs, kv_caches  # each output gains a leading [K] axis
+
+        self.num_decode_steps = num_decode_steps
+        self.decode_steps_fn = jax.jit(decode_steps, donate_argnums=(1,))
+
         def copy_pages(kv_caches, src, dst):  # src, dst: i32[C]; dst == num_pages pads
             return [kv.at[dst].set(kv[src], mode="drop") for kv in kv_caches]
 
@@ -68,17 +98,19 @@ class ModelRunner:
             lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
             self.device_args(inputs),
         )
-        return self.step_fn.lower(self.state, self.kv_caches, *specs).compile()
+        fn = self.step_fn if inputs.num_steps == 1 else self.decode_steps_fn
+        return fn.lower(self.state, self.kv_caches, *specs).compile()
 
     def warmup(self, padding_inputs: list[StepInputs], progress: bool = True) -> float:
         """Compile every bucket ahead of time; returns the seconds it took."""
         start = time.perf_counter()
         for i, inputs in enumerate(padding_inputs):
             t0 = time.perf_counter()
-            self.executables[inputs.bucket] = self._compile(inputs)
+            self.executables[inputs.bucket, inputs.num_steps] = self._compile(inputs)
             if progress:
+                steps = f" decode_steps={inputs.num_steps}" if inputs.num_steps > 1 else ""
                 print(f"[jaxserve] compiled bucket {i + 1}/{len(padding_inputs)} "
-                      f"tokens={inputs.bucket[0]} seqs={inputs.bucket[1]} "
+                      f"tokens={inputs.bucket[0]} seqs={inputs.bucket[1]}{steps} "
                       f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
         src = np.full(self.max_copies, 0, np.int32)
         dst = np.full(self.max_copies, self.num_pages, np.int32)
@@ -91,16 +123,17 @@ class ModelRunner:
     def execute(self, inputs: StepInputs) -> StepResult:
         if len(inputs.page_copies):
             self._run_copies(inputs.page_copies)
-        exe = self.executables.get(inputs.bucket)
+        key = (inputs.bucket, inputs.num_steps)
+        exe = self.executables.get(key)
         if exe is None:
-            exe = self.executables[inputs.bucket] = self._compile(inputs)
+            exe = self.executables[key] = self._compile(inputs)
             if self._warm:
                 self.compilations_after_warmup += 1
-        (tokens, logprobs, top_ids, top_lps), self.kv_caches = exe(
-            self.state, self.kv_caches, *self.device_args(inputs)
-        )
+        outs, self.kv_caches = exe(self.state, self.kv_caches, *self.device_args(inputs))
         # the one device-to-host transfer of the step
-        tokens, logprobs, top_ids, top_lps = jax.device_get((tokens, logprobs, top_ids, top_lps))
+        tokens, logprobs, top_ids, top_lps = jax.device_get(outs)
+        if inputs.num_steps == 1:  # one step: give it the [K = 1] axis the engine reads
+            tokens, logprobs, top_ids, top_lps = (x[None] for x in (tokens, logprobs, top_ids, top_lps))
         return StepResult(tokens, logprobs, top_ids, top_lps)
 
     def _run_copies(self, copies: np.ndarray) -> None:  # i32[C, 2]

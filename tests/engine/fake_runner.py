@@ -16,12 +16,13 @@ class FakeRunner:
 
     def execute(self, inputs: StepInputs) -> StepResult:
         self.steps.append(inputs)
-        s_pad = inputs.bucket[1]
+        s_pad, k = inputs.bucket[1], inputs.num_steps
         last_tokens = inputs.input_ids[inputs.logits_indices]  # i32[S]
-        tokens = ((last_tokens + 1) % 200).astype(np.int32)
-        top_ids = np.tile(np.arange(20, dtype=np.int32), (s_pad, 1))
-        return StepResult(tokens, np.full(s_pad, -0.5, np.float32), top_ids,
-                          np.full((s_pad, 20), -1.0, np.float32))
+        # K steps feed each token back in: step j yields last + 1 + j
+        tokens = np.stack([(last_tokens + 1 + j) % 200 for j in range(k)]).astype(np.int32)
+        top_ids = np.tile(np.arange(20, dtype=np.int32), (k, s_pad, 1))
+        return StepResult(tokens, np.full((k, s_pad), -0.5, np.float32), top_ids,
+                          np.full((k, s_pad, 20), -1.0, np.float32))
 
 
 class ScriptedRunner(FakeRunner):
@@ -34,5 +35,6 @@ class ScriptedRunner(FakeRunner):
     def execute(self, inputs: StepInputs) -> StepResult:
         result = super().execute(inputs)
         if any(s.sample for s in inputs.sample_rows):
-            result.tokens[:] = self.script.pop(0)
+            for k in range(inputs.num_steps):
+                result.tokens[k] = self.script.pop(0) if self.script else 0
         return result

@@ -12,7 +12,8 @@ def run_script(tokenizer, text: str, params: SamplingParams, extra: list[int] = 
     script = tokenizer(text, add_special_tokens=False).input_ids + list(extra)
     config = load_config(None, {"cache.page_size": 4, "cache.num_pages": 64,
                                 "scheduler.max_num_seqs": 4, "scheduler.max_num_batched_tokens": 16,
-                                "scheduler.token_buckets": [16], "scheduler.seq_buckets": [4]})
+                                "scheduler.token_buckets": [16], "scheduler.seq_buckets": [4],
+                                "scheduler.num_decode_steps": 1})  # one token per step
     engine = LLMEngine(config, ScriptedRunner(script), tokenizer, max_model_len=128,
                        vocab_size=len(tokenizer), eos_token_ids=(tokenizer.eos_token_id,))
     engine.add_request("r", tokenizer("hi", add_special_tokens=False).input_ids, params)

@@ -149,7 +149,7 @@ def test_prefix_cache_skips_computing_a_shared_prefix(tiny_tokenizer):
     outputs = []
     while engine.has_unfinished_requests():
         outputs += engine.step()
-    first = engine.runner.steps[-2]  # b's prefill
+    first = engine.runner.steps[-1]  # b's prefill: one token, so its decode burst too
     assert int(first.cu_q_lens[1]) == 1  # only the token after the cached prefix is computed
     assert int(first.positions[0]) == 12
     assert outputs[-1].num_cached_tokens == 12
@@ -207,3 +207,25 @@ def test_structured_outputs_without_a_factory_is_a_clear_error(tiny_tokenizer):
         engine.add_request("c", [1], SamplingParams(structured_outputs=StructuredOutputs(regex="a")))
     with pytest.raises(ValueError, match="exactly one"):
         SamplingParams(structured_outputs=StructuredOutputs(regex="a", choice=["b"])).validate()
+
+
+def test_decode_only_batches_run_several_steps_per_call(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **{"scheduler.num_decode_steps": 4})
+    engine.add_request("a", [10, 11], SamplingParams(max_tokens=10, temperature=0))
+    engine.add_request("b", [50, 51, 52], SamplingParams(max_tokens=6, temperature=0, stop_token_ids=[55]))
+    out = run_all(engine)
+    assert out == {"a": [list(range(12, 22))], "b": [[53, 54, 55]]}
+    num_steps = [s.num_steps for s in engine.runner.steps]
+    assert num_steps[0] == 1 and 4 in num_steps  # prefill alone, then decode bursts
+    # 10 tokens: 1 from prefill, then bursts of 4 (the last one partly dropped)
+    assert len(engine.runner.steps) == 4
+    engine.allocator.check_all_free()
+
+
+def test_multi_step_is_off_for_grammars_penalties_and_min_tokens(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **{"scheduler.num_decode_steps": 4})
+    engine.add_request("p", [10], SamplingParams(max_tokens=5, temperature=0, presence_penalty=0.5))
+    engine.add_request("m", [20], SamplingParams(max_tokens=5, temperature=0, min_tokens=3))
+    out = run_all(engine)
+    assert out == {"p": [[11, 12, 13, 14, 15]], "m": [[21, 22, 23, 24, 25]]}
+    assert all(s.num_steps == 1 for s in engine.runner.steps[:3])
