@@ -16,6 +16,8 @@ and tool-call deltas in OpenAI's order (a call's index, id and name first, then 
 fragments). Text that might still turn out to be the start of a tool call (a partial
 ``<tool_call``, a JSON object whose name is not complete) is held back until it is decided.
 Content is stripped of leading and trailing whitespace, so the newlines around calls vanish.
+A reply cut off (max_tokens) inside a call keeps the call with its arguments cut short, or,
+when even the name was not whole, drops the unfinished block.
 """
 
 from __future__ import annotations
@@ -211,7 +213,7 @@ class ToolCallParser:
         start = _skip_ws(self._buffer, 0)
         if start >= len(self._buffer):
             if final:
-                return self._give_up(content, tagged)
+                return self._cut_off(content, tagged)
             return False
         try:
             if self._buffer[start] != "{":
@@ -236,8 +238,8 @@ class ToolCallParser:
         if scan.end is None:
             if final:
                 if self._current is None:
-                    return self._give_up(content, tagged)
-                self._end_call(len(self._buffer))
+                    return self._cut_off(content, tagged)
+                self._end_call(len(self._buffer))  # announced: its arguments are cut short
             return False
         if self._current is None:  # a whole object without a name
             return self._give_up(content, tagged)
@@ -301,6 +303,14 @@ class ToolCallParser:
         self._buffer = ""
         self._current = None
         self._mode = "text"
+        return False
+
+    def _cut_off(self, content: list[str], tagged: bool) -> bool:
+        """The reply ended inside a call before its name was whole (max_tokens): a tagged block
+        was meant as a call, so it is dropped rather than shown as content."""
+        if not tagged:
+            return self._give_up(content, tagged)
+        self._end_call(len(self._buffer))
         return False
 
     def _content(self, text: str, final: bool) -> str:

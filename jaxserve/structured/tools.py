@@ -9,8 +9,8 @@ chat templates (Qwen2.5, Hermes) use natively::
 
 ``tool_choice`` "required" or a named function turns into a Lark grammar of exactly that: the
 name is one of the allowed functions, written as a literal, and the arguments are that function's
-parameter schema inlined as ``%json``; with ``parallel_tool_calls`` more calls may follow, one per
-block. "auto" adds no grammar: the model decides and ``tool_parser`` reads what it wrote.
+parameter schema inlined as ``%json``; with "required" and ``parallel_tool_calls`` more calls may
+follow, one per block, while a named function is called once. "auto" adds no grammar: the model decides and ``tool_parser`` reads what it wrote.
 """
 
 from __future__ import annotations
@@ -71,9 +71,11 @@ class ToolPlan:
         return frozenset(f.name for f in self.functions)
 
     def grammar(self) -> str:
-        """The Lark grammar of a forced call (``forces_call`` only)."""
-        allowed = [f for f in self.functions if self.choice == "required" or f.name == self.named]
-        return call_grammar(allowed, self.parallel)
+        """The Lark grammar of a forced call (``forces_call`` only). A named function is called
+        exactly once, as OpenAI and vLLM do; "required" allows more calls with parallel ones."""
+        if self.choice == "named":
+            return call_grammar([f for f in self.functions if f.name == self.named], False)
+        return call_grammar(self.functions, self.parallel)
 
 
 def parse_tools(tools: list[Any] | None, tool_choice: Any,

@@ -46,6 +46,9 @@ CASES = [
     ("<tool_call>not json</tool_call> ok", "<tool_call>not json</tool_call> ok", []),
     ("Plain answer.\n\n", "Plain answer.", []),
     (WEATHER[:-20], None, [("get_weather", '{"city": "P')]),  # cut off by max_tokens
+    ("Hi " + WEATHER[:20], "Hi", []),  # cut off before the name was whole
+    ("Hi <tool_call>", "Hi", []),
+    ('{"name": "ad', '{"name": "ad', []),  # a bare object cut short: nothing says it is a call
 ]
 
 
