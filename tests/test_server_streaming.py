@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import openai
 import pytest
 
 pytest_plugins = ["tests.conftest_server"]
@@ -14,6 +15,7 @@ HELLO = [{"role": "user", "content": "Tell me a story"}]
 
 
 def test_16_concurrent_streams(http, live_server):
+    """Eight raw SSE readers (checking every line) and eight openai SDK streams at once."""
     reference = http.post("/v1/chat/completions", json={
         "messages": HELLO, "max_tokens": 8, "temperature": 0, "ignore_eos": True}).json()
     expected = reference["choices"][0]["message"]["content"]
@@ -37,11 +39,27 @@ def test_16_concurrent_streams(http, live_server):
                         finishes.append(choice["finish_reason"])
         return text, finishes, last
 
+    async def one_sdk(client: openai.AsyncOpenAI) -> tuple[str, list[str], str]:
+        stream = await client.chat.completions.create(
+            model=live_server.model, messages=HELLO, max_tokens=8, temperature=0, stream=True,
+            extra_body={"ignore_eos": True})
+        text, finishes = "", []
+        async for chunk in stream:
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finishes += [choice.finish_reason] if choice.finish_reason else []
+        return text, finishes, "data: [DONE]"  # the SDK consumes [DONE] itself
+
     async def main():
+        sdk = openai.AsyncOpenAI(base_url=live_server.base_url, api_key=live_server.api_key,
+                                 max_retries=0)
         async with httpx.AsyncClient(base_url=live_server.url, timeout=120,
                                      headers={"Authorization": f"Bearer {live_server.api_key}"},
                                      limits=httpx.Limits(max_connections=32)) as client:
-            return await asyncio.gather(*(one(client) for _ in range(16)))
+            results = await asyncio.gather(*(one(client) for _ in range(8)),
+                                           *(one_sdk(sdk) for _ in range(8)))
+        await sdk.close()
+        return results
 
     for text, finishes, last in asyncio.run(main()):
         assert text == expected
