@@ -67,7 +67,7 @@ class SamplingParams(msgspec.Struct, kw_only=True):
             raise bad("temperature", f"must be in [0, 2], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise bad("top_p", f"must be in (0, 1], got {self.top_p}")
-        if self.top_k < -1:
+        if not -1 <= self.top_k < 2**31:
             raise bad("top_k", f"must be -1 (disabled), 0 (disabled) or positive, got {self.top_k}")
         if not 0.0 <= self.min_p <= 1.0:
             raise bad("min_p", f"must be in [0, 1], got {self.min_p}")

@@ -121,7 +121,7 @@ class StepInputBuilder:
             seq, p = s.seq, s.seq.params
             temperature[row] = p.temperature
             top_p[row] = p.top_p
-            top_k[row] = max(p.top_k, 0)
+            top_k[row] = max(p.top_k, 0)  # validate() bounds it to int32; the sampler clips to V
             min_p[row] = p.min_p
             presence[row] = p.presence_penalty
             frequency[row] = p.frequency_penalty

@@ -229,3 +229,11 @@ def test_multi_step_is_off_for_grammars_penalties_and_min_tokens(tiny_tokenizer)
     out = run_all(engine)
     assert out == {"p": [[11, 12, 13, 14, 15]], "m": [[21, 22, 23, 24, 25]]}
     assert all(s.num_steps == 1 for s in engine.runner.steps[:3])
+
+
+def test_out_of_range_top_k_is_refused_not_crashing(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    with pytest.raises(ValueError, match="top_k"):
+        engine.add_request("k", [1], SamplingParams(top_k=10**30))
+    engine.add_request("big", [1], SamplingParams(top_k=10**6, max_tokens=2, temperature=0.5))
+    assert run_all(engine)["big"][0]  # larger than the vocabulary means no top-k
