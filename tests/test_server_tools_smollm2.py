@@ -1,0 +1,86 @@
+"""Tool calling on SmolLM2 over HTTP: its template knows no tools, so jaxserve's default tool
+prompt describes them. A full round trip (a forced call, the tool's result, a final answer) and a
+streamed named call, through the openai SDK.
+
+SmolLM2-135M does not call tools by itself under "auto" (it answers in prose); reading calls in
+"auto" is covered by tests/structured/test_tool_parser.py."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import msgspec
+import openai
+import pytest
+
+from jaxserve.config import ServerConfig
+
+pytestmark = pytest.mark.slow
+pytest_plugins = ["tests.conftest_server"]
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object",
+                   "properties": {"city": {"type": "string", "description": "The city name",
+                                           "maxLength": 30}},
+                   "required": ["city"], "additionalProperties": False}}}
+ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+@pytest.fixture(scope="module")
+def smollm2_server(smollm2_reference_llm):
+    from jaxserve.entrypoints.app import create_app
+    from tests.conftest_server import API_KEY, LiveServer, run_uvicorn
+
+    llm = smollm2_reference_llm
+    config = msgspec.structs.replace(llm.config, server=ServerConfig(api_key=API_KEY))
+    server, thread, url = run_uvicorn(create_app(llm.engine, llm.info, config))
+    yield LiveServer(url, llm.engine, llm.engine.tokenizer, llm.info.model_name,
+                     llm.info.max_model_len)
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture
+def client(smollm2_server):
+    yield openai.OpenAI(base_url=smollm2_server.base_url, api_key=smollm2_server.api_key,
+                        max_retries=0)
+    smollm2_server.wait_idle()
+
+
+def test_round_trip_call_result_answer(client, smollm2_server):
+    # one call: with parallel calls allowed, greedy SmolLM2 repeats the same call until max_tokens
+    first = client.chat.completions.create(
+        model=smollm2_server.model, messages=ASK, tools=[WEATHER], tool_choice="required",
+        parallel_tool_calls=False, temperature=0, max_tokens=40)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    arguments = json.loads(call.function.arguments)
+    jsonschema.validate(arguments, WEATHER["function"]["parameters"])
+    assert call.function.name == "get_weather" and "paris" in arguments["city"].lower()
+
+    history = [*ASK, choice.message.model_dump(exclude_none=True),
+               {"role": "tool", "tool_call_id": call.id,
+                "content": json.dumps({"city": "Paris", "sky": "sunny", "celsius": 24})}]
+    final = client.chat.completions.create(
+        model=smollm2_server.model, messages=history, tools=[WEATHER], temperature=0,
+        max_tokens=60)
+    answer = final.choices[0]
+    assert answer.message.tool_calls is None and answer.finish_reason == "stop"
+    assert "24" in answer.message.content or "sunny" in answer.message.content.lower(), \
+        answer.message.content
+
+
+def test_streamed_named_call_accumulates_in_the_sdk(client, smollm2_server):
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    with client.chat.completions.stream(model=smollm2_server.model, messages=ASK,
+                                        tools=[WEATHER], tool_choice=named, temperature=0,
+                                        max_tokens=40) as stream:
+        fragments = [event.arguments_delta for event in stream
+                     if event.type == "tool_calls.function.arguments.delta"]
+        final = stream.get_final_completion()
+    (call,) = final.choices[0].message.tool_calls
+    assert len(fragments) > 1 and "".join(fragments) == call.function.arguments
+    assert json.loads(call.function.arguments)["city"].lower().startswith("paris")
