@@ -125,6 +125,8 @@ def test_a_repeated_schema_compiles_once(http, live_server):
     ({"guided_json": {"type": "array", "minItems": 4, "maxItems": 2}}, "guided_json",
      "minItems"),
     ({"guided_grammar": "start: undefined_rule"}, "guided_grammar", "undefined_rule"),
+    # a keyword llguidance cannot enforce is refused, never silently ignored
+    ({"guided_json": {"type": "array", "uniqueItems": True}}, "guided_json", "uniqueItems"),
     ({"response_format": {"type": "yaml"}}, "response_format.type", "yaml"),
     ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "schema"),
     ({"guided_choice": []}, "guided_choice", "empty"),
