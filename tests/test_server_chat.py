@@ -228,3 +228,17 @@ def test_openai_sdk_async(live_server):
     assert [c.index for c in plain.choices] == [0, 1]
     assert text == plain.choices[0].message.content
     live_server.wait_idle()
+
+
+def test_usage_reports_prefix_cached_tokens(http, live_server):
+    """A long prompt sent twice: the second time its full pages come from the prefix cache."""
+    messages = [{"role": "system", "content": "You are terse. " * 20}, *HELLO]
+    first = chat(http, messages=messages, max_tokens=2, temperature=0)
+    second = chat(http, messages=messages, max_tokens=2, temperature=0)
+    page = live_server.engine.config.cache.page_size
+    prompt_tokens = second["usage"]["prompt_tokens"]
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] <= cached
+    assert prompt_tokens - page <= cached < prompt_tokens
+    assert cached % page == 0
+    assert first["choices"][0]["message"] == second["choices"][0]["message"]

@@ -24,10 +24,15 @@ class ErrorResponse(msgspec.Struct):
 
 
 # ---- shared pieces ------------------------------------------------------------------------------
+class PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache
+
+
 class UsageInfo(msgspec.Struct):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):

@@ -37,7 +37,7 @@ from jaxserve.entrypoints.chat_protocol import (
 from jaxserve.entrypoints.errors import APIError, decode_request
 from jaxserve.entrypoints.logprobs import chat_logprobs
 from jaxserve.entrypoints.prompts import template_messages
-from jaxserve.entrypoints.protocol import UsageInfo
+from jaxserve.entrypoints.protocol import PromptTokensDetails, UsageInfo
 from jaxserve.entrypoints.responses import (
     DONE,
     json_response,
@@ -107,6 +107,7 @@ class _Reply:
         self.created = int(time.time())
         self.model = state.config.model.model_name
         self.num_prompt_tokens = num_prompt_tokens
+        self.num_cached_tokens = 0
         self.want_logprobs = bool(req.logprobs)
         self.tool_names: frozenset[str] | None = None  # set when the text is read for calls
         self.parallel_tool_calls = True
@@ -122,7 +123,8 @@ class _Reply:
 
     def _usage(self, completion_tokens: int) -> UsageInfo:
         return UsageInfo(self.num_prompt_tokens, completion_tokens,
-                         self.num_prompt_tokens + completion_tokens)
+                         self.num_prompt_tokens + completion_tokens,
+                         PromptTokensDetails(cached_tokens=self.num_cached_tokens))
 
     def _logprobs(self, steps) -> ChoiceLogprobs | None:
         if not self.want_logprobs or steps is None:
@@ -142,6 +144,7 @@ class _Reply:
                 index=c.index, message=message, logprobs=self._logprobs(c.logprobs),
                 finish_reason=finish_reason, stop_reason=c.stop_reason))
         completion_tokens = sum(len(c.token_ids) for c in total.outputs)
+        self.num_cached_tokens = total.num_cached_tokens
         return ChatCompletionResponse(id=self.id, created=self.created, model=self.model,
                                       choices=choices, usage=self._usage(completion_tokens))
 
@@ -165,6 +168,7 @@ class _Reply:
                 delta = DeltaMessage(role="assistant", content="")
                 yield self._chunk([ChatStreamChoice(index=index, delta=delta)], usage())
             async for out in stream:
+                self.num_cached_tokens = out.num_cached_tokens
                 for c in out.outputs:
                     generated[c.index] = c.num_output_tokens
                     with_logprobs = self.want_logprobs and bool(c.logprobs)

@@ -23,7 +23,7 @@ from jaxserve.entrypoints.completion_protocol import (
 from jaxserve.entrypoints.errors import APIError, decode_request
 from jaxserve.entrypoints.logprobs import completion_logprobs
 from jaxserve.entrypoints.prompts import completion_prompts
-from jaxserve.entrypoints.protocol import UsageInfo
+from jaxserve.entrypoints.protocol import PromptTokensDetails, UsageInfo
 from jaxserve.entrypoints.responses import (
     DONE,
     json_response,
@@ -84,12 +84,14 @@ class _Reply:
         self.model = state.config.model.model_name
         self.n = req.n or 1
         self.num_prompt_tokens = num_prompt_tokens
+        self.cached_tokens: dict[int, int] = {}  # prompt position -> tokens from the prefix cache
         self.echoes = echoes
         self.offsets: dict[int, int] = {}  # choice -> characters sent so far (logprob offsets)
 
     def _usage(self, completion_tokens: int) -> UsageInfo:
         return UsageInfo(self.num_prompt_tokens, completion_tokens,
-                         self.num_prompt_tokens + completion_tokens)
+                         self.num_prompt_tokens + completion_tokens,
+                         PromptTokensDetails(cached_tokens=sum(self.cached_tokens.values())))
 
     def _choice(self, position: int, c: CompletionOutput) -> CompletionChoice:
         index = position * self.n + c.index
@@ -107,6 +109,7 @@ class _Reply:
     def response(self, totals: list[RequestOutput]) -> CompletionResponse:
         choices = [self._choice(p, c) for p, total in enumerate(totals) for c in total.outputs]
         completion_tokens = sum(len(c.token_ids) for t in totals for c in t.outputs)
+        self.cached_tokens = {p: t.num_cached_tokens for p, t in enumerate(totals)}
         return CompletionResponse(id=self.id, created=self.created, model=self.model,
                                   choices=choices, usage=self._usage(completion_tokens))
 
@@ -121,6 +124,7 @@ class _Reply:
         generated: dict[int, int] = {}  # choice -> tokens so far
         try:
             async for position, out in merge_streams(streams):
+                self.cached_tokens[position] = out.num_cached_tokens
                 for c in out.outputs:
                     generated[position * self.n + c.index] = c.num_output_tokens
                     with_logprobs = self.req.logprobs is not None and bool(c.logprobs)
