@@ -25,7 +25,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers.report import write_report
-from peers.servers import GGUF_F32, PEERS_DIR, ROOT, SERVED_NAME, RunningServer, server_specs
+from peers.servers import (
+    GGUF_F32,
+    PEERS_DIR,
+    ROOT,
+    SERVED_NAME,
+    RunningServer,
+    server_specs,
+    set_priority,
+)
 
 # name, concurrency, input tokens, output tokens, prompts (each level is also time-bounded)
 WORKLOADS = [
@@ -84,14 +92,15 @@ def run_server(name: str, args: argparse.Namespace, out_dir: Path) -> dict[str, 
     spec = server_specs(args.model_dir, args.port)[name]
     record: dict[str, Any] = {"name": name, "note": spec.note, "argv": spec.argv,
                               "loadavg_before": list(os.getloadavg()), "workloads": {}}
-    if args.cold_start and name in ("jaxserve", "vllm"):  # empty compile caches
+    if name in args.cold_start.split(","):  # empty compile caches
         with tempfile.TemporaryDirectory() as cache:
             cold_env = {"JAXSERVE_COMPILE_CACHE": cache, "VLLM_CACHE_ROOT": cache}
-            cold = RunningServer(spec, args.port, out_dir / f"{name}_cold.log", cold_env)
+            cold = RunningServer(spec, args.port, out_dir / f"{name}_cold.log", cold_env,
+                                 nice=args.nice)
             record["cold_ready_s"] = cold.wait_ready(args.ready_timeout)
             cold.stop()
     print(f"== {name}: starting ({' '.join(spec.argv)})", flush=True)
-    server = RunningServer(spec, args.port, out_dir / f"{name}.log")
+    server = RunningServer(spec, args.port, out_dir / f"{name}.log", nice=args.nice)
     try:
         record["ready_s"] = server.wait_ready(args.ready_timeout)
         if record["ready_s"] is None:
@@ -128,8 +137,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-duration", type=float, default=180.0,
                    help="per workload: stop sending after this many seconds")
     p.add_argument("--ready-timeout", type=float, default=600.0)
-    p.add_argument("--cold-start", action="store_true",
-                   help="also time a start with empty compile caches (jaxserve, vLLM)")
+    p.add_argument("--cold-start", default="", metavar="SERVERS",
+                   help="servers to also start once with empty compile caches, e.g. jaxserve,vllm")
     p.add_argument("--check-vllm-bench", action="store_true",
                    help="also run `vllm bench serve` at c=4 against one server")
     p.add_argument("--check-vllm-bench-on", default="vllm")
@@ -138,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
         "%Y%m%d-%H%M%S"), help="raw JSON results and server logs")
     p.add_argument("--doc", type=Path, default=ROOT / "docs/performance.md")
     p.add_argument("--no-install", action="store_true")
+    p.add_argument("--nice", type=int, default=0,
+                   help="scheduling priority (-20..19) of the servers and the load generator over "
+                        "other sessions' processes; see docs/performance.md")
     return p
 
 
@@ -148,6 +160,8 @@ def _interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    if args.nice:  # for the load generator; each server gets it in RunningServer
+        set_priority(os.getpid(), args.nice)
     if args.model_dir is None:
         from jaxserve.pull import resolve_model
 
@@ -157,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_install:
         ensure_installed(servers, args.out_dir)
     run = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "loadavg_start": list(os.getloadavg()),
+           "nice": args.nice,
            "cpu": _cpu_name(), "nproc": os.cpu_count(), "workloads": [w[0] for w in WORKLOADS],
            "servers": {}}
     for name in servers:

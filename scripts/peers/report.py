@@ -122,7 +122,8 @@ def write_report(run: dict[str, Any], doc: Path, out_dir: Path) -> None:
     block = [BEGIN, "", (f"Run of {run['date']} on {run['nproc']} cores ({run['cpu']}). "
              f"Load average (1/5/15 min) at start {_load(run['loadavg_start'])}, at end "
              f"{_load(run.get('loadavg_end'))}: the machine is shared with other engineers, so "
-             "read every figure with that load in mind. Raw JSON: "
+             "read every figure with that load in mind. Servers and load generator ran at nice "
+             f"{run.get('nice', 0)}. Raw JSON: "
              f"`{out_dir}/compare_peers.json`."), "", *summary_table(run), "",
              ("Throughput cells: output tok/s, TTFT p50, TPOT p50. Ratios above 1 mean jaxserve "
              "is ahead on throughput; below 1 means it is ahead on time and memory."), "",

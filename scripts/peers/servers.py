@@ -61,6 +61,20 @@ def server_specs(model_dir: Path, port: int) -> dict[str, ServerSpec]:
     }
 
 
+def set_priority(pid: int, nice: int) -> None:
+    """Give pid's session `nice` against other sessions, and pid itself too.
+
+    Linux's autogroup scheduler shares the CPU between sessions first, so a plain nice value only
+    ranks processes within one session; the session's own value (/proc/PID/autogroup) is what
+    ranks a server against other engineers' processes. Children inherit both.
+    """
+    os.setpriority(os.PRIO_PROCESS, pid, nice)
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+    except OSError:
+        pass  # no autogroup scheduling on this kernel: the plain nice value is all there is
+
+
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -95,7 +109,8 @@ def tree_memory(root_pid: int) -> tuple[int, int]:
 class RunningServer:
     """A server process tree with its start-to-ready time and peak memory."""
 
-    def __init__(self, spec: ServerSpec, port: int, log_path: Path, extra_env: dict | None = None):
+    def __init__(self, spec: ServerSpec, port: int, log_path: Path, extra_env: dict | None = None,
+                 nice: int = 0):
         self.spec, self.port, self.log_path = spec, port, log_path
         self.peak_rss = self.peak_pss = 0
         self.ready_s: float | None = None
@@ -105,6 +120,8 @@ class RunningServer:
         self.proc = subprocess.Popen(spec.argv, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, cwd=ROOT)
+        if nice:
+            set_priority(self.proc.pid, nice)
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
