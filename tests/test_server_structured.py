@@ -156,3 +156,22 @@ def test_openai_sdk_response_format(live_server):
         client.chat.completions.create(model=live_server.model, messages=ASK,
                                        extra_body={"guided_regex": "(("})
     assert info.value.body["param"] == "guided_regex"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completions_take_constraints_too(http, stream):
+    body = {"prompt": "Pick one:", "n": 3, "temperature": 1.0, "seed": 4, "max_tokens": 40,
+            "guided_regex": REGEX}
+    if stream:
+        events = http.sse("/v1/completions", body)
+        got = ["", "", ""]
+        for event in events[:-1]:
+            for c in event["choices"]:
+                got[c["index"]] += c["text"]
+    else:
+        response = http.post("/v1/completions", json=body)
+        assert response.status_code == 200, response.text
+        got = [c["text"] for c in response.json()["choices"]]
+    assert all(re.fullmatch(REGEX, text) for text in got), got
+    response = http.post("/v1/completions", json={"prompt": "x", "guided_regex": "(("})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "guided_regex"

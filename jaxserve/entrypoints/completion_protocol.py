@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from jaxserve.entrypoints.protocol import SamplingFields, UsageInfo
+from jaxserve.sampling_params import StructuredOutputs
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
@@ -18,6 +21,13 @@ class CompletionRequest(SamplingFields, kw_only=True):
     suffix: str | None = None  # refused: no fill-in-the-middle
     best_of: int | None = None  # refused unless equal to n
     add_special_tokens: bool = True  # vLLM: completions tokenize with the BOS when a model has one
+    # output constraints, as in chat (vLLM accepts them here too); see entrypoints/structured.py
+    response_format: dict[str, Any] | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
 
 class CompletionLogprobs(msgspec.Struct, kw_only=True):

@@ -33,6 +33,7 @@ from jaxserve.entrypoints.responses import (
 )
 from jaxserve.entrypoints.sampling import completion_params, validate
 from jaxserve.entrypoints.state import ServerState, random_id
+from jaxserve.entrypoints.structured import compile_constraint, request_structure
 from jaxserve.llm import merge_delta
 from jaxserve.outputs import CompletionOutput, RequestOutput
 
@@ -43,8 +44,11 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     req = decode_request(await request.body(), CompletionRequest)
     state.check_model(req.model)
     state.require_ready()
-    params = validate(completion_params(req, state.defaults, state.info.vocab_size),
-                      state.info.vocab_size)
+    params = completion_params(req, state.defaults, state.info.vocab_size)
+    structure = request_structure(req)
+    params.structured_outputs = structure.constraint
+    params = validate(params, state.info.vocab_size)
+    await compile_constraint(state.engine.engine.constraint_factory, structure)
     prompts = completion_prompts(req.prompt, state.info.vocab_size)
     prompt_ids = [await state.prompts.encode(p, req.add_special_tokens) if isinstance(p, str)
                   else p for p in prompts]
