@@ -23,6 +23,10 @@ FIELDS = {"num_decode_steps": "scheduler.num_decode_steps", "dtype": "model.dtyp
           "attention_backend": "model.attention_backend"}
 
 
+# (name, requests in the wave, prompt tokens, output tokens); prefill rows count prompt tokens
+WORKLOADS = (("decode c=1", 1, 16, 33), ("decode c=16", 16, 16, 33), ("prefill 4x512", 4, 512, 1))
+
+
 def parse_variant(text: str) -> dict:
     overrides = {}
     for item in filter(None, text.split(",")):
@@ -46,21 +50,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    rows = []
+    print(f"| variant | workload | seconds (median of {args.repeats}) | tok/s |")
+    print("|---|---|---|---|", flush=True)
     for variant in args.variants:
         llm = LLM(args.config, progress=False, **parse_variant(variant))
         wave(llm, 1, 16, 8, rng)  # warm the host paths
-        for name, batch, inp, out in (("decode c=1", 1, 16, 65), ("decode c=16", 16, 16, 65),
-                                      ("prefill 4x512", 4, 512, 1)):
+        for name, batch, inp, out in WORKLOADS:
             times = [wave(llm, batch, inp, out, rng) for _ in range(args.repeats)]
             t = statistics.median(times)
             tokens = batch * (out - 1) if out > 1 else batch * inp
-            rows.append((variant, name, t, tokens / t))
+            print(f"| {variant} | {name} | {t:.2f} | {tokens / t:.1f} |", flush=True)
         del llm
-    print(f"| variant | workload | seconds (median of {args.repeats}) | tok/s |")
-    print("|---|---|---|---|")
-    for variant, name, t, rate in rows:
-        print(f"| {variant} | {name} | {t:.2f} | {rate:.1f} |")
 
 
 if __name__ == "__main__":
