@@ -136,3 +136,33 @@ def write_report(run: dict[str, Any], doc: Path, out_dir: Path) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
     doc.write_text(text)
+    plot_run(run, out_dir / "compare_peers.png")
+
+
+def plot_run(run: dict[str, Any], path: Path) -> None:
+    """Output tok/s and TPOT p50 against concurrency (128 in / 128 out), one line per server."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, record in run["servers"].items():
+        points = sorted((lv["concurrency"], lv) for w, lv in record["workloads"].items()
+                        if "512" not in w and lv.get("completed"))
+        xs = [c for c, _ in points]
+        left.plot(xs, [lv["output_throughput"] for _, lv in points], "o-", label=TITLES[name])
+        right.plot(xs, [lv["p50_tpot_ms"] for _, lv in points], "o-", label=TITLES[name])
+    left.set(xlabel="concurrency", ylabel="output tok/s", title="throughput, 128 in / 128 out")
+    right.set(xlabel="concurrency", ylabel="ms", title="TPOT p50", yscale="log")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 4, 16], ["1", "4", "16"])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"compare_peers {run['date']}, load average {_load(run['loadavg_start'])}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
