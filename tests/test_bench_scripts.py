@@ -207,7 +207,7 @@ def test_report_ratios_pick_the_best_peer(tmp_path):
     from peers.report import BEGIN, END, write_report
 
     def level(out_tps):
-        return {"completed": 4, "failed": 0, "output_throughput": out_tps,
+        return {"concurrency": 1, "completed": 4, "failed": 0, "output_throughput": out_tps,
                 "total_token_throughput": 2 * out_tps, "p50_ttft_ms": 100.0,
                 "p50_tpot_ms": 10.0, "loadavg_after": [2.0, 2.0, 2.0]}
 

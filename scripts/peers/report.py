@@ -150,8 +150,8 @@ def plot_run(run: dict[str, Any], path: Path) -> None:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for name, record in run["servers"].items():
-        points = sorted((lv["concurrency"], lv) for w, lv in record["workloads"].items()
-                        if "512" not in w and lv.get("completed"))
+        points = sorted(((lv.get("concurrency") or 1, lv) for w, lv in record["workloads"].items()
+                         if "512" not in w and lv.get("completed")), key=lambda point: point[0])
         xs = [c for c, _ in points]
         left.plot(xs, [lv["output_throughput"] for _, lv in points], "o-", label=TITLES[name])
         right.plot(xs, [lv["p50_tpot_ms"] for _, lv in points], "o-", label=TITLES[name])
