@@ -46,8 +46,9 @@ install_llamacpp() {
   fi
   "$PYTHON" -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
-  # Builds llama.cpp from source (about 4 minutes on 2 cores); CMAKE_BUILD_PARALLEL_LEVEL keeps
-  # it to the machine's cores. gguf+numpy+torch-free: the F32 GGUF is written by our own script.
+  # Builds llama.cpp from source: about 4 minutes on 2 idle cores, 40 minutes on this shared
+  # machine while others' tests ran. The venv needs no GGUF converter: scripts/peers/gguf_f32.py
+  # writes the F32 GGUF from the main environment.
   CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
     "$venv/bin/pip" install "llama-cpp-python[server]==0.3.36"
   "$venv/bin/python" -c "import llama_cpp, llama_cpp.server; print('llama_cpp', llama_cpp.__version__)"
