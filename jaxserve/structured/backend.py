@@ -25,7 +25,6 @@ import numpy as np
 from llguidance import LLMatcher, LLTokenizer
 from llguidance.numpy import fill_next_token_bitmask
 
-from jaxserve.engine.constraints import bitmask_words
 from jaxserve.sampling_params import SamplingParams, StructuredOutputs
 from jaxserve.structured.grammars import GrammarError, constraint_field, grammar_text
 
@@ -113,10 +112,6 @@ class GrammarBackend:
             return None
         matcher = self.compile(params.structured_outputs).deep_copy()
         return GrammarConstraint(matcher, self.eos_token_ids, self.num_real_tokens)
-
-    @property
-    def bitmask_words(self) -> int:
-        return bitmask_words(self.vocab_size)
 
 
 def _error_message(error: str) -> str:
