@@ -290,3 +290,15 @@ def test_select_backends():
     assert get_attention_fns("reference") == (ref_ragged_paged_attention, ref_update_kv_pages)
     with pytest.raises(ValueError, match="triton"):
         resolve_backend("triton")
+
+
+def test_reference_decode_with_fewer_tokens_than_rows():
+    """Decode walks sequence rows when S <= T and token rows otherwise: both give the naive answer."""
+    cfg = Config(jnp.float32, 6, 2, 16)
+    args, num_real = make_inputs(cfg, [1, 1, 0, 1], [9, 33, 4, 1], seed=3)
+    short = (args[0][:4],) + args[1:]  # 4 token rows < 6 sequence rows
+    for call_args in (args, short):
+        ref = np.asarray(ref_ragged_paged_attention(*call_args, sm_scale=0.3))
+        expected = naive_attention(call_args, sm_scale=0.3)
+        assert rel_err(ref[:num_real], expected[:num_real]) < 1e-5
+        assert (ref[num_real:] == 0).all()

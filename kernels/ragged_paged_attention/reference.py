@@ -16,11 +16,14 @@ attends causally to keys 0..kv_len - q_len + i. Tokens past cu_q_lens[num_seqs] 
 output is zero. A sequence with q_len == 0 contributes nothing.
 
 The reference walks the pages with an online softmax (a ``fori_loop`` up to the furthest query's
-page), so memory stays O(T * page_size) per iteration whatever the context length and it also
-serves as the CPU fallback. It has two ways to group the queries, picked per step by ``lax.cond``:
+page, ``pages_per_iter`` pages at a time), so memory stays O(T * pages_per_iter * page_size) per
+iteration whatever the context length and it also serves as the CPU fallback. Gathered pages keep
+the cache layout ``[.., pages, Hkv, page_size, D]`` and the dots contract over it directly: a
+transpose to ``[.., Hkv, keys, D]`` would copy every gathered page once more. It has two ways to
+group the queries, picked per step by ``lax.cond``:
 
-- a decode-only step (no sequence has more than one query) gathers, for every query token, the page
-  its sequence has at the loop index;
+- a decode-only step (no sequence has more than one query) gathers, for every sequence row (or
+  token row, when a bucket has fewer tokens than sequences), the pages of its sequence;
 - a step with prefill cuts each sequence's queries into blocks of ``block_q`` and gathers one page
   per block, ``block_q`` times fewer gathers than per token (a 512-token prefill is ~10x faster on
   CPU), at the price of padding each sequence's last block.
@@ -73,7 +76,7 @@ def _online_softmax_over_pages(
     kv_pages: jax.Array,  # [num_pages, 2, Hkv, page_size, D]
     sliding_window: int | None,
     logits_soft_cap: float | None,
-    pages_per_iter: int = 1,
+    pages_per_iter: int,
 ) -> jax.Array:  # f32[N, B, Hkv, G, D]
     n, b, hkv, g, d = qg.shape
     page_size = kv_pages.shape[3]
@@ -83,53 +86,79 @@ def _online_softmax_over_pages(
     # causal: no query looks past its own position, so the loop stops at the furthest one's page
     furthest = jnp.max(jnp.minimum(pos + 1, kv_len[:, None]))
     num_iters = (furthest + keys_per_iter - 1) // keys_per_iter
+    # key k of page slot p in an iteration sits at j * keys_per_iter + p * page_size + k
+    in_iter = (jnp.arange(pages_per_iter, dtype=jnp.int32)[:, None] * page_size
+               + jnp.arange(page_size, dtype=jnp.int32)[None, :])  # i32[p, K]
 
     def body(j, carry):
-        m, l, acc = carry  # f32[N, B, Hkv, G], f32[N, B, Hkv, G], f32[N, B, Hkv, G, D]
+        m, l, acc = carry  # f32[N, Hkv, B, G], f32[N, Hkv, B, G], f32[N, Hkv, B, G, D]
         ids = jax.lax.dynamic_slice_in_dim(pages, j * pages_per_iter, pages_per_iter, axis=1)
-        kv = kv_pages[ids].astype(jnp.float32)  # [N, pages_per_iter, 2, Hkv, page_size, D]
-        kv = kv.transpose(0, 2, 3, 1, 4, 5).reshape(n, 2, hkv, keys_per_iter, d)
-        k, v = kv[:, 0], kv[:, 1]  # [N, Hkv, keys_per_iter, D]
-        key_pos = j * keys_per_iter + jnp.arange(keys_per_iter, dtype=jnp.int32)  # i32[K]
+        # the gathered pages keep the cache layout and the dots batch over (sequence, page, head)
+        # in that order, so XLA neither transposes nor copies them beyond the gather
+        kv = kv_pages[ids].astype(jnp.float32)  # [N, p, 2, Hkv, K, D]
+        k, v = kv[:, :, 0], kv[:, :, 1]  # [N, p, Hkv, K, D]
+        key_pos = j * keys_per_iter + in_iter  # i32[p, K]
         # slots past kv_len were never written for this sequence (a reused page may hold a dead
         # request's inf/NaN); 0 * NaN is NaN, so a zero weight alone would not hide them
-        in_cache = key_pos[None, :] < kv_len[:, None]  # bool[N, K]
-        v = jnp.where(in_cache[:, None, :, None], v, 0.0)
-        s = jnp.einsum("nbhgd,nhkd->nbhgk", qg, k)  # f32[N, B, Hkv, G, K]
+        in_cache = key_pos[None] < kv_len[:, None, None]  # bool[N, p, K]
+        v = jnp.where(in_cache[:, :, None, :, None], v, 0.0)
+        s = jnp.einsum("nbhgd,nphkd->nphbgk", qg, k)  # f32[N, p, Hkv, B, G, K]
         if logits_soft_cap is not None:
             s = logits_soft_cap * jnp.tanh(s / logits_soft_cap)
-        mask = (key_pos[None, None, :] <= pos[:, :, None]) & in_cache[:, None, :]  # bool[N, B, K]
+        qpos = pos[:, None, :, None]  # i32[N, 1, B, 1]
+        mask = (key_pos[None, :, None, :] <= qpos) & in_cache[:, :, None, :]  # bool[N, p, B, K]
         if sliding_window is not None:
-            mask &= key_pos[None, None, :] > pos[:, :, None] - sliding_window
-        mask = mask[:, :, None, None, :]
+            mask &= key_pos[None, :, None, :] > qpos - sliding_window
+        mask = mask[:, :, None, :, None, :]  # bool[N, p, 1, B, 1, K]
         s = jnp.where(mask, s, _MASK_VALUE)
-        m_new = jnp.maximum(m, s.max(axis=-1))
-        p = jnp.exp(s - m_new[..., None]) * mask  # masked keys weigh exactly 0
+        m_new = jnp.maximum(m, s.max(axis=(1, 5)))
+        p = jnp.exp(s - m_new[:, None, ..., None]) * mask  # masked keys weigh exactly 0
         alpha = jnp.exp(m - m_new)
-        l_new = alpha * l + p.sum(axis=-1)
-        acc_new = alpha[..., None] * acc + jnp.einsum("nbhgk,nhkd->nbhgd", p, v)
+        l_new = alpha * l + p.sum(axis=(1, 5))
+        acc_new = alpha[..., None] * acc + jnp.einsum("nphbgk,nphkd->nhbgd", p, v)
         return m_new, l_new, acc_new
 
     init = (
-        jnp.full((n, b, hkv, g), _MASK_VALUE, jnp.float32),
-        jnp.zeros((n, b, hkv, g), jnp.float32),
-        jnp.zeros((n, b, hkv, g, d), jnp.float32),
+        jnp.full((n, hkv, b, g), _MASK_VALUE, jnp.float32),
+        jnp.zeros((n, hkv, b, g), jnp.float32),
+        jnp.zeros((n, hkv, b, g, d), jnp.float32),
     )
     _, l, acc = jax.lax.fori_loop(0, num_iters, body, init)
-    return acc / jnp.where(l == 0.0, 1.0, l)[..., None]  # queries with no keys stay 0
+    out = acc / jnp.where(l == 0.0, 1.0, l)[..., None]  # queries with no keys stay 0
+    return out.transpose(0, 2, 1, 3, 4)  # f32[N, B, Hkv, G, D]
 
 
-def _per_token(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap):
+def _decode(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, pages_per_iter):
+    """Every sequence has at most one query: one group per sequence row, not per token row.
+
+    A decode bucket pads tokens and sequences separately (T >= S), so walking S rows skips the
+    padding tokens' gathers; each row's one query (if any) is token cu_q_lens[s].
+    """
+    num_tokens, num_seqs_pad = qg.shape[0], kv_lens.shape[0]
+    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
+    has_query = cu[1:] > cu[:-1]  # bool[S]
+    token = jnp.where(has_query, cu[:-1], 0)  # i32[S]
+    kv_len = jnp.where(has_query, kv_lens, 0)  # i32[S]
+    out = _online_softmax_over_pages(
+        qg[token][:, None], (kv_len - 1)[:, None], page_table, kv_len, kv_pages, window, cap,
+        pages_per_iter,
+    )  # f32[S, 1, Hkv, G, D]
+    dest = jnp.where(has_query, token, num_tokens)
+    return jnp.zeros(qg.shape, jnp.float32).at[dest].set(out[:, 0], mode="drop")
+
+
+def _per_token(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, pages_per_iter):
     num_tokens = qg.shape[0]
     seq_ids, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)
     out = _online_softmax_over_pages(
         qg[:, None], pos[:, None], page_table[seq_ids], jnp.where(valid, kv_lens[seq_ids], 0),
-        kv_pages, window, cap,
+        kv_pages, window, cap, pages_per_iter,
     )
     return out[:, 0]  # f32[T, Hkv, G, D]
 
 
-def _blocked(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, block_q):
+def _blocked(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, block_q,
+             pages_per_iter):
     num_tokens, num_seqs_pad = qg.shape[0], kv_lens.shape[0]
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
     q_lens = cu[1:] - cu[:-1]  # i32[S]
@@ -148,7 +177,7 @@ def _blocked(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap
     safe_token = jnp.where(is_query, token, 0)
     out = _online_softmax_over_pages(
         qg[safe_token], pos, page_table[item_seq], jnp.where(item_valid, kv_lens[item_seq], 0),
-        kv_pages, window, cap, pages_per_iter=4,  # 64 keys a step: fewer, larger dots on CPU
+        kv_pages, window, cap, pages_per_iter,
     )  # f32[N, B, Hkv, G, D]
     # each real token is in exactly one block: scatter the blocks back to token order
     dest = jnp.where(is_query, token, num_tokens)
@@ -167,6 +196,7 @@ def ref_ragged_paged_attention(
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
     block_q: int = 16,  # queries per gathered page in steps with prefill
+    pages_per_iter: int = 4,  # pages gathered per loop iteration (64 keys with 16-token pages)
 ) -> jax.Array:  # [T, Hq, D]
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = kv_pages.shape[2]
@@ -176,10 +206,12 @@ def ref_ragged_paged_attention(
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
     decode_only = jnp.max(cu[1:] - cu[:-1]) <= 1
     args = (qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, sliding_window, logits_soft_cap)
+    # decode walks one row per sequence when that is fewer rows than tokens (decode buckets)
+    one_query = _decode if kv_lens.shape[0] <= num_tokens else _per_token
     out = jax.lax.cond(
         decode_only,
-        lambda: _per_token(*args),
-        lambda: _blocked(*args, block_q=block_q),
+        lambda: one_query(*args, pages_per_iter=pages_per_iter),
+        lambda: _blocked(*args, block_q=block_q, pages_per_iter=pages_per_iter),
     )
     return out.reshape(num_tokens, num_q_heads, head_dim).astype(q.dtype)
 
