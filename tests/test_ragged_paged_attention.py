@@ -272,12 +272,13 @@ def naive_attention(args, *, sm_scale, sliding_window=None, logits_soft_cap=None
     "lens", [([1, 0, 6, 3], [9, 4, 6, 20]), ([1, 1, 0, 1], [9, 33, 4, 1]), ([40], [50])],
     ids=["mixed", "decode-only", "long-prefill"],
 )
-def test_reference_matches_naive_loop(window_cap, lens):
+@pytest.mark.parametrize("max_dense_tokens", [512, 0], ids=["dense-in-step", "all-pages"])
+def test_reference_matches_naive_loop(window_cap, lens, max_dense_tokens):
     sliding_window, logits_soft_cap = window_cap
     cfg = Config(jnp.float32, 6, 2, 16)
     args, num_real = make_inputs(cfg, *lens, seed=14)
     kw = dict(sm_scale=0.3, sliding_window=sliding_window, logits_soft_cap=logits_soft_cap)
-    ref = np.asarray(ref_ragged_paged_attention(*args, **kw))
+    ref = np.asarray(ref_ragged_paged_attention(*args, **kw, max_dense_tokens=max_dense_tokens))
     expected = naive_attention(args, **kw)
     assert rel_err(ref[:num_real], expected[:num_real]) < 1e-5
     assert (ref[num_real:] == 0).all()

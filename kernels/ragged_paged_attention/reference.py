@@ -77,7 +77,8 @@ def _online_softmax_over_pages(
     sliding_window: int | None,
     logits_soft_cap: float | None,
     pages_per_iter: int,
-) -> jax.Array:  # f32[N, B, Hkv, G, D]
+) -> tuple[jax.Array, jax.Array, jax.Array]:  # running max, sum, output: [N, B, Hkv, G(, D)]
+    """The online-softmax state over the keys the page walk reaches, not yet normalized."""
     n, b, hkv, g, d = qg.shape
     page_size = kv_pages.shape[3]
     keys_per_iter = page_size * pages_per_iter
@@ -123,9 +124,21 @@ def _online_softmax_over_pages(
         jnp.zeros((n, hkv, b, g), jnp.float32),
         jnp.zeros((n, hkv, b, g, d), jnp.float32),
     )
-    _, l, acc = jax.lax.fori_loop(0, num_iters, body, init)
-    out = acc / jnp.where(l == 0.0, 1.0, l)[..., None]  # queries with no keys stay 0
-    return out.transpose(0, 2, 1, 3, 4)  # f32[N, B, Hkv, G, D]
+    m, l, acc = jax.lax.fori_loop(0, num_iters, body, init)
+    return m.transpose(0, 2, 1, 3), l.transpose(0, 2, 1, 3), acc.transpose(0, 2, 1, 3, 4)
+
+
+def _normalize(m, l, acc):  # [..., Hkv, G], [..., Hkv, G], [..., Hkv, G, D] -> [..., Hkv, G, D]
+    del m
+    return acc / jnp.where(l == 0.0, 1.0, l)[..., None]  # queries with no keys stay 0
+
+
+def _merge(a, b):
+    """Two online-softmax states over disjoint key sets -> the state over their union."""
+    (m1, l1, acc1), (m2, l2, acc2) = a, b
+    m = jnp.maximum(m1, m2)
+    w1, w2 = jnp.exp(m1 - m), jnp.exp(m2 - m)
+    return m, w1 * l1 + w2 * l2, w1[..., None] * acc1 + w2[..., None] * acc2
 
 
 def _decode(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, pages_per_iter):
@@ -139,10 +152,10 @@ def _decode(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
     has_query = cu[1:] > cu[:-1]  # bool[S]
     token = jnp.where(has_query, cu[:-1], 0)  # i32[S]
     kv_len = jnp.where(has_query, kv_lens, 0)  # i32[S]
-    out = _online_softmax_over_pages(
+    out = _normalize(*_online_softmax_over_pages(
         qg[token][:, None], (kv_len - 1)[:, None], page_table, kv_len, kv_pages, window, cap,
         pages_per_iter,
-    )  # f32[S, 1, Hkv, G, D]
+    ))  # f32[S, 1, Hkv, G, D]
     dest = jnp.where(has_query, token, num_tokens)
     return jnp.zeros(qg.shape, jnp.float32).at[dest].set(out[:, 0], mode="drop")
 
@@ -150,15 +163,20 @@ def _decode(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
 def _per_token(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, pages_per_iter):
     num_tokens = qg.shape[0]
     seq_ids, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)
-    out = _online_softmax_over_pages(
+    out = _normalize(*_online_softmax_over_pages(
         qg[:, None], pos[:, None], page_table[seq_ids], jnp.where(valid, kv_lens[seq_ids], 0),
         kv_pages, window, cap, pages_per_iter,
-    )
+    ))
     return out[:, 0]  # f32[T, Hkv, G, D]
 
 
 def _blocked(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, block_q,
-             pages_per_iter):
+             pages_per_iter, prior_only=False):
+    """Blocks of block_q queries walk their sequence's pages; the state comes back in token order.
+
+    With ``prior_only`` the walk stops before the step's own keys (those the dense product of
+    ``_prefill`` covers): keys 0 .. kv_len - q_len - 1 of each sequence.
+    """
     num_tokens, num_seqs_pad = qg.shape[0], kv_lens.shape[0]
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
     q_lens = cu[1:] - cu[:-1]  # i32[S]
@@ -175,13 +193,76 @@ def _blocked(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap
     pos = kv_lens[item_seq][:, None] - q_lens[item_seq][:, None] + token - cu[item_seq][:, None]
     pos = jnp.where(is_query, pos, -1)  # i32[N, B]
     safe_token = jnp.where(is_query, token, 0)
-    out = _online_softmax_over_pages(
-        qg[safe_token], pos, page_table[item_seq], jnp.where(item_valid, kv_lens[item_seq], 0),
+    key_limit = kv_lens - q_lens if prior_only else kv_lens  # i32[S]
+    state = _online_softmax_over_pages(
+        qg[safe_token], pos, page_table[item_seq], jnp.where(item_valid, key_limit[item_seq], 0),
         kv_pages, window, cap, pages_per_iter,
-    )  # f32[N, B, Hkv, G, D]
+    )  # [N, B, Hkv, G(, D)] each
     # each real token is in exactly one block: scatter the blocks back to token order
     dest = jnp.where(is_query, token, num_tokens)
-    return jnp.zeros(qg.shape, jnp.float32).at[dest].set(out, mode="drop")
+    m = jnp.full(qg.shape[:3], _MASK_VALUE, jnp.float32).at[dest].set(state[0], mode="drop")
+    l = jnp.zeros(qg.shape[:3], jnp.float32).at[dest].set(state[1], mode="drop")
+    acc = jnp.zeros(qg.shape, jnp.float32).at[dest].set(state[2], mode="drop")
+    return m, l, acc  # f32[T, Hkv, G], f32[T, Hkv, G], f32[T, Hkv, G, D]
+
+
+def _in_step(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap):
+    """The step's own keys, attended by a dense masked product over all T x T token pairs.
+
+    A prefill chunk's keys are the ones this step just wrote, so they are read back by slot
+    (one row per token) instead of page by page; a [T, T] product per KV head is a few large dots
+    where walking the pages would be many small ones.
+    """
+    num_tokens = qg.shape[0]
+    page_size = kv_pages.shape[3]
+    seq_ids, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)  # [T] each
+    safe_pos = jnp.maximum(pos, 0)
+    page = page_table[seq_ids, safe_pos // page_size]  # i32[T]
+    kv = kv_pages[page, :, :, safe_pos % page_size].astype(jnp.float32)  # [T, 2, Hkv, D]
+    # a padding token's slot may hold anything (NaN included): zero it rather than weigh it 0
+    kv = jnp.where(valid[:, None, None, None], kv, 0.0)
+    # a sequence's tokens are contiguous and in position order, so query t sees exactly the
+    # tokens first[t] .. t of the step (first: its sequence's first token; past t when padding).
+    # Only iota compares remain per [T, T] element: XLA:CPU fuses the mask into each consumer,
+    # and a mask built from seq_ids/pos pairs there made a prefill step 3x slower.
+    first = jnp.where(valid, sanitize_cu_q_lens(cu_q_lens, num_seqs)[seq_ids], num_tokens)  # i32[T]
+    t = jnp.arange(num_tokens, dtype=jnp.int32)
+    mask = (t[None, :] >= first[:, None]) & (t[None, :] <= t[:, None])  # bool[T, T]: t sees u
+    if window is not None:
+        mask &= t[None, :] > t[:, None] - window
+    bias = jnp.where(mask, 0.0, _MASK_VALUE)[:, None, :]  # f32[T, 1, T]
+    num_kv_heads, group, head_dim = qg.shape[1:]
+    state = []
+    # one plain 2-D product per KV head: XLA:CPU runs those as large matmuls, while a dot with a
+    # head batch dimension measured 2-3x slower
+    for h in range(num_kv_heads):
+        k, v = kv[:, 0, h], kv[:, 1, h]  # [T, D]
+        s = (qg[:, h].reshape(num_tokens * group, head_dim) @ k.T).reshape(num_tokens, group, -1)
+        if cap is not None:  # s: f32[T, G, T]
+            s = cap * jnp.tanh(s / cap)
+        s = s + bias  # a masked key's exp(s - m) underflows to exactly 0
+        m = s.max(axis=-1)  # f32[T, G]
+        p = jnp.exp(s - m[..., None])
+        acc = (p.reshape(num_tokens * group, -1) @ v).reshape(num_tokens, group, head_dim)
+        state.append((m, p.sum(axis=-1), acc))
+    # a real token always sees itself; a padding token sees nothing and must weigh nothing
+    m, l, acc = (jnp.stack(x, axis=1) for x in zip(*state))  # [T, Hkv, G(, D)] each
+    # (and its query row may be NaN garbage, so its max is replaced too)
+    keep = valid[:, None, None]  # bool[T, 1, 1]
+    return (jnp.where(keep, m, _MASK_VALUE), jnp.where(keep, l, 0.0),
+            jnp.where(keep[..., None], acc, 0.0))
+
+
+def _prefill(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, block_q,
+             pages_per_iter):
+    """A step with prefill: the step's own keys densely, the earlier context through the pages."""
+    args = (qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap)
+    prior = _blocked(*args, block_q=block_q, pages_per_iter=pages_per_iter, prior_only=True)
+    return _normalize(*_merge(_in_step(*args), prior))
+
+
+def _all_through_pages(*args, block_q, pages_per_iter):
+    return _normalize(*_blocked(*args, block_q=block_q, pages_per_iter=pages_per_iter))
 
 
 def ref_ragged_paged_attention(
@@ -197,6 +278,7 @@ def ref_ragged_paged_attention(
     logits_soft_cap: float | None = None,
     block_q: int = 16,  # queries per gathered page in steps with prefill
     pages_per_iter: int = 4,  # pages gathered per loop iteration (64 keys with 16-token pages)
+    max_dense_tokens: int = 512,  # steps of up to this many tokens attend to their own keys densely
 ) -> jax.Array:  # [T, Hq, D]
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = kv_pages.shape[2]
@@ -208,10 +290,12 @@ def ref_ragged_paged_attention(
     args = (qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, sliding_window, logits_soft_cap)
     # decode walks one row per sequence when that is fewer rows than tokens (decode buckets)
     one_query = _decode if kv_lens.shape[0] <= num_tokens else _per_token
+    # the dense product is O(T^2): past max_dense_tokens every key goes through the pages
+    with_prefill = _prefill if num_tokens <= max_dense_tokens else _all_through_pages
     out = jax.lax.cond(
         decode_only,
         lambda: one_query(*args, pages_per_iter=pages_per_iter),
-        lambda: _blocked(*args, block_q=block_q, pages_per_iter=pages_per_iter),
+        lambda: with_prefill(*args, block_q=block_q, pages_per_iter=pages_per_iter),
     )
     return out.reshape(num_tokens, num_q_heads, head_dim).astype(q.dtype)
 
