@@ -1,5 +1,12 @@
-"""Static shape buckets: each step is padded up to the nearest rung of a short ladder, so the
-jitted step compiles once per (token bucket, sequence bucket) pair (host side, no jax)."""
+"""Static shape buckets: each step is padded up to a (tokens, sequences) pair built from two
+short ladders, so the jitted step compiles once per pair (host side, no jax).
+
+A step with ``n`` tokens and ``r`` sequence rows gets the smallest token rung that holds both
+(a row needs at least its token), and the smallest sequence rung that holds ``r``, capped at the
+token rung: a rung of 1 token therefore makes a (1, 1) bucket for a lone decode, whose
+matrix-vector products cost much less than those of the next bucket up (see
+docs/performance.md), without adding a sequence rung of 1 to every other token rung.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +21,27 @@ def pick_bucket(ladder: list[int], n: int) -> int:
     return ladder[i]
 
 
+def pick_pair(token_ladder: list[int], seq_ladder: list[int], num_tokens: int, num_rows: int,
+              ) -> tuple[int, int]:
+    """The (T, S) bucket of a step with num_tokens tokens and num_rows sequence rows."""
+    t = pick_bucket(token_ladder, max(num_tokens, min(num_rows, token_ladder[-1])))
+    s = pick_bucket(seq_ladder, num_rows)
+    if num_rows <= t < s:
+        s = t
+    return t, s
+
+
 def decode_buckets(token_ladder: list[int], seq_ladder: list[int], max_num_seqs: int,
                    ) -> list[tuple[int, int]]:
     """The buckets a decode-only batch (one token per sequence) can land in."""
-    pairs = {(pick_bucket(token_ladder, n), pick_bucket(seq_ladder, n))
-             for n in range(1, max_num_seqs + 1)}
-    return sorted(pairs)
+    return sorted({pick_pair(token_ladder, seq_ladder, n, n) for n in range(1, min(max_num_seqs, token_ladder[-1]) + 1)})
 
 
 def all_buckets(token_ladder: list[int], seq_ladder: list[int]) -> list[tuple[int, int]]:
     """Every (num_tokens, num_seqs) pair a step can be padded to."""
-    return [(t, s) for t in token_ladder for s in seq_ladder]
+    pairs = set()
+    for t in token_ladder:  # a rung's largest token count stands for all counts down to the last
+        for s in seq_ladder:
+            for rows in {1, s, min(s, t)}:
+                pairs.add(pick_pair(token_ladder, seq_ladder, t, rows))
+    return sorted(pairs)

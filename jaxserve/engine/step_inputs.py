@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxserve.engine.buckets import pick_bucket
+from jaxserve.engine.buckets import pick_pair
 from jaxserve.engine.constraints import bitmask_words
 from jaxserve.engine.scheduler import ScheduledSeq, SchedulerOutput
 
@@ -57,10 +57,8 @@ class StepInputBuilder:
         attn_rows = [s for s in sched.scheduled if s.num_new_tokens > 0]
         sample_rows = [s for s in sched.scheduled if s.sample]
         num_tokens = sum(s.num_new_tokens for s in attn_rows)
-        t_pad, s_pad = bucket or (
-            pick_bucket(self.token_buckets, max(num_tokens, 1)),
-            pick_bucket(self.seq_buckets, max(len(attn_rows), len(sample_rows), 1)),
-        )
+        t_pad, s_pad = bucket or pick_pair(self.token_buckets, self.seq_buckets, num_tokens,
+                                           max(len(attn_rows), len(sample_rows), 1))
         ps = self.page_size
 
         input_ids = np.zeros(t_pad, np.int32)
