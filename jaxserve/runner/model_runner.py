@@ -60,19 +60,20 @@ class ModelRunner:
             tok_row = jnp.minimum(tok, s_pad - 1)
             max_page = md.page_table.shape[1] - 1
 
+            # only what changes from step to step rides in the loop carry; the page table,
+            # sampling parameters and the rest stay loop-invariant operands
             def one(carry, _):
-                kv_caches, ids, pos, md, sm = carry
-                out, kv_caches = step(state, kv_caches, ids, pos, md, logits_indices, sm)
-                ids = ids.at[jnp.arange(s_pad)].set(out[0], mode="drop")
-                pos = pos + 1
+                kv_caches, ids, pos, kv_lens, rng_steps = carry
                 page = md.page_table[tok_row, jnp.minimum(pos // page_size, max_page)]
                 slots = jnp.where(tok < num_seqs, page * page_size + pos % page_size, -1)
-                md = dataclasses.replace(md, slot_mapping=slots,
-                                         kv_lens=md.kv_lens + (tok_row[:s_pad] < num_seqs))
-                sm = dataclasses.replace(sm, rng_steps=sm.rng_steps + 1)
-                return (kv_caches, ids, pos, md, sm), out
+                step_md = dataclasses.replace(md, slot_mapping=slots, kv_lens=kv_lens)
+                step_sm = dataclasses.replace(sm, rng_steps=rng_steps)
+                out, kv_caches = step(state, kv_caches, ids, pos, step_md, logits_indices, step_sm)
+                ids = ids.at[jnp.arange(s_pad)].set(out[0], mode="drop")
+                kv_lens = kv_lens + (tok_row[:s_pad] < num_seqs)
+                return (kv_caches, ids, pos + 1, kv_lens, rng_steps + 1), out
 
-            carry = (kv_caches, input_ids, positions, md, sm)
+            carry = (kv_caches, input_ids, positions, md.kv_lens, sm.rng_steps)
             (kv_caches, *_), outs = jax.lax.scan(one, carry, length=num_decode_steps)
             return outs, kv_caches  # each output gains a leading [K] axis
 
