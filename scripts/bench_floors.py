@@ -21,7 +21,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxserve.config import load_config
 from jaxserve.models.llama_config import LlamaConfig

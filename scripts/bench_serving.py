@@ -324,10 +324,11 @@ def plot(levels: list[dict[str, Any]], path: Path, title: str) -> None:
 # ---- command line ------------------------------------------------------------------------------
 
 
-def int_list(text: str) -> list[int]:
+def int_list(text: str, minimum: int = 1) -> list[int]:
     values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers like 1,4,16, got {text!r}")
+    if not values or min(values) < minimum:
+        kind = "positive integers like 1,4,16" if minimum == 1 else f"integers >= {minimum}"
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
     return values
 
 

@@ -30,14 +30,6 @@ from jaxserve.engine.scheduler import SchedulerOutput
 from jaxserve.engine.step_inputs import StepInputBuilder, StepInputs
 
 
-def count_list(text: str) -> list[int]:
-    """'0,256' -> [0, 256]: like int_list, zero allowed."""
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected integers >= 0 like 0,256, got {text!r}")
-    return values
-
-
 def bucket_list(text: str) -> list[tuple[int, int]]:
     """'16:4,256:4' -> [(16, 4), (256, 4)] (tokens:seqs)."""
     pairs = []
@@ -92,7 +84,8 @@ def main() -> None:
                    help="steps per call of the multi-step decode (default: the config's "
                         "scheduler.num_decode_steps); decode is also timed at 1 step per call")
     p.add_argument("--prefill", type=bucket_list, default=bucket_list("64:4,256:4"))
-    p.add_argument("--prefill-context", type=count_list, default=[0, 256],
+    p.add_argument("--prefill-context", type=lambda text: int_list(text, minimum=0),
+                   default=[0, 256],
                    help="earlier tokens of the sequence before the timed chunk")
     p.add_argument("--dtype", default=None, help="override model.dtype")
     p.add_argument("--repeats", type=int, default=5)

@@ -34,7 +34,8 @@ def pick_pair(token_ladder: list[int], seq_ladder: list[int], num_tokens: int, n
 def decode_buckets(token_ladder: list[int], seq_ladder: list[int], max_num_seqs: int,
                    ) -> list[tuple[int, int]]:
     """The buckets a decode-only batch (one token per sequence) can land in."""
-    return sorted({pick_pair(token_ladder, seq_ladder, n, n) for n in range(1, min(max_num_seqs, token_ladder[-1]) + 1)})
+    largest = min(max_num_seqs, token_ladder[-1])  # a step never holds more tokens than that
+    return sorted({pick_pair(token_ladder, seq_ladder, n, n) for n in range(1, largest + 1)})
 
 
 def all_buckets(token_ladder: list[int], seq_ladder: list[int]) -> list[tuple[int, int]]:

@@ -24,9 +24,11 @@ group the queries, picked per step by ``lax.cond``:
 
 - a decode-only step (no sequence has more than one query) gathers, for every sequence row (or
   token row, when a bucket has fewer tokens than sequences), the pages of its sequence;
-- a step with prefill cuts each sequence's queries into blocks of ``block_q`` and gathers one page
-  per block, ``block_q`` times fewer gathers than per token (a 512-token prefill is ~10x faster on
-  CPU), at the price of padding each sequence's last block.
+- a step with prefill (up to ``max_dense_tokens`` tokens) scores the keys it just wrote with one
+  dense masked [T, T] product per KV head (``_in_step``), and keys of earlier chunks by cutting each
+  sequence's queries into blocks of ``block_q`` that gather one page walk per block
+  (``_blocked``); the two online-softmax states merge. Longer steps send every key through the
+  blocked walk.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def _decode(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
     A decode bucket pads tokens and sequences separately (T >= S), so walking S rows skips the
     padding tokens' gathers; each row's one query (if any) is token cu_q_lens[s].
     """
-    num_tokens, num_seqs_pad = qg.shape[0], kv_lens.shape[0]
+    num_tokens = qg.shape[0]
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
     has_query = cu[1:] > cu[:-1]  # bool[S]
     token = jnp.where(has_query, cu[:-1], 0)  # i32[S]
@@ -245,9 +247,9 @@ def _in_step(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap
         p = jnp.exp(s - m[..., None])
         acc = (p.reshape(num_tokens * group, -1) @ v).reshape(num_tokens, group, head_dim)
         state.append((m, p.sum(axis=-1), acc))
-    # a real token always sees itself; a padding token sees nothing and must weigh nothing
     m, l, acc = (jnp.stack(x, axis=1) for x in zip(*state))  # [T, Hkv, G(, D)] each
-    # (and its query row may be NaN garbage, so its max is replaced too)
+    # a real token always sees itself; a padding token sees nothing and must weigh nothing (its
+    # query row may be NaN garbage, so its max is replaced too)
     keep = valid[:, None, None]  # bool[T, 1, 1]
     return (jnp.where(keep, m, _MASK_VALUE), jnp.where(keep, l, 0.0),
             jnp.where(keep[..., None], acc, 0.0))

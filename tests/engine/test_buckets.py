@@ -11,7 +11,7 @@ LADDERS = [([1, 16, 64, 256], [4, 16]), ([16, 64, 256], [4, 16]), ([16, 64], [8]
 def test_every_step_shape_fits_a_listed_pair(tokens, seqs):
     pairs = set(all_buckets(tokens, seqs))
     reached = set()
-    for n in range(0, tokens[-1] + 1):
+    for n in range(tokens[-1] + 1):
         for rows in range(1, seqs[-1] + 1):
             t, s = pick_pair(tokens, seqs, n, rows)
             assert t >= n and s >= rows, (n, rows, t, s)
