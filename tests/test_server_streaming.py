@@ -4,6 +4,7 @@ dropped non-streamed request, a client that stops reading."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import openai
@@ -71,7 +72,21 @@ def _generated(live_server) -> int:
     return live_server.engine.stats.generation_tokens
 
 
-def test_dropped_stream_frees_its_pages(live_server):
+@pytest.fixture
+def slow_steps(live_server, monkeypatch):
+    """Each device call takes at least 20 ms, so a full-length request outlasts the drop however
+    fast the machine: the tiny model otherwise decodes ~400 tokens within the 0.5 s timeout."""
+    runner = live_server.engine.runner
+    execute = runner.execute
+
+    def slow_execute(inputs):
+        time.sleep(0.02)
+        return execute(inputs)
+
+    monkeypatch.setattr(runner, "execute", slow_execute)
+
+
+def test_dropped_stream_frees_its_pages(live_server, slow_steps):
     max_tokens = live_server.max_model_len - 120  # far more than the few steps before the drop
     before = _generated(live_server)
     headers = {"Authorization": f"Bearer {live_server.api_key}"}
@@ -87,7 +102,7 @@ def test_dropped_stream_frees_its_pages(live_server):
     assert _generated(live_server) - before < max_tokens // 2  # aborted, not run to the end
 
 
-def test_dropped_plain_request_is_aborted(live_server):
+def test_dropped_plain_request_is_aborted(live_server, slow_steps):
     max_tokens = live_server.max_model_len - 120
     before = _generated(live_server)
     headers = {"Authorization": f"Bearer {live_server.api_key}"}
