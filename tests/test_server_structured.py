@@ -149,7 +149,7 @@ def test_openai_sdk_response_format(live_server):
                          "json_schema": {"name": "thing", "schema": SCHEMA, "strict": True}})
     jsonschema.validate(json.loads(reply.choices[0].message.content), SCHEMA)
     choice = client.chat.completions.create(
-        model=live_server.model, messages=ASK, max_tokens=10,
+        model=live_server.model, messages=ASK, max_tokens=20,  # "dark purple" is 11 byte tokens
         extra_body={"structured_outputs": {"choice": CHOICES}})
     assert choice.choices[0].message.content in CHOICES
     with pytest.raises(openai.BadRequestError) as info:
