@@ -70,6 +70,9 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # decode-only batches run this many steps per host round trip (1 disables); tokens past a
     # stop are computed and dropped, so larger values waste more at the end of a request
     num_decode_steps: int = 4
+    # schedule step N+1 while step N runs on the device (the device feeds step N's tokens to it);
+    # falls back to one step at a time around grammars, penalties and n>1 forks
+    async_scheduling: bool = True
 
     def __post_init__(self) -> None:
         _check(self.max_num_seqs >= 1, "scheduler.max_num_seqs",

@@ -2,7 +2,7 @@
 SmolLM2, for each variant of a config (multi-step decode on/off, float32/bfloat16).
 
     python scripts/bench_engine_options.py --variants "num_decode_steps=1" "num_decode_steps=4" \
-        "dtype=bfloat16"
+        "dtype=bfloat16" "async_scheduling=false"
 
 Each variant builds its own engine (compiles its buckets), then runs closed waves of greedy
 requests with random-token prompts and ignore_eos. Figures are medians of --repeats waves.
@@ -20,7 +20,8 @@ from jaxserve import SamplingParams
 from jaxserve.llm import LLM
 
 FIELDS = {"num_decode_steps": "scheduler.num_decode_steps", "dtype": "model.dtype",
-          "attention_backend": "model.attention_backend"}
+          "attention_backend": "model.attention_backend",
+          "async_scheduling": "scheduler.async_scheduling"}
 
 
 # (name, requests in the wave, prompt tokens, output tokens); prefill rows count prompt tokens
@@ -31,7 +32,10 @@ def parse_variant(text: str) -> dict:
     overrides = {}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
-        overrides[FIELDS.get(key, key)] = int(value) if value.isdigit() else value
+        if value in ("true", "false"):
+            overrides[FIELDS.get(key, key)] = value == "true"
+        else:
+            overrides[FIELDS.get(key, key)] = int(value) if value.isdigit() else value
     return overrides
 
 

@@ -112,7 +112,7 @@ def main() -> None:
     multi = args.decode_steps or sched.num_decode_steps
     max_seqs = max([s for _, s in args.decode + args.prefill] + [sched.max_num_seqs])
     runner = ModelRunner(model, num_pages=max(cache.num_pages, max_seqs * pages_per_seq),
-                         page_size=cache.page_size, max_num_seqs=max_seqs,
+                         page_size=cache.page_size, max_num_seqs=max_seqs, max_rows=max_seqs,
                          num_decode_steps=multi)
     builder = StepInputBuilder(token_buckets=[], seq_buckets=[], page_size=cache.page_size,
                                max_pages_per_seq=pages_per_seq, max_model_len=max_len,

@@ -123,3 +123,28 @@ def test_multi_step_decode_equals_single_steps(tiny_llm):
     steps = tiny_llm.engine.stats.steps
     tiny_llm.generate(["burst"], SamplingParams(temperature=0, max_tokens=9, ignore_eos=True))
     assert tiny_llm.engine.stats.steps - steps == 3  # prefill + 2 bursts of 4
+
+
+def test_async_scheduling_equals_one_step_at_a_time(tiny_llm, monkeypatch):
+    """Steps launched before the previous one's tokens reach the host (their decode inputs read
+    on the device) must give exactly the tokens of one step at a time: greedy, seeded, with
+    logprobs, stop strings and mixed lengths."""
+    engine = tiny_llm.engine
+    sched = engine.config.scheduler
+    assert sched.async_scheduling
+    launched = []
+    launch = engine.runner.launch
+    monkeypatch.setattr(engine.runner, "launch", lambda inputs: launched.append(inputs) or launch(inputs))
+    batch = prompts(6) + [LONG]
+    cases = [SamplingParams(temperature=0, max_tokens=13),
+             SamplingParams(temperature=1.0, seed=5, max_tokens=9, logprobs=2, stop=["a"])]
+    ours = [tiny_llm.generate(batch, p) for p in cases]
+    assert any((s.prev_rows >= 0).any() for s in launched)  # decode tokens came from the device
+    monkeypatch.setattr(sched, "async_scheduling", False)
+    ref = [tiny_llm.generate(batch, p) for p in cases]
+    for a, b in zip(ours, ref):
+        assert [(o.outputs[0].token_ids, o.outputs[0].text, o.outputs[0].finish_reason) for o in a] \
+            == [(o.outputs[0].token_ids, o.outputs[0].text, o.outputs[0].finish_reason) for o in b]
+    lps = [[lp.logprob for o in r[1] for lp in o.outputs[0].logprobs] for r in (ours, ref)]
+    np.testing.assert_allclose(*lps, rtol=1e-5, atol=1e-6)
+    engine.allocator.check_all_free()

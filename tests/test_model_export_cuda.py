@@ -31,7 +31,7 @@ def test_full_model_step_exports_for_cuda(tiny_model_dir):
     config = load_config(TINY_CONFIG)
     model = load_model(tiny_model_dir, backend)
     runner = ModelRunner(model, num_pages=config.cache.num_pages, page_size=config.cache.page_size,
-                         max_num_seqs=config.scheduler.max_num_seqs)
+                         max_num_seqs=config.scheduler.max_num_seqs, max_rows=8)
     cfg = LlamaConfig.from_hf(tiny_model_dir)
     builder = StepInputBuilder(
         token_buckets=config.scheduler.token_buckets, seq_buckets=config.scheduler.seq_buckets,
@@ -44,7 +44,8 @@ def test_full_model_step_exports_for_cuda(tiny_model_dir):
     def spec(x):
         return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
 
-    args = jax.tree_util.tree_map(spec, (runner.state, runner.kv_caches, *runner.device_args(inputs)))
+    args = jax.tree_util.tree_map(spec, (runner.state, runner.kv_caches, runner.last_tokens,
+                                         *runner.device_args(inputs)))
     text = export_for_cuda(runner.step_fn, *args)
     # each kernel lowers to a Triton call once, in a function every layer calls
     assert text.count(f"stablehlo.custom_call @{TRITON_CUSTOM_CALL}(") == 2

@@ -77,13 +77,13 @@ def slow_steps(live_server, monkeypatch):
     """Each device call takes at least 20 ms, so a full-length request outlasts the drop however
     fast the machine: the tiny model otherwise decodes ~400 tokens within the 0.5 s timeout."""
     runner = live_server.engine.runner
-    execute = runner.execute
+    launch = runner.launch
 
-    def slow_execute(inputs):
+    def slow_launch(inputs):
         time.sleep(0.02)
-        return execute(inputs)
+        return launch(inputs)
 
-    monkeypatch.setattr(runner, "execute", slow_execute)
+    monkeypatch.setattr(runner, "launch", slow_launch)
 
 
 def test_dropped_stream_frees_its_pages(live_server, slow_steps):

@@ -1,9 +1,21 @@
 """The engine: requests in, output deltas out, one step at a time (host side, no jax).
 
-    step = schedule -> run on the device -> postprocess
+    step = schedule -> launch on the device -> fetch the sampled tokens -> postprocess
 
 The device side is a ``Runner`` (``jaxserve.runner.model_runner.ModelRunner`` for a real model, a
-fake one in tests): it takes the padded numpy inputs of one step and returns the sampled tokens.
+fake one in tests): ``launch`` takes the padded numpy inputs of one step and returns at once,
+``fetch`` waits for the step's sampled tokens.
+
+With async scheduling, a step is launched before the previous one is fetched, so the host's
+scheduling, input building and output processing overlap the device's work:
+
+    host:   schedule N+1 | launch N+1 | fetch N | postprocess N | schedule N+2 | launch N+2 | ...
+    device: ......... step N ..........| ............ step N+1 ...............| ... step N+2
+
+Step N+1's decode rows take their input token from step N's output on the device. A sequence that
+step N finishes (a stop string, eos) has one more token computed in N+1 and dropped. The engine
+goes back to one step at a time when step N has a row whose next step the host must prepare from
+its token: a grammar's mask, a penalty's history, an n>1 fork.
 """
 
 from __future__ import annotations
@@ -44,7 +56,19 @@ class StepResult:
 
 
 class Runner(Protocol):
-    def execute(self, inputs: StepInputs) -> StepResult: ...
+    def launch(self, inputs: StepInputs) -> object:
+        """Start the step; returns a handle for fetch. Steps run in launch order."""
+
+    def fetch(self, handle: object) -> StepResult:
+        """Wait for a launched step's sampled tokens."""
+
+
+@dataclass
+class _Launched:
+    sched: SchedulerOutput
+    inputs: StepInputs
+    handle: object
+    start: float
 
 
 @dataclass
@@ -86,6 +110,7 @@ class LLMEngine:
         self.stats = EngineStats()
         self._seq_ids = itertools.count()
         self._rng = np.random.default_rng(config.model.seed)
+        self._in_flight: _Launched | None = None
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int],
@@ -162,19 +187,44 @@ class LLMEngine:
         return self._request_output(request)
 
     def has_unfinished_requests(self) -> bool:
+        # a step still in flight with no request left holds only finished rows: the next step()
+        # fetches and drops it
         return bool(self.requests)
 
     # ---- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        sched = self.scheduler.schedule()
-        if sched.is_empty:
-            return []
-        start = time.perf_counter()
-        inputs = self.inputs.build(sched)
-        result = self.runner.execute(inputs)
-        self.stats.step_time_s += time.perf_counter() - start
+        """Fetch and postprocess one step; with async scheduling, first launch the next one."""
+        step, self._in_flight = self._in_flight, None
+        if step is None:
+            step = self._launch(self.scheduler.schedule(), {})
+            if step is None:
+                return []
+        if self.config.scheduler.async_scheduling and self._can_look_ahead(step.inputs):
+            rows = {s.seq.seq_id: row for row, s in enumerate(step.inputs.sample_rows)}
+            self._in_flight = self._launch(self.scheduler.schedule(look_ahead=True), rows)
+        result = self.runner.fetch(step.handle)
+        self.stats.step_time_s += time.perf_counter() - step.start
         self.stats.steps += 1
-        return self.postprocess(sched, inputs, result)
+        return self.postprocess(step.sched, step.inputs, result)
+
+    def _launch(self, sched: SchedulerOutput, prev_rows: dict[int, int]) -> _Launched | None:
+        if sched.is_empty:
+            return None
+        start = time.perf_counter()
+        inputs = self.inputs.build(sched, prev_rows=prev_rows)
+        for s in inputs.sample_rows:
+            s.seq.num_pending += inputs.num_steps
+        return _Launched(sched, inputs, self.runner.launch(inputs), start)
+
+    @staticmethod
+    def _can_look_ahead(inputs: StepInputs) -> bool:
+        """Whether the step after this one can be built before this one's tokens are known."""
+        for s in inputs.sample_rows:
+            p = s.seq.params
+            if (s.logits_from is not None or s.seq.constraint is not None
+                    or p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0):
+                return False
+        return True
 
     def postprocess(self, sched: SchedulerOutput, inputs: StepInputs,
                     result: StepResult) -> list[RequestOutput]:
@@ -182,7 +232,8 @@ class LLMEngine:
         now = time.monotonic()
         for row, s in enumerate(inputs.sample_rows):
             seq = s.seq
-            if seq.is_finished:  # aborted while the step ran
+            seq.num_pending -= inputs.num_steps
+            if seq.is_finished:  # aborted or stopped while the step ran
                 continue
             if s.logits_from is not None:
                 self.scheduler.fork(s.logits_from, seq)

@@ -6,6 +6,12 @@ never stalls the tokens already streaming; then waiting sequences are admitted i
 while budget and pages last. When a running sequence needs a page and none is free, the most
 recently admitted running sequence is preempted: its pages are freed and it will recompute its
 prompt and output so far when readmitted.
+
+With async scheduling the engine asks for step N+1 while step N still runs (``look_ahead``): the
+tokens step N samples are then ``num_pending`` on their sequences, counted here but not yet known,
+and the device feeds them to step N+1 itself. Such a step preempts nobody (a preempted sequence
+would need the tokens it has not got yet to recompute) and skips sequences that step N surely
+finishes (their max_tokens reached).
 """
 
 from __future__ import annotations
@@ -80,27 +86,30 @@ class Scheduler:
         return sum(len(self._pending_forks(s)) for s in self.running)
 
     # ---- the step -----------------------------------------------------------------------------
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, look_ahead: bool = False) -> SchedulerOutput:
         out = SchedulerOutput(scheduled=[], page_copies=self.pending_copies)
         self.pending_copies = []
         budget = self.config.max_num_batched_tokens
         scheduled_ids: set[int] = set()
+        short_of_pages = False
 
-        decodes = [s for s in self.running if s.num_uncomputed_tokens == 1]
-        prefills = [s for s in self.running if s.num_uncomputed_tokens > 1]
+        running = [s for s in self.running if not (look_ahead and self._surely_done(s))]
+        decodes = [s for s in running if s.num_uncomputed_tokens == 1]
+        prefills = [s for s in running if s.num_uncomputed_tokens > 1]
         for seq in decodes + prefills:
             if budget == 0:
                 break
             if seq.status is not Status.RUNNING:  # preempted earlier in this loop
                 continue
             num_new = min(seq.num_uncomputed_tokens, budget)
-            if not self._make_room(seq, num_new, scheduled_ids, out):
+            if not self._make_room(seq, num_new, scheduled_ids, out, preempt=not look_ahead):
+                short_of_pages = True
                 continue
             self._schedule(seq, num_new, out, scheduled_ids)
             budget -= num_new
 
         # vLLM's rule: admit nobody in a step that had to preempt, pages are short
-        while self.waiting and budget > 0 and not out.preempted:
+        while self.waiting and budget > 0 and not (out.preempted or short_of_pages):
             seq = self.waiting[0]
             slots = 1 + len(self._pending_forks(seq))
             if len(self.running) + self._reserved_slots() + slots > self.config.max_num_seqs:
@@ -121,6 +130,11 @@ class Scheduler:
         self._extend_decodes(out)
         return out
 
+    def _surely_done(self, seq: Sequence) -> bool:
+        """A token on the device is this sequence's last: no step after it is worth running."""
+        return seq.num_pending > 0 and (seq.num_sampled_tokens >= seq.request.max_tokens
+                                        or seq.num_scheduled_tokens >= self.max_model_len)
+
     def _extend_decodes(self, out: SchedulerOutput) -> None:
         """Let a decode-only batch run num_decode_steps steps per device call, when every
         sequence can: no grammar or penalty (the host sets those between steps), no pending
@@ -131,9 +145,9 @@ class Scheduler:
         for s in out.scheduled:
             seq, p = s.seq, s.seq.params
             if (s.num_new_tokens != 1 or not s.sample or s.logits_from is not None
-                    or seq.constraint is not None or seq.num_output_tokens < p.min_tokens
+                    or seq.constraint is not None or seq.num_sampled_tokens < p.min_tokens
                     or p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
-                    or seq.num_tokens + k - 1 > self.max_model_len):
+                    or seq.num_scheduled_tokens + k - 1 > self.max_model_len):
                 return
         extra = [self.allocator.pages_needed(s.seq.num_computed_tokens + k - 1) - len(s.seq.pages)
                  for s in out.scheduled]
@@ -158,24 +172,27 @@ class Scheduler:
         seq.num_computed_tokens = 0
 
     def _schedule(self, seq: Sequence, num_new: int, out: SchedulerOutput, ids: set[int]) -> None:
-        sample = seq.num_computed_tokens + num_new == seq.num_tokens
+        sample = seq.num_computed_tokens + num_new == seq.num_scheduled_tokens
         out.scheduled.append(ScheduledSeq(seq, seq.num_computed_tokens, num_new, sample))
         ids.add(seq.seq_id)
         seq.num_computed_tokens += num_new
         # pages this step fills are offered to the prefix cache now: a sequence that finds one
         # later (or later in this step: every layer writes K/V before it attends) reads it after
         # this step wrote it, since steps run in order
-        full = min(seq.num_computed_tokens, seq.num_tokens) // self.allocator.page_size
+        full = min(seq.num_computed_tokens, len(seq.token_ids)) // self.allocator.page_size
         self.allocator.register(seq.page_keys, seq.token_ids, seq.pages, full)
         if sample:
             for fork in self._pending_forks(seq):
                 out.scheduled.append(ScheduledSeq(fork, 0, 0, True, logits_from=seq))
 
     def _make_room(self, seq: Sequence, num_new: int, scheduled_ids: set[int],
-                   out: SchedulerOutput) -> bool:
-        """Allocate pages for num_new more tokens of seq, preempting others if needed."""
+                   out: SchedulerOutput, preempt: bool = True) -> bool:
+        """Allocate pages for num_new more tokens of seq, preempting others if needed (and
+        allowed; if not, seq waits for a step that may)."""
         needed = self.allocator.pages_needed(seq.num_computed_tokens + num_new) - len(seq.pages)
         while not self.allocator.can_allocate(needed):
+            if not preempt:
+                return False
             victims = [s for s in self.running if s.seq_id not in scheduled_ids]
             victim = victims[-1]  # the latest admitted; seq itself is among them
             self.preempt(victim)

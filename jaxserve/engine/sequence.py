@@ -34,6 +34,9 @@ class Sequence:
     rng_key: np.ndarray  # u32[2]: this sample's own random stream
     status: Status = Status.WAITING
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
+    # tokens sampled by a step still on the device: counted by the scheduler (which may schedule
+    # the next one before they reach the host), not yet in token_ids
+    num_pending: int = 0
     pages: list[int] = field(default_factory=list)
     page_keys: list = field(default_factory=list)  # prefix-cache keys of the full pages computed
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
@@ -65,8 +68,18 @@ class Sequence:
         return self.token_ids[self.num_prompt_tokens:]
 
     @property
+    def num_scheduled_tokens(self) -> int:
+        """Known tokens plus those still on the device: the scheduler's view of the length."""
+        return len(self.token_ids) + self.num_pending
+
+    @property
+    def num_sampled_tokens(self) -> int:
+        """Output tokens sampled so far, including those still on the device."""
+        return self.num_output_tokens + self.num_pending
+
+    @property
     def num_uncomputed_tokens(self) -> int:
-        return self.num_tokens - self.num_computed_tokens
+        return self.num_scheduled_tokens - self.num_computed_tokens
 
     @property
     def is_finished(self) -> bool:

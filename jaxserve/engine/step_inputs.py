@@ -4,6 +4,10 @@ Two row spaces: attention rows (sequences that compute tokens this step) and sam
 (sequences that get a next token). A chunk that ends mid-prompt has an attention row but no sample
 row; a fork of an n>1 request has a sample row but no attention row (it reads its leader's
 logits). Both are padded to the step's sequence bucket.
+
+With async scheduling a decode row's input token may still be on the device, sampled by the step
+before this one: ``prev_rows`` then names that step's sample row, and the device reads the token
+there itself.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ _SUPPRESS = -1e9
 class StepInputs:
     bucket: tuple[int, int]  # (T, S)
     input_ids: np.ndarray  # i32[T]
+    prev_rows: np.ndarray  # i32[T]: -1, or the previous step's sample row holding this token
     positions: np.ndarray  # i32[T]
     slot_mapping: np.ndarray  # i32[T]; -1 pads
     kv_lens: np.ndarray  # i32[S]
@@ -53,7 +58,10 @@ class StepInputBuilder:
         """All-padding inputs of one bucket: the shapes to compile it ahead of time."""
         return self.build(SchedulerOutput(scheduled=[], num_steps=num_steps), bucket)
 
-    def build(self, sched: SchedulerOutput, bucket: tuple[int, int] | None = None) -> StepInputs:
+    def build(self, sched: SchedulerOutput, bucket: tuple[int, int] | None = None,
+              prev_rows: dict[int, int] | None = None) -> StepInputs:
+        """prev_rows: seq_id -> sample row in the step still running, for sequences whose
+        last token that step samples."""
         attn_rows = [s for s in sched.scheduled if s.num_new_tokens > 0]
         sample_rows = [s for s in sched.scheduled if s.sample]
         num_tokens = sum(s.num_new_tokens for s in attn_rows)
@@ -62,6 +70,7 @@ class StepInputBuilder:
         ps = self.page_size
 
         input_ids = np.zeros(t_pad, np.int32)
+        from_prev = np.full(t_pad, -1, np.int32)
         positions = np.zeros(t_pad, np.int32)
         slot_mapping = np.full(t_pad, -1, np.int32)
         kv_lens = np.zeros(s_pad, np.int32)
@@ -74,7 +83,11 @@ class StepInputBuilder:
             seq, n = s.seq, s.num_new_tokens
             pos = np.arange(s.start, s.start + n, dtype=np.int32)
             pages = np.asarray(s.seq.pages, np.int32)
-            input_ids[offset:offset + n] = seq.token_ids[s.start:s.start + n]
+            known = seq.token_ids[s.start:s.start + n]
+            input_ids[offset:offset + len(known)] = known
+            if len(known) < n:  # only the last token can be unknown: the one step N samples
+                assert len(known) == n - 1 and seq.num_pending, "a token went missing"
+                from_prev[offset + n - 1] = prev_rows[seq.seq_id]
             positions[offset:offset + n] = pos
             slot_mapping[offset:offset + n] = pages[pos // ps] * ps + pos % ps
             kv_lens[row] = s.start + n
@@ -90,8 +103,8 @@ class StepInputBuilder:
 
         copies = np.asarray(sched.page_copies, np.int32).reshape(-1, 2)
         return StepInputs(
-            bucket=(t_pad, s_pad), input_ids=input_ids, positions=positions,
-            slot_mapping=slot_mapping, kv_lens=kv_lens, page_table=page_table,
+            bucket=(t_pad, s_pad), input_ids=input_ids, prev_rows=from_prev,
+            positions=positions, slot_mapping=slot_mapping, kv_lens=kv_lens, page_table=page_table,
             cu_q_lens=cu_q_lens, num_seqs=np.array([len(attn_rows)], np.int32),
             logits_indices=logits_indices, sampling=self._sampling(sample_rows, s_pad),
             page_copies=copies, sample_rows=sample_rows, num_steps=sched.num_steps,
@@ -125,10 +138,10 @@ class StepInputBuilder:
             frequency[row] = p.frequency_penalty
             repetition[row] = p.repetition_penalty
             rng_keys[row] = seq.rng_key
-            rng_steps[row] = seq.num_output_tokens
+            rng_steps[row] = seq.num_sampled_tokens
             num_prompt[row] = seq.num_prompt_tokens
             bias = dict(p.logit_bias or {})
-            if seq.num_output_tokens < p.min_tokens:
+            if seq.num_sampled_tokens < p.min_tokens:
                 for token_id in (*self.eos_token_ids, *p.stop_token_ids):
                     bias[token_id] = _SUPPRESS
             if bias:

@@ -6,6 +6,11 @@ compiled ahead of time at start, and decode-only buckets have a second one that 
 ``num_decode_steps`` steps in a ``lax.scan``, feeding each step's tokens to the next on the device;
 a step that finds no executable compiles it and counts it, so a steady state with zero
 compilations after warm-up can be checked.
+
+``launch`` only dispatches (JAX runs the step asynchronously) and ``fetch`` waits for its tokens,
+so the engine can launch step N+1 before fetching step N. Each step leaves its last sampled token
+per sample row on the device (``last_tokens``); the next step's ``prev_rows`` pick its input
+tokens from there, so that hand-over never visits the host.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from flax import nnx
 
 from jaxserve.engine.llm_engine import StepResult
 from jaxserve.engine.step_inputs import StepInputs
-from jaxserve.models.attention_metadata import AttentionBackend, AttentionMetadata
+from jaxserve.models.attention_metadata import AttentionMetadata
 from jaxserve.models.llama import LlamaForCausalLM
 from jaxserve.runner.compile_cache import backend_compile_count
 from jaxserve.runner.sampler import sample
@@ -30,7 +35,7 @@ from jaxserve.runner.sampling_metadata import SamplingMetadata
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, *, num_pages: int, page_size: int,
-                 max_num_seqs: int, num_decode_steps: int = 1):
+                 max_num_seqs: int, max_rows: int, num_decode_steps: int = 1):
         cfg = model.cfg
         self.cfg = cfg
         self.graphdef, self.state = nnx.split(model)
@@ -38,6 +43,8 @@ class ModelRunner:
         shape = (num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim)
         # [num_pages, 2, Hkv, page_size, D] per layer
         self.kv_caches = [jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)]
+        # i32[R]: the last token each sample row of the latest step drew; R = the widest bucket
+        self.last_tokens = jnp.zeros(max_rows, jnp.int32)
         self.num_pages = num_pages
         self.max_copies = max_num_seqs
         self.executables: dict[tuple[int, int], object] = {}
@@ -50,9 +57,22 @@ class ModelRunner:
             logits, kv_caches = model(input_ids, positions, kv_caches, md, logits_indices)
             return sample(logits, sm), kv_caches
 
-        self.step_fn = jax.jit(step, donate_argnums=(1,))
+        def resolve(last_tokens, input_ids, prev_rows):  # i32[R], i32[T], i32[T] -> i32[T]
+            return jnp.where(prev_rows >= 0, last_tokens[jnp.maximum(prev_rows, 0)], input_ids)
 
-        def decode_steps(state, kv_caches, input_ids, positions, md, logits_indices, sm):
+        def keep_last(tokens):  # i32[S] -> i32[R]
+            return jnp.zeros(max_rows, jnp.int32).at[:tokens.shape[0]].set(tokens)
+
+        def one_step(state, kv_caches, last_tokens, input_ids, prev_rows, *args):
+            out, kv_caches = step(state, kv_caches, resolve(last_tokens, input_ids, prev_rows),
+                                  *args)
+            return out, kv_caches, keep_last(out[0])
+
+        self.step_fn = jax.jit(one_step, donate_argnums=(1,))
+
+        def decode_steps(state, kv_caches, last_tokens, input_ids, prev_rows, positions, md,
+                         logits_indices, sm):
+            input_ids = resolve(last_tokens, input_ids, prev_rows)
             # decode-only: token i is row i's one query and its sample row
             t_pad, s_pad = input_ids.shape[0], logits_indices.shape[0]
             num_seqs = md.num_seqs[0]
@@ -75,7 +95,7 @@ class ModelRunner:
 
             carry = (kv_caches, input_ids, positions, md.kv_lens, sm.rng_steps)
             (kv_caches, *_), outs = jax.lax.scan(one, carry, length=num_decode_steps)
-            return outs, kv_caches  # each output gains a leading [K] axis
+            return outs, kv_caches, keep_last(outs[0][-1])  # each output gains a leading [K] axis
 
         self.num_decode_steps = num_decode_steps
         self.decode_steps_fn = jax.jit(decode_steps, donate_argnums=(1,))
@@ -92,7 +112,8 @@ class ModelRunner:
             page_table=inputs.page_table, cu_q_lens=inputs.cu_q_lens, num_seqs=inputs.num_seqs,
         )
         sm = SamplingMetadata(**inputs.sampling)
-        return (inputs.input_ids, inputs.positions, md, inputs.logits_indices, sm)
+        return (inputs.input_ids, inputs.prev_rows, inputs.positions, md, inputs.logits_indices,
+                sm)
 
     def _compile(self, inputs: StepInputs):
         specs = jax.tree_util.tree_map(
@@ -100,7 +121,7 @@ class ModelRunner:
             self.device_args(inputs),
         )
         fn = self.step_fn if inputs.num_steps == 1 else self.decode_steps_fn
-        return fn.lower(self.state, self.kv_caches, *specs).compile()
+        return fn.lower(self.state, self.kv_caches, self.last_tokens, *specs).compile()
 
     def warmup(self, padding_inputs: list[StepInputs], progress: bool = True) -> float:
         """Compile every bucket ahead of time; returns the seconds it took."""
@@ -121,7 +142,8 @@ class ModelRunner:
         return time.perf_counter() - start
 
     # ---- the step ----------------------------------------------------------------------------
-    def execute(self, inputs: StepInputs) -> StepResult:
+    def launch(self, inputs: StepInputs) -> tuple:
+        """Dispatch the step; returns its (still computing) device outputs."""
         if len(inputs.page_copies):
             self._run_copies(inputs.page_copies)
         key = (inputs.bucket, inputs.num_steps)
@@ -130,12 +152,20 @@ class ModelRunner:
             exe = self.executables[key] = self._compile(inputs)
             if self._warm:
                 self.compilations_after_warmup += 1
-        outs, self.kv_caches = exe(self.state, self.kv_caches, *self.device_args(inputs))
+        outs, self.kv_caches, self.last_tokens = exe(
+            self.state, self.kv_caches, self.last_tokens, *self.device_args(inputs))
+        return outs
+
+    def fetch(self, outs: tuple) -> StepResult:
         # the one device-to-host transfer of the step
         tokens, logprobs, top_ids, top_lps = jax.device_get(outs)
-        if inputs.num_steps == 1:  # one step: give it the [K = 1] axis the engine reads
+        if tokens.ndim == 1:  # one step: give it the [K = 1] axis the engine reads
             tokens, logprobs, top_ids, top_lps = (x[None] for x in (tokens, logprobs, top_ids, top_lps))
         return StepResult(tokens, logprobs, top_ids, top_lps)
+
+    def execute(self, inputs: StepInputs) -> StepResult:
+        """One step, start to finish (benchmarks and tests)."""
+        return self.fetch(self.launch(inputs))
 
     def _run_copies(self, copies: np.ndarray) -> None:  # i32[C, 2]
         for chunk in range(0, len(copies), self.max_copies):

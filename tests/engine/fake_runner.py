@@ -13,14 +13,26 @@ class FakeRunner:
     def __init__(self):
         self.steps: list[StepInputs] = []
         self.compilations_after_warmup = 0
+        self.last_tokens = np.zeros(64, np.int32)  # as on the device: the last step's tokens
+
+    # the engine's interface: a step runs at launch, as the device would, in launch order
+    def launch(self, inputs: StepInputs) -> StepResult:
+        return self.execute(inputs)
+
+    def fetch(self, result: StepResult) -> StepResult:
+        return result
 
     def execute(self, inputs: StepInputs) -> StepResult:
         self.steps.append(inputs)
         s_pad, k = inputs.bucket[1], inputs.num_steps
-        last_tokens = inputs.input_ids[inputs.logits_indices]  # i32[S]
+        input_ids = np.where(inputs.prev_rows >= 0,
+                             self.last_tokens[np.maximum(inputs.prev_rows, 0)], inputs.input_ids)
+        last_tokens = input_ids[inputs.logits_indices]  # i32[S]
         # K steps feed each token back in: step j yields last + 1 + j
         tokens = np.stack([(last_tokens + 1 + j) % 200 for j in range(k)]).astype(np.int32)
         top_ids = np.tile(np.arange(20, dtype=np.int32), (k, s_pad, 1))
+        self.last_tokens[:] = 0
+        self.last_tokens[:s_pad] = tokens[-1]
         return StepResult(tokens, np.full((k, s_pad), -0.5, np.float32), top_ids,
                           np.full((k, s_pad, 20), -1.0, np.float32))
 
@@ -37,4 +49,5 @@ class ScriptedRunner(FakeRunner):
         if any(s.sample for s in inputs.sample_rows):
             for k in range(inputs.num_steps):
                 result.tokens[k] = self.script.pop(0) if self.script else 0
+            self.last_tokens[:inputs.bucket[1]] = result.tokens[-1]
         return result

@@ -10,12 +10,22 @@ from jaxserve.sampling_params import SamplingParams
 from tests.engine.fake_runner import FakeRunner
 
 EOS = 2
+SYNC = {"scheduler.async_scheduling": False}
+_mode: dict = {}
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["sync", "async"])
+def scheduling_mode(request):
+    """Every test runs one step at a time and with async scheduling; the outputs must agree."""
+    _mode["scheduler.async_scheduling"] = request.param
+    yield
+    _mode.clear()
 
 
 def make_engine(tokenizer, **overrides) -> LLMEngine:
     base = {"cache.page_size": 4, "cache.num_pages": 64, "scheduler.max_num_seqs": 4,
             "scheduler.max_num_batched_tokens": 16, "scheduler.token_buckets": [8, 16],
-            "scheduler.seq_buckets": [4]}
+            "scheduler.seq_buckets": [4]} | _mode
     config = load_config(None, base | overrides)
     return LLMEngine(config, FakeRunner(), tokenizer, max_model_len=128, vocab_size=259,
                      eos_token_ids=(EOS,))
@@ -55,7 +65,7 @@ def test_chunked_prefill_respects_token_budget(tiny_tokenizer):
 
 
 def test_decodes_go_before_a_new_prefill(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer)
+    engine = make_engine(tiny_tokenizer, **SYNC)  # b joins the step after a's prefill
     engine.add_request("a", [5, 6], SamplingParams(max_tokens=4, temperature=0))
     engine.step()  # a's prefill
     engine.add_request("b", list(range(30, 60)), SamplingParams(max_tokens=1, temperature=0))
