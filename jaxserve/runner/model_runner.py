@@ -16,8 +16,10 @@ tokens from there, so that hand-over never visits the host.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -115,25 +117,39 @@ class ModelRunner:
         return (inputs.input_ids, inputs.prev_rows, inputs.positions, md, inputs.logits_indices,
                 sm)
 
-    def _compile(self, inputs: StepInputs):
+    def _lower(self, inputs: StepInputs):
         specs = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
             self.device_args(inputs),
         )
         fn = self.step_fn if inputs.num_steps == 1 else self.decode_steps_fn
-        return fn.lower(self.state, self.kv_caches, self.last_tokens, *specs).compile()
+        return fn.lower(self.state, self.kv_caches, self.last_tokens, *specs)
+
+    def _compile(self, inputs: StepInputs):
+        return self._lower(inputs).compile()
 
     def warmup(self, padding_inputs: list[StepInputs], progress: bool = True) -> float:
-        """Compile every bucket ahead of time; returns the seconds it took."""
+        """Compile every bucket ahead of time; returns the seconds it took.
+
+        Tracing and lowering hold the GIL; XLA's compilation (or, with a warm persistent cache,
+        its loading of the executable, ~2.5 s each for SmolLM2 on CPU) does not. So buckets are
+        lowered here, one after another, while worker threads compile the ones lowered before.
+        """
         start = time.perf_counter()
-        for i, inputs in enumerate(padding_inputs):
-            t0 = time.perf_counter()
-            self.executables[inputs.bucket, inputs.num_steps] = self._compile(inputs)
+        done = itertools.count(1)
+
+        def compile_one(inputs: StepInputs, lowered) -> None:  # on a worker thread
+            self.executables[inputs.bucket, inputs.num_steps] = lowered.compile()
             if progress:
                 steps = f" decode_steps={inputs.num_steps}" if inputs.num_steps > 1 else ""
-                print(f"[jaxserve] compiled bucket {i + 1}/{len(padding_inputs)} "
+                print(f"[jaxserve] compiled bucket {next(done)}/{len(padding_inputs)} "
                       f"tokens={inputs.bucket[0]} seqs={inputs.bucket[1]}{steps} "
-                      f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
+                      f"({time.perf_counter() - start:.1f}s)", file=sys.stderr, flush=True)
+
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxserve-compile") as pool:
+            jobs = [pool.submit(compile_one, inputs, self._lower(inputs)) for inputs in padding_inputs]
+            for job in jobs:
+                job.result()  # re-raises a failed compilation here
         src = np.full(self.max_copies, 0, np.int32)
         dst = np.full(self.max_copies, self.num_pages, np.int32)
         self.kv_caches = self._copy_pages(self.kv_caches, src, dst)  # compiles the copy too
