@@ -54,6 +54,12 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     structured_outputs: StructuredOutputs | None = None  # constrained decoding
 
     @property
+    def has_penalties(self) -> bool:
+        """Penalties read the token history, which the host builds before each step."""
+        return bool(self.presence_penalty or self.frequency_penalty
+                    or self.repetition_penalty != 1.0)
+
+    @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 

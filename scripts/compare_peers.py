@@ -51,9 +51,13 @@ def ensure_installed(servers: list[str], log_dir: Path) -> None:
         with open(log_dir / f"install_{name}.log", "a") as log:
             subprocess.run([str(ROOT / "scripts/peers/install.sh"), name], check=True,
                            stdout=log, stderr=subprocess.STDOUT)
-        if name == "llamacpp" and not GGUF_F32.exists():
-            subprocess.run([sys.executable, str(ROOT / "scripts/peers/gguf_f32.py"),
-                            str(GGUF_F32)], check=True)
+
+
+def ensure_gguf(servers: list[str]) -> None:
+    """llama.cpp's input, written from jaxserve's weights (with --no-install too: it is data)."""
+    if "llamacpp" in servers and not GGUF_F32.exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts/peers/gguf_f32.py"), str(GGUF_F32)],
+                       check=True)
 
 
 def bench(server: RunningServer, name: str, conc: int, in_len: int, out_len: int, prompts: int,
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_install:
         ensure_installed(servers, args.out_dir)
+    ensure_gguf(servers)
     run = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "loadavg_start": list(os.getloadavg()),
            "nice": args.nice,
            "cpu": _cpu_name(), "nproc": os.cpu_count(), "workloads": [w[0] for w in WORKLOADS],

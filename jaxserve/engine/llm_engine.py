@@ -221,8 +221,7 @@ class LLMEngine:
         """Whether the step after this one can be built before this one's tokens are known."""
         for s in inputs.sample_rows:
             p = s.seq.params
-            if (s.logits_from is not None or s.seq.constraint is not None
-                    or p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0):
+            if s.logits_from is not None or s.seq.constraint is not None or p.has_penalties:
                 return False
         return True
 

@@ -146,7 +146,7 @@ class Scheduler:
             seq, p = s.seq, s.seq.params
             if (s.num_new_tokens != 1 or not s.sample or s.logits_from is not None
                     or seq.constraint is not None or seq.num_sampled_tokens < p.min_tokens
-                    or p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
+                    or p.has_penalties
                     or seq.num_scheduled_tokens + k - 1 > self.max_model_len):
                 return
         extra = [self.allocator.pages_needed(s.seq.num_computed_tokens + k - 1) - len(s.seq.pages)

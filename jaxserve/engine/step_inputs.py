@@ -151,7 +151,7 @@ class StepInputBuilder:
             if seq.constraint is not None:
                 seq.constraint.fill_bitmask(token_bitmask, row)
                 any_mask = True
-            if p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0:
+            if p.has_penalties:
                 any_penalty = True
                 penalty_rows.append((row, seq))
         # the token history is only read when some row has a penalty; one fixed width keeps a
