@@ -9,11 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import jax
-import jax.numpy as jnp
-
-from jaxserve.models.attention_metadata import AttentionBackend, AttentionMetadata
+from jaxserve.models.attention_metadata import AttentionBackend
 from jaxserve.models.loader import load_model
+from jaxserve.models.scoring import prompt_logits
 from jaxserve.sampling_params import SamplingParams
 from kernels.ragged_paged_attention.reference import (
     ref_ragged_paged_attention,
@@ -35,20 +33,7 @@ CHATS = [
 
 
 def jax_prompt_logits(model_dir, token_ids: list[int]) -> np.ndarray:  # f32[T, V]
-    model = load_model(model_dir, REFERENCE, "float32")
-    cfg = model.cfg
-    page_size, t = 16, len(token_ids)
-    num_pages = -(-t // page_size)
-    kv = [jnp.zeros((num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim))
-          for _ in range(cfg.num_hidden_layers)]
-    md = AttentionMetadata(
-        slot_mapping=jnp.arange(t, dtype=jnp.int32), kv_lens=jnp.array([t], jnp.int32),
-        page_table=jnp.arange(num_pages, dtype=jnp.int32)[None], cu_q_lens=jnp.array([0, t], jnp.int32),
-        num_seqs=jnp.array([1], jnp.int32),
-    )
-    ids = jnp.asarray(token_ids, jnp.int32)
-    logits, _ = model(ids, jnp.arange(t, dtype=jnp.int32), kv, md, jnp.arange(t, dtype=jnp.int32))
-    return np.asarray(jax.device_get(logits))
+    return prompt_logits(load_model(model_dir, REFERENCE, "float32"), token_ids)
 
 
 def hf_model(model_dir):

@@ -1,0 +1,33 @@
+"""scripts/bench_dtype_accuracy.py on the tiny model: float32 loaded and run twice must agree
+exactly (the forward is deterministic and the metrics read it right), and bfloat16 must report a
+real, finite difference."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+
+import numpy as np
+
+from tests.conftest import ROOT, TINY_CONFIG
+
+
+def run(monkeypatch, tmp_path, dtype: str) -> dict:
+    out = tmp_path / f"{dtype}.json"
+    monkeypatch.setattr(sys, "argv", ["bench_dtype_accuracy.py", "--config", str(TINY_CONFIG),
+                                      "--dtype", dtype, "--tokens", "24", "--result-json", str(out)])
+    runpy.run_path(str(ROOT / "scripts" / "bench_dtype_accuracy.py"), run_name="__main__")
+    return json.loads(out.read_text())
+
+
+def test_same_dtype_agrees_exactly_and_bfloat16_does_not(monkeypatch, tmp_path, tiny_model_dir):
+    same = run(monkeypatch, tmp_path, "float32")
+    assert same["positions"] == 4 * 23
+    assert same["top1_agreement"] == 1.0 and same["kl_mean"] == 0.0
+    assert same["max_logprob_diff"] == 0.0
+    assert same["perplexity"]["float32"] > 1.0
+    bf16 = run(monkeypatch, tmp_path, "bfloat16")
+    assert 0.0 < bf16["kl_mean"] < 1.0 and 0.0 < bf16["max_logprob_diff"]
+    assert np.isfinite(bf16["perplexity"]["bfloat16"])
+    assert bf16["perplexity"]["float32"] == same["perplexity"]["float32"]
