@@ -30,7 +30,7 @@ from jaxserve.engine.llm_engine import StepResult
 from jaxserve.engine.step_inputs import StepInputs
 from jaxserve.models.attention_metadata import AttentionMetadata
 from jaxserve.models.llama import LlamaForCausalLM
-from jaxserve.runner.compile_cache import backend_compile_count
+from jaxserve.runner.compile_cache import backend_compile_count, release_free_memory
 from jaxserve.runner.sampler import sample
 from jaxserve.runner.sampling_metadata import SamplingMetadata
 
@@ -140,6 +140,7 @@ class ModelRunner:
 
         def compile_one(inputs: StepInputs, lowered) -> None:  # on a worker thread
             self.executables[inputs.bucket, inputs.num_steps] = lowered.compile()
+            release_free_memory()
             if progress:
                 steps = f" decode_steps={inputs.num_steps}" if inputs.num_steps > 1 else ""
                 print(f"[jaxserve] compiled bucket {next(done)}/{len(padding_inputs)} "
