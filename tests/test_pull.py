@@ -16,15 +16,10 @@ import pytest
 from safetensors.numpy import load_file
 
 from jaxserve import pull as pull_module
+from jaxserve.models import gguf_convert
+from jaxserve.models.gguf_convert import undo_gguf_rope_permute, write_hf_from_gguf
 from jaxserve.models.tiny import CHATML_TEMPLATE, byte_tokenizer, write_tiny_model
-from jaxserve.pull import (
-    KNOWN_MODELS,
-    models_dir,
-    pull,
-    resolve_model,
-    undo_gguf_rope_permute,
-    write_hf_from_gguf,
-)
+from jaxserve.pull import KNOWN_MODELS, models_dir, pull, resolve_model
 
 CHATML_PROMPT = (
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -229,8 +224,8 @@ def _write_tiny_gguf(path: Path, hf: dict[str, np.ndarray], tokens: list[str]) -
     writer.add_unk_token_id(0)
     writer.add_add_bos_token(False)
     writer.add_chat_template(CHATML_TEMPLATE)
-    to_gguf = {v: k for k, v in pull_module._GLOBAL_NAMES.items()}
-    blocks = {v: k for k, v in pull_module._BLOCK_NAMES.items()}
+    to_gguf = {v: k for k, v in gguf_convert._GLOBAL_NAMES.items()}
+    blocks = {v: k for k, v in gguf_convert._BLOCK_NAMES.items()}
     for name, w in hf.items():
         if name in to_gguf:
             gguf_name = to_gguf[name]
