@@ -219,11 +219,8 @@ class LLMEngine:
     @staticmethod
     def _can_look_ahead(inputs: StepInputs) -> bool:
         """Whether the step after this one can be built before this one's tokens are known."""
-        for s in inputs.sample_rows:
-            p = s.seq.params
-            if s.logits_from is not None or s.seq.constraint is not None or p.has_penalties:
-                return False
-        return True
+        return not any(s.logits_from is not None or s.seq.host_feeds_each_step
+                       for s in inputs.sample_rows)
 
     def postprocess(self, sched: SchedulerOutput, inputs: StepInputs,
                     result: StepResult) -> list[RequestOutput]:

@@ -145,8 +145,7 @@ class Scheduler:
         for s in out.scheduled:
             seq, p = s.seq, s.seq.params
             if (s.num_new_tokens != 1 or not s.sample or s.logits_from is not None
-                    or seq.constraint is not None or seq.num_sampled_tokens < p.min_tokens
-                    or p.has_penalties
+                    or seq.host_feeds_each_step or seq.num_sampled_tokens < p.min_tokens
                     or seq.num_scheduled_tokens + k - 1 > self.max_model_len):
                 return
         extra = [self.allocator.pages_needed(s.seq.num_computed_tokens + k - 1) - len(s.seq.pages)

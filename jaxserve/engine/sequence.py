@@ -78,6 +78,12 @@ class Sequence:
         return self.num_output_tokens + self.num_pending
 
     @property
+    def host_feeds_each_step(self) -> bool:
+        """Its next step needs its last token on the host first: a grammar's mask or a
+        penalty's history. Such a sequence gets neither multi-step decode nor a look-ahead."""
+        return self.constraint is not None or self.params.has_penalties
+
+    @property
     def num_uncomputed_tokens(self) -> int:
         return self.num_scheduled_tokens - self.num_computed_tokens
 
