@@ -72,8 +72,10 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
         raise ValueError(f"model.max_model_len: {max_model_len} exceeds the model's "
                          f"max_position_embeddings {model_cfg.max_position_embeddings}")
     backend = make_attention_backend(config.model.attention_backend)
-    _log(f"loading {model_dir} ({config.model.dtype}, attention={backend.name})", progress)
-    model = load_model(model_dir, backend, config.model.dtype)
+    weights = config.model.weight_dtype or config.model.dtype
+    _log(f"loading {model_dir} ({config.model.dtype}, {weights} weights, "
+         f"attention={backend.name})", progress)
+    model = load_model(model_dir, backend, config.model.dtype, config.model.weight_dtype)
     load_seconds = time.perf_counter() - start
     _log(f"model loaded in {load_seconds:.1f}s", progress)
 

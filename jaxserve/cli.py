@@ -22,13 +22,16 @@ RUN_OVERRIDES = {
     "model": "model.path",
     "attention_backend": "model.attention_backend",
     "dtype": "model.dtype",
+    "weight_dtype": "model.weight_dtype",
 }
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a YAML config (configs/smollm2.yaml)")
     p.add_argument("--model", help="a known model name or a local Hugging Face folder")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="activations and K/V cache")
+    p.add_argument("--weight-dtype", choices=["float32", "bfloat16"],
+                   help="stored weights (default: --dtype); bfloat16 with float32 is mixed precision")
     p.add_argument("--attention-backend", choices=["pallas", "reference", "auto"])
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--max-num-seqs", type=int)

@@ -34,7 +34,10 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # a name known to `jaxserve pull` (fetched on first use) or a local Hugging Face folder
     path: str = "smollm2-135m-instruct"
     served_model_name: str | None = None  # the id clients send; defaults to `path`
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16"] = "float32"  # activations and K/V cache
+    # stored weights; None: the same as dtype. bfloat16 under float32 activations is mixed
+    # precision (bf16 dot inputs, f32 accumulation): half the weight bytes, see docs/performance.md
+    weight_dtype: Literal["float32", "bfloat16"] | None = None
     max_model_len: int | None = None  # defaults to the model's max_position_embeddings
     attention_backend: Literal["pallas", "reference", "auto"] = "auto"
     chat_template: str | None = None  # a Jinja template, or a path to one

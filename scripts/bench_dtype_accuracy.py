@@ -2,6 +2,7 @@
 float32 and in another dtype, over this repository's own docs as natural English text.
 
     python scripts/bench_dtype_accuracy.py --config configs/smollm2.yaml --dtype bfloat16
+    python scripts/bench_dtype_accuracy.py --dtype float32 --weight-dtype bfloat16  # mixed
 
 Reports, over every predicted position: perplexity in each dtype, top-1 agreement, mean and
 p99 KL(float32 || dtype), and the largest logit difference. Speed is bench_engine_options.py's
@@ -35,7 +36,8 @@ def log_softmax(x: np.ndarray) -> np.ndarray:  # f32[T, V] -> f64[T, V]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/smollm2.yaml")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="bfloat16", help="activations and K/V")
+    p.add_argument("--weight-dtype", default=None, help="stored weights (default: --dtype)")
     p.add_argument("--tokens", type=int, default=256, help="tokens per text window")
     p.add_argument("--result-json", type=Path)
     args = p.parse_args()
@@ -47,9 +49,11 @@ def main() -> None:
     windows = [tokenizer((ROOT / name).read_text(), add_special_tokens=False).input_ids[:args.tokens]
                for name in TEXTS]
     backend = make_attention_backend("reference")
-    runs = []  # [float32, dtype]: each its own load and forward, even when dtype is float32
-    for dtype in ("float32", args.dtype):
-        model = load_model(model_dir, backend, dtype)
+    label = args.dtype if args.weight_dtype in (None, args.dtype) else \
+        f"{args.dtype}+{args.weight_dtype}-weights"
+    runs = []  # [float32, variant]: each its own load and forward, even when both are float32
+    for dtype, weight_dtype in (("float32", None), (args.dtype, args.weight_dtype)):
+        model = load_model(model_dir, backend, dtype, weight_dtype)
         runs.append([log_softmax(prompt_logits(model, ids)) for ids in windows])
         del model
     nll, agree, kl, max_diff = ([], []), [], [], 0.0
@@ -64,7 +68,7 @@ def main() -> None:
     result = {
         "positions": len(agree),
         "perplexity": {"float32": float(np.exp(np.mean(nll[0]))),
-                       args.dtype: float(np.exp(np.mean(nll[1])))},
+                       label: float(np.exp(np.mean(nll[1])))},
         "top1_agreement": float(np.mean(agree)),
         "kl_mean": float(np.mean(kl)), "kl_p99": float(np.percentile(kl, 99)),
         "max_logprob_diff": max_diff,
@@ -73,7 +77,7 @@ def main() -> None:
           f"{result['positions']} positions")
     for d, ppl in result["perplexity"].items():
         print(f"  perplexity {d:9} {ppl:.3f}")
-    print(f"  top-1 agreement {100 * result['top1_agreement']:.2f}%, KL(float32 || {args.dtype}) "
+    print(f"  top-1 agreement {100 * result['top1_agreement']:.2f}%, KL(float32 || {label}) "
           f"mean {result['kl_mean']:.2e} p99 {result['kl_p99']:.2e}, "
           f"max |log-prob difference| {max_diff:.3f}")
     if args.result_json:

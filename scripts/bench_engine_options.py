@@ -20,6 +20,7 @@ from jaxserve import SamplingParams
 from jaxserve.llm import LLM
 
 FIELDS = {"num_decode_steps": "scheduler.num_decode_steps", "dtype": "model.dtype",
+          "weight_dtype": "model.weight_dtype",
           "attention_backend": "model.attention_backend",
           "async_scheduling": "scheduler.async_scheduling"}
 

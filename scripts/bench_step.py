@@ -88,6 +88,7 @@ def main() -> None:
                    default=[0, 256],
                    help="earlier tokens of the sequence before the timed chunk")
     p.add_argument("--dtype", default=None, help="override model.dtype")
+    p.add_argument("--weight-dtype", default=None, help="override model.weight_dtype")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--result-json", default=None)
     args = p.parse_args()
@@ -104,8 +105,9 @@ def main() -> None:
     model_dir = resolve_model(config.model.path)
     cfg = LlamaConfig.from_hf(model_dir)
     dtype = args.dtype or config.model.dtype
+    weight_dtype = args.weight_dtype or config.model.weight_dtype or dtype
     backend = make_attention_backend(config.model.attention_backend)
-    model = load_model(model_dir, backend, dtype)
+    model = load_model(model_dir, backend, dtype, weight_dtype)
     cache, sched = config.cache, config.scheduler
     max_len = config.model.max_model_len or cfg.max_position_embeddings
     pages_per_seq = -(-max_len // cache.page_size)
@@ -118,7 +120,8 @@ def main() -> None:
                                max_pages_per_seq=pages_per_seq, max_model_len=max_len,
                                eos_token_ids=cfg.eos_token_ids, vocab_size=cfg.vocab_size)
     rows = []
-    print(f"{config.model.path} {dtype} attention={backend.name}", flush=True)
+    print(f"{config.model.path} {dtype} ({weight_dtype} weights) attention={backend.name}",
+          flush=True)
     print(f"{'kind':8} {'bucket':>9} {'seqs':>4} {'q/seq':>5} {'context':>7} {'steps':>5} "
           f"{'ms/call':>8} {'ms/step':>8} {'tok/s':>8}", flush=True)
 

@@ -13,10 +13,11 @@ import numpy as np
 from tests.conftest import ROOT, TINY_CONFIG
 
 
-def run(monkeypatch, tmp_path, dtype: str) -> dict:
-    out = tmp_path / f"{dtype}.json"
+def run(monkeypatch, tmp_path, dtype: str, *extra: str) -> dict:
+    out = tmp_path / f"{dtype}{len(extra)}.json"
     monkeypatch.setattr(sys, "argv", ["bench_dtype_accuracy.py", "--config", str(TINY_CONFIG),
-                                      "--dtype", dtype, "--tokens", "24", "--result-json", str(out)])
+                                      "--dtype", dtype, "--tokens", "24", "--result-json", str(out),
+                                      *extra])
     runpy.run_path(str(ROOT / "scripts" / "bench_dtype_accuracy.py"), run_name="__main__")
     return json.loads(out.read_text())
 
@@ -31,3 +32,12 @@ def test_same_dtype_agrees_exactly_and_bfloat16_does_not(monkeypatch, tmp_path, 
     assert 0.0 < bf16["kl_mean"] < 1.0 and 0.0 < bf16["max_logprob_diff"]
     assert np.isfinite(bf16["perplexity"]["bfloat16"])
     assert bf16["perplexity"]["float32"] == same["perplexity"]["float32"]
+
+
+def test_bfloat16_weights_under_float32_differ_less_than_bfloat16(monkeypatch, tmp_path,
+                                                                  tiny_model_dir):
+    mixed = run(monkeypatch, tmp_path, "float32", "--weight-dtype", "bfloat16")
+    bf16 = run(monkeypatch, tmp_path, "bfloat16")
+    assert set(mixed["perplexity"]) == {"float32", "float32+bfloat16-weights"}
+    # bfloat16 weights round the model; float32 activations and K/V round nothing else
+    assert 0.0 < mixed["kl_mean"] < bf16["kl_mean"]

@@ -12,18 +12,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxserve.models.attention_metadata import AttentionBackend, AttentionMetadata
+from jaxserve.models.layers import Embed, Linear
 from jaxserve.models.llama_config import LlamaConfig
 from jaxserve.models.rope import apply_rope, inverse_frequencies
 
 
 class LlamaAttention(nnx.Module):
-    def __init__(self, cfg: LlamaConfig, backend: AttentionBackend, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, backend: AttentionBackend, *, dtype, weight_dtype,
+                 rngs: nnx.Rngs):
         self.cfg = cfg
         self.backend = backend
         hidden, hq, hkv, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
 
         def linear(n_in, n_out, bias):
-            return nnx.Linear(n_in, n_out, use_bias=bias, dtype=dtype, param_dtype=dtype, rngs=rngs)
+            return Linear(n_in, n_out, use_bias=bias, dtype=dtype, weight_dtype=weight_dtype, rngs=rngs)
 
         self.q_proj = linear(hidden, hq * d, cfg.attention_bias)
         self.k_proj = linear(hidden, hkv * d, cfg.attention_bias)
@@ -54,9 +56,9 @@ class LlamaAttention(nnx.Module):
 
 
 class LlamaMLP(nnx.Module):
-    def __init__(self, cfg: LlamaConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, *, dtype, weight_dtype, rngs: nnx.Rngs):
         def linear(n_in, n_out):
-            return nnx.Linear(n_in, n_out, use_bias=False, dtype=dtype, param_dtype=dtype, rngs=rngs)
+            return Linear(n_in, n_out, use_bias=False, dtype=dtype, weight_dtype=weight_dtype, rngs=rngs)
 
         self.gate_proj = linear(cfg.hidden_size, cfg.intermediate_size)
         self.up_proj = linear(cfg.hidden_size, cfg.intermediate_size)
@@ -80,11 +82,12 @@ class RMSNorm(nnx.Module):
 
 
 class LlamaDecoderLayer(nnx.Module):
-    def __init__(self, cfg: LlamaConfig, backend: AttentionBackend, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, backend: AttentionBackend, *, dtype, weight_dtype,
+                 rngs: nnx.Rngs):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
-        self.self_attn = LlamaAttention(cfg, backend, dtype=dtype, rngs=rngs)
+        self.self_attn = LlamaAttention(cfg, backend, dtype=dtype, weight_dtype=weight_dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
-        self.mlp = LlamaMLP(cfg, dtype=dtype, rngs=rngs)
+        self.mlp = LlamaMLP(cfg, dtype=dtype, weight_dtype=weight_dtype, rngs=rngs)
 
     def __call__(self, x, positions, kv_pages, md):  # x: [T, hidden]
         attn_out, kv_pages = self.self_attn(self.input_layernorm(x), positions, kv_pages, md)
@@ -94,20 +97,25 @@ class LlamaDecoderLayer(nnx.Module):
 
 
 class LlamaForCausalLM(nnx.Module):
+    """dtype: activations, norms and K/V; weight_dtype: the projection and embedding weights
+    (defaults to dtype; bfloat16 under float32 is mixed precision, see models/layers.py)."""
+
     def __init__(self, cfg: LlamaConfig, backend: AttentionBackend, *, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 weight_dtype=None, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype,
-                                      param_dtype=dtype, rngs=rngs)
+        self.dtype = dtype
+        weight_dtype = weight_dtype or dtype
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype,
+                                  weight_dtype=weight_dtype, rngs=rngs)
         self.layers = nnx.List(
-            [LlamaDecoderLayer(cfg, backend, dtype=dtype, rngs=rngs)
+            [LlamaDecoderLayer(cfg, backend, dtype=dtype, weight_dtype=weight_dtype, rngs=rngs)
              for _ in range(cfg.num_hidden_layers)]
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
         self.lm_head = nnx.data(None)  # tied: the embedding matrix doubles as the LM head
         if not cfg.tie_word_embeddings:
-            self.lm_head = nnx.Linear(cfg.hidden_size, cfg.vocab_size, use_bias=False,
-                                      dtype=dtype, param_dtype=dtype, rngs=rngs)
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, use_bias=False, dtype=dtype,
+                                  weight_dtype=weight_dtype, rngs=rngs)
 
     def __call__(
         self,

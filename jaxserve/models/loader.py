@@ -28,7 +28,7 @@ def hf_name(path: tuple) -> tuple[str, bool]:
     if keys[0] == "lm_head":
         return "lm_head.weight", True
     prefix = "model." + ".".join(keys[:-1])
-    if leaf == "kernel":  # nnx.Linear stores [in, out]; torch's Linear stores [out, in]
+    if leaf == "kernel":  # Linear stores [in, out]; torch's Linear stores [out, in]
         return prefix + ".weight", True
     if leaf == "scale":
         return prefix + ".weight", False
@@ -52,11 +52,15 @@ def load_model(
     folder: str | Path,
     backend: AttentionBackend,
     dtype: str = "float32",
+    weight_dtype: str | None = None,
 ) -> LlamaForCausalLM:
+    """dtype: activations and K/V; weight_dtype: stored weights (None: the same as dtype)."""
     folder = Path(folder)
     cfg = LlamaConfig.from_hf(folder)
     jdtype = jnp.dtype(dtype)
-    abstract = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, backend, dtype=jdtype, rngs=nnx.Rngs(0)))
+    wdtype = jnp.dtype(weight_dtype or dtype)
+    abstract = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, backend, dtype=jdtype,
+                                                       weight_dtype=wdtype, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
     tensors = _open_tensors(folder)
 

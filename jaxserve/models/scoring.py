@@ -18,7 +18,7 @@ def prompt_logits(model: LlamaForCausalLM, token_ids: list[int],
     cfg = model.cfg
     t = len(token_ids)
     num_pages = -(-t // page_size)
-    dtype = model.embed_tokens.embedding[...].dtype
+    dtype = model.dtype  # K/V in the activations' dtype
     # [num_pages, 2, Hkv, page_size, D] per layer
     kv = [jnp.zeros((num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim), dtype)
           for _ in range(cfg.num_hidden_layers)]

@@ -41,7 +41,7 @@ class ModelRunner:
         cfg = model.cfg
         self.cfg = cfg
         self.graphdef, self.state = nnx.split(model)
-        dtype = model.embed_tokens.embedding[...].dtype
+        dtype = model.dtype  # K/V in the activations' dtype
         shape = (num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim)
         # [num_pages, 2, Hkv, page_size, D] per layer
         self.kv_caches = [jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)]
