@@ -230,3 +230,26 @@ def test_report_ratios_pick_the_best_peer(tmp_path):
     assert "**20.00×** (vs llama.cpp)" in ready  # 10 / min(40, 0.5)
     rss = next(line for line in text.splitlines() if line.startswith("| peak RSS"))
     assert "**2.00×** (vs llama.cpp)" in rss and "1.00 GiB" in rss
+
+
+def test_report_gives_each_jaxserve_variant_its_ratio_and_never_counts_it_as_a_peer(tmp_path):
+    from peers.report import write_report
+
+    def server(out_tps):
+        return {"note": "n", "ready_s": 1.0, "peak_rss": 2**30, "peak_pss": 2**30,
+                "workloads": {"c=1": {"completed": 4, "failed": 0, "output_throughput": out_tps,
+                                      "total_token_throughput": out_tps, "p50_ttft_ms": 1.0,
+                                      "p50_tpot_ms": 1.0, "loadavg_after": [1.0] * 3}}}
+
+    run = {"date": "d", "nproc": 2, "cpu": "cpu", "loadavg_start": [1.0] * 3,
+           "loadavg_end": [1.0] * 3, "workloads": ["c=1"],
+           "servers": {"jaxserve": server(120.0), "jaxserve-f32": server(90.0),
+                       "vllm": server(60.0)}}
+    doc = tmp_path / "performance.md"
+    write_report(run, doc, tmp_path)
+    lines = doc.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| workload |"))
+    assert header.endswith("| jaxserve / best peer | jaxserve, float32 weights / best peer |")
+    row = next(line for line in lines if line.startswith("| c=1 |"))
+    # 120 / 60 and 90 / 60: the float32 variant is not the bf16 one's "best peer"
+    assert "**2.00×** (vs vLLM CPU)" in row and "**1.50×** (vs vLLM CPU)" in row

@@ -34,11 +34,16 @@ class ServerSpec:
 def server_specs(model_dir: Path, port: int) -> dict[str, ServerSpec]:
     host = ["--host", "127.0.0.1", "--port", str(port)]
     vllm_venv, llama_venv = PEERS_DIR / "vllm-venv", PEERS_DIR / "llamacpp-venv"
+    jaxserve = ["jaxserve", "run", "--config", str(ROOT / "configs/smollm2.yaml"),
+                "--port", str(port)]
     return {
         "jaxserve": ServerSpec(
-            "jaxserve", ["jaxserve", "run", "--config", str(ROOT / "configs/smollm2.yaml"),
-                         "--port", str(port)],
-            note="configs/smollm2.yaml (float32)"),
+            "jaxserve", jaxserve,
+            note="configs/smollm2.yaml: bfloat16 weights, float32 activations and K/V"),
+        # the peers' precision: every weight in float32
+        "jaxserve-f32": ServerSpec(
+            "jaxserve-f32", [*jaxserve, "--weight-dtype", "float32"],
+            note="configs/smollm2.yaml with --weight-dtype float32 (all float32, like the peers)"),
         "vllm": ServerSpec(
             "vllm", [str(vllm_venv / "bin/vllm"), "serve", str(model_dir),
                      "--served-model-name", SERVED_NAME, "--dtype", "float32",
