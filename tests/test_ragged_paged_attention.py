@@ -284,6 +284,28 @@ def test_reference_matches_naive_loop(window_cap, lens, max_dense_tokens):
     assert (ref[num_real:] == 0).all()
 
 
+@pytest.mark.parametrize(
+    "lens", [([1, 0, 6, 3], [9, 4, 6, 20]), ([12, 1], [60, 50]), ([5, 7, 9, 1], [30, 40, 9, 50]),
+             ([40], [64])],
+    ids=["mixed", "chunk-and-decode", "three-chunks", "long-prior"],
+)
+@pytest.mark.parametrize("slots_block", [(2, 16), (1, 32), (2, 256), (0, 256)],
+                         ids=["per-seq-kb16", "one-slot", "per-seq-kb256", "query-blocks"])
+def test_reference_prior_keys_paths_match_naive_loop(lens, slots_block):
+    """Earlier chunks' keys gathered once per sequence (``prefill_slots`` of them, ``key_block``
+    keys at a time; more chunks than slots falls back to the per-query-block walk) give the
+    naive answer, with a window and a soft cap too, and padding rows stay exactly 0."""
+    slots, key_block = slots_block
+    cfg = Config(jnp.float32, 6, 2, 16)
+    args, num_real = make_inputs(cfg, *lens, seed=15)
+    for window, cap in [(None, None), (7, 3.0)]:
+        kw = dict(sm_scale=0.3, sliding_window=window, logits_soft_cap=cap)
+        ref = np.asarray(ref_ragged_paged_attention(*args, **kw, prefill_slots=slots,
+                                                    key_block=key_block))
+        assert rel_err(ref[:num_real], naive_attention(args, **kw)[:num_real]) < 1e-5
+        assert (ref[num_real:] == 0).all()
+
+
 def test_select_backends():
     assert resolve_backend("auto", "gpu") == "pallas"
     assert resolve_backend("auto", "cpu") == "reference"  # measured, see docs/kernels.md

@@ -25,10 +25,12 @@ group the queries, picked per step by ``lax.cond``:
 - a decode-only step (no sequence has more than one query) gathers, for every sequence row (or
   token row, when a bucket has fewer tokens than sequences), the pages of its sequence;
 - a step with prefill (up to ``max_dense_tokens`` tokens) scores the keys it just wrote with one
-  dense masked [T, T] product per KV head (``_in_step``), and keys of earlier chunks by cutting each
-  sequence's queries into blocks of ``block_q`` that gather one page walk per block
-  (``_blocked``); the two online-softmax states merge. Longer steps send every key through the
-  blocked walk.
+  dense masked [T, T] product per KV head (``_in_step``). Keys of earlier chunks: each of up to
+  ``prefill_slots`` chunked sequences gathers its own once, ``key_block`` at a time, for one
+  plain [T * G, key_block] product per KV head (``_prior_of_chunks``), and single-query rows walk
+  theirs as in decode; with more chunks than slots, each sequence's queries are cut into blocks
+  of ``block_q`` that gather one page walk per block (``_blocked``). The online-softmax states
+  merge. Longer steps send every key through the blocked walk.
 """
 
 from __future__ import annotations
@@ -255,11 +257,107 @@ def _in_step(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap
             jnp.where(keep[..., None], acc, 0.0))
 
 
+def _prior_of_decode_rows(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
+                          pages_per_iter):
+    """Earlier keys of the sequences with exactly one query, one walk row per sequence."""
+    num_tokens = qg.shape[0]
+    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
+    one_query = (cu[1:] - cu[:-1]) == 1  # bool[S]
+    token = jnp.where(one_query, cu[:-1], 0)  # i32[S]
+    # keys 0 .. kv_len - 2: the query's own key (the last one) is the dense in-step product's
+    state = _online_softmax_over_pages(
+        qg[token][:, None], (kv_lens - 1)[:, None], page_table,
+        jnp.where(one_query, kv_lens - 1, 0), kv_pages, window, cap, pages_per_iter,
+    )  # [S, 1, Hkv, G(, D)] each
+    dest = jnp.where(one_query, token, num_tokens)
+    m = jnp.full(qg.shape[:3], _MASK_VALUE, jnp.float32).at[dest].set(state[0][:, 0], mode="drop")
+    l = jnp.zeros(qg.shape[:3], jnp.float32).at[dest].set(state[1][:, 0], mode="drop")
+    acc = jnp.zeros(qg.shape, jnp.float32).at[dest].set(state[2][:, 0], mode="drop")
+    return m, l, acc  # f32[T, Hkv, G], f32[T, Hkv, G], f32[T, Hkv, G, D]
+
+
+def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
+                     slots, key_block):
+    """Earlier keys of the (at most ``slots``) sequences with more than one query.
+
+    A prefill chunk's queries all see the same earlier keys, so each such sequence gathers its
+    earlier keys once, ``key_block`` at a time, and every token row of the step scores them with
+    one plain [T * G, key_block] product per KV head, masked to the sequence's own rows: the same
+    large dots as ``_in_step``, where a walk per block of queries re-gathers the pages for each
+    block and runs many small batched dots.
+    """
+    num_tokens, num_kv_heads, group, head_dim = qg.shape
+    page_size = kv_pages.shape[3]
+    max_pages = page_table.shape[1]
+    seq_ids, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)  # [T] each
+    qg = jnp.where(valid[:, None, None, None], qg, 0.0)  # a padding query may be NaN garbage
+    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
+    q_lens = cu[1:] - cu[:-1]  # i32[S]
+    chunk_rows = jnp.argsort(-jnp.where(q_lens > 1, q_lens, 0))[:slots]  # i32[slots]
+    state = (jnp.full((num_tokens, num_kv_heads, group), _MASK_VALUE, jnp.float32),
+             jnp.zeros((num_tokens, num_kv_heads, group), jnp.float32),
+             jnp.zeros(qg.shape, jnp.float32))
+    offsets = jnp.arange(key_block, dtype=jnp.int32)  # i32[KB]
+    for slot in range(slots):
+        row = chunk_rows[slot]
+        num_prior = jnp.where(q_lens[row] > 1, kv_lens[row] - q_lens[row], 0)
+        rows = valid & (seq_ids == row)  # bool[T]: this sequence's queries
+
+        def body(j, carry, row=row, num_prior=num_prior, rows=rows):
+            m, l, acc = carry  # f32[T, Hkv, G], f32[T, Hkv, G], f32[T, Hkv, G, D]
+            key_pos = j * key_block + offsets  # i32[KB]
+            page = page_table[row, jnp.minimum(key_pos // page_size, max_pages - 1)]  # i32[KB]
+            kv = kv_pages[page, :, :, key_pos % page_size].astype(jnp.float32)  # [KB, 2, Hkv, D]
+            in_cache = key_pos < num_prior  # bool[KB]
+            kv = jnp.where(in_cache[:, None, None, None], kv, 0.0)  # never-written slots: 0
+            mask = rows[:, None] & in_cache[None, :]  # bool[T, KB]
+            if window is not None:
+                mask &= key_pos[None, :] > pos[:, None] - window
+            bias = jnp.where(mask, 0.0, _MASK_VALUE)[:, None, :]  # f32[T, 1, KB]
+            heads = []
+            for h in range(num_kv_heads):
+                k, v = kv[:, 0, h], kv[:, 1, h]  # [KB, D]
+                sc = (qg[:, h].reshape(num_tokens * group, head_dim) @ k.T).reshape(
+                    num_tokens, group, key_block)  # f32[T, G, KB]
+                if cap is not None:
+                    sc = cap * jnp.tanh(sc / cap)
+                sc = sc + bias
+                m_new = jnp.maximum(m[:, h], sc.max(axis=-1))  # f32[T, G]
+                p = jnp.exp(sc - m_new[..., None]) * mask[:, None, :]  # masked keys weigh 0
+                alpha = jnp.exp(m[:, h] - m_new)
+                pv = (p.reshape(num_tokens * group, key_block) @ v).reshape(
+                    num_tokens, group, head_dim)  # f32[T, G, D]
+                heads.append((m_new, alpha * l[:, h] + p.sum(axis=-1),
+                              alpha[..., None] * acc[:, h] + pv))
+            return tuple(jnp.stack(x, axis=1) for x in zip(*heads))
+
+        state = jax.lax.fori_loop(0, (num_prior + key_block - 1) // key_block, body, state)
+    return state
+
+
 def _prefill(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, block_q,
-             pages_per_iter):
-    """A step with prefill: the step's own keys densely, the earlier context through the pages."""
+             pages_per_iter, prefill_slots, key_block):
+    """A step with prefill: the step's own keys densely, the earlier context through the pages.
+
+    Earlier keys: when at most ``prefill_slots`` sequences have more than one query, chunks
+    gather theirs once per sequence (``_prior_of_chunks``) and single queries walk theirs as in
+    decode; otherwise every sequence walks them in blocks of ``block_q`` queries (``_blocked``).
+    """
     args = (qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap)
-    prior = _blocked(*args, block_q=block_q, pages_per_iter=pages_per_iter, prior_only=True)
+    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
+    num_chunks = jnp.sum((cu[1:] - cu[:-1]) > 1)
+
+    def by_sequence():
+        return _merge(_prior_of_chunks(*args, prefill_slots, key_block),
+                      _prior_of_decode_rows(*args, pages_per_iter))
+
+    def by_query_block():
+        return _blocked(*args, block_q=block_q, pages_per_iter=pages_per_iter, prior_only=True)
+
+    if prefill_slots == 0:
+        prior = by_query_block()
+    else:
+        prior = jax.lax.cond(num_chunks <= prefill_slots, by_sequence, by_query_block)
     return _normalize(*_merge(_in_step(*args), prior))
 
 
@@ -281,6 +379,8 @@ def ref_ragged_paged_attention(
     block_q: int = 16,  # queries per gathered page in steps with prefill
     pages_per_iter: int = 4,  # pages gathered per loop iteration (64 keys with 16-token pages)
     max_dense_tokens: int = 512,  # steps of up to this many tokens attend to their own keys densely
+    prefill_slots: int = 2,  # chunks per step whose earlier keys are gathered once (0: never)
+    key_block: int = 256,  # earlier keys per gather for those chunks
 ) -> jax.Array:  # [T, Hq, D]
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = kv_pages.shape[2]
@@ -297,7 +397,9 @@ def ref_ragged_paged_attention(
     out = jax.lax.cond(
         decode_only,
         lambda: one_query(*args, pages_per_iter=pages_per_iter),
-        lambda: with_prefill(*args, block_q=block_q, pages_per_iter=pages_per_iter),
+        lambda: with_prefill(*args, block_q=block_q, pages_per_iter=pages_per_iter,
+                             **({"prefill_slots": prefill_slots, "key_block": key_block}
+                                if with_prefill is _prefill else {})),
     )
     return out.reshape(num_tokens, num_q_heads, head_dim).astype(q.dtype)
 
