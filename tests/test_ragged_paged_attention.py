@@ -289,19 +289,16 @@ def test_reference_matches_naive_loop(window_cap, lens, max_dense_tokens):
              ([40], [64])],
     ids=["mixed", "chunk-and-decode", "three-chunks", "long-prior"],
 )
-@pytest.mark.parametrize("slots_block", [(2, 16), (1, 32), (2, 256), (0, 256)],
-                         ids=["per-seq-kb16", "one-slot", "per-seq-kb256", "query-blocks"])
-def test_reference_prior_keys_paths_match_naive_loop(lens, slots_block):
-    """Earlier chunks' keys gathered once per sequence (``prefill_slots`` of them, ``key_block``
-    keys at a time; more chunks than slots falls back to the per-query-block walk) give the
-    naive answer, with a window and a soft cap too, and padding rows stay exactly 0."""
-    slots, key_block = slots_block
+@pytest.mark.parametrize("key_block", [16, 32, 256])
+def test_reference_prior_keys_per_chunk_match_naive_loop(lens, key_block):
+    """Earlier keys gathered once per prefill chunk, ``key_block`` at a time (several chunks in
+    one step, single-query rows beside them, priors crossing key blocks), give the naive answer,
+    with a window and a soft cap too, and padding rows stay exactly 0."""
     cfg = Config(jnp.float32, 6, 2, 16)
     args, num_real = make_inputs(cfg, *lens, seed=15)
     for window, cap in [(None, None), (7, 3.0)]:
-        kw = dict(sm_scale=0.3, sliding_window=window, logits_soft_cap=cap)
-        ref = np.asarray(ref_ragged_paged_attention(*args, **kw, prefill_slots=slots,
-                                                    key_block=key_block))
+        kw = {"sm_scale": 0.3, "sliding_window": window, "logits_soft_cap": cap}
+        ref = np.asarray(ref_ragged_paged_attention(*args, **kw, key_block=key_block))
         assert rel_err(ref[:num_real], naive_attention(args, **kw)[:num_real]) < 1e-5
         assert (ref[num_real:] == 0).all()
 

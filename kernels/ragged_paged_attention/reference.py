@@ -25,12 +25,11 @@ group the queries, picked per step by ``lax.cond``:
 - a decode-only step (no sequence has more than one query) gathers, for every sequence row (or
   token row, when a bucket has fewer tokens than sequences), the pages of its sequence;
 - a step with prefill (up to ``max_dense_tokens`` tokens) scores the keys it just wrote with one
-  dense masked [T, T] product per KV head (``_in_step``). Keys of earlier chunks: each of up to
-  ``prefill_slots`` chunked sequences gathers its own once, ``key_block`` at a time, for one
-  plain [T * G, key_block] product per KV head (``_prior_of_chunks``), and single-query rows walk
-  theirs as in decode; with more chunks than slots, each sequence's queries are cut into blocks
-  of ``block_q`` that gather one page walk per block (``_blocked``). The online-softmax states
-  merge. Longer steps send every key through the blocked walk.
+  dense masked [T, T] product per KV head (``_in_step``); each prefill chunk gathers its earlier
+  keys once, ``key_block`` at a time, for one plain [T * G, key_block] product per KV head
+  (``_prior_of_chunks``), and single-query rows walk theirs as in decode. The online-softmax
+  states merge. Longer steps send every key through a walk in blocks of ``block_q`` queries
+  (``_blocked``).
 """
 
 from __future__ import annotations
@@ -175,12 +174,8 @@ def _per_token(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, c
 
 
 def _blocked(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, block_q,
-             pages_per_iter, prior_only=False):
-    """Blocks of block_q queries walk their sequence's pages; the state comes back in token order.
-
-    With ``prior_only`` the walk stops before the step's own keys (those the dense product of
-    ``_prefill`` covers): keys 0 .. kv_len - q_len - 1 of each sequence.
-    """
+             pages_per_iter):
+    """Blocks of block_q queries walk their sequence's pages; the state comes back in token order."""
     num_tokens, num_seqs_pad = qg.shape[0], kv_lens.shape[0]
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
     q_lens = cu[1:] - cu[:-1]  # i32[S]
@@ -197,9 +192,8 @@ def _blocked(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap
     pos = kv_lens[item_seq][:, None] - q_lens[item_seq][:, None] + token - cu[item_seq][:, None]
     pos = jnp.where(is_query, pos, -1)  # i32[N, B]
     safe_token = jnp.where(is_query, token, 0)
-    key_limit = kv_lens - q_lens if prior_only else kv_lens  # i32[S]
     state = _online_softmax_over_pages(
-        qg[safe_token], pos, page_table[item_seq], jnp.where(item_valid, key_limit[item_seq], 0),
+        qg[safe_token], pos, page_table[item_seq], jnp.where(item_valid, kv_lens[item_seq], 0),
         kv_pages, window, cap, pages_per_iter,
     )  # [N, B, Hkv, G(, D)] each
     # each real token is in exactly one block: scatter the blocks back to token order
@@ -277,14 +271,15 @@ def _prior_of_decode_rows(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs
 
 
 def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
-                     slots, key_block):
-    """Earlier keys of the (at most ``slots``) sequences with more than one query.
+                     key_block):
+    """Earlier keys of the sequences with more than one query (prefill chunks).
 
-    A prefill chunk's queries all see the same earlier keys, so each such sequence gathers its
-    earlier keys once, ``key_block`` at a time, and every token row of the step scores them with
-    one plain [T * G, key_block] product per KV head, masked to the sequence's own rows: the same
-    large dots as ``_in_step``, where a walk per block of queries re-gathers the pages for each
-    block and runs many small batched dots.
+    A chunk's queries all see the same earlier keys, so each chunk gathers its earlier keys once,
+    ``key_block`` at a time, and every token row of the step scores them with one plain
+    [T * G, key_block] product per KV head, masked to the chunk's own rows: the same large dots
+    as ``_in_step``, where a walk per block of queries re-gathers the pages for each block and
+    runs many small batched dots. Chunks and key blocks are both ``fori_loop``s, so the program
+    holds this code once whatever the number of chunks.
     """
     num_tokens, num_kv_heads, group, head_dim = qg.shape
     page_size = kv_pages.shape[3]
@@ -293,29 +288,27 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
     qg = jnp.where(valid[:, None, None, None], qg, 0.0)  # a padding query may be NaN garbage
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
     q_lens = cu[1:] - cu[:-1]  # i32[S]
-    chunk_rows = jnp.argsort(-jnp.where(q_lens > 1, q_lens, 0))[:slots]  # i32[slots]
-    state = (jnp.full((num_tokens, num_kv_heads, group), _MASK_VALUE, jnp.float32),
-             jnp.zeros((num_tokens, num_kv_heads, group), jnp.float32),
-             jnp.zeros(qg.shape, jnp.float32))
+    num_prior = jnp.where(q_lens > 1, kv_lens - q_lens, 0)  # i32[S]: 0 unless a chunk
+    chunk_rows = jnp.argsort(-(num_prior > 0).astype(jnp.int32))  # i32[S]: chunks with some first
     offsets = jnp.arange(key_block, dtype=jnp.int32)  # i32[KB]
-    for slot in range(slots):
-        row = chunk_rows[slot]
-        num_prior = jnp.where(q_lens[row] > 1, kv_lens[row] - q_lens[row], 0)
-        rows = valid & (seq_ids == row)  # bool[T]: this sequence's queries
 
-        def body(j, carry, row=row, num_prior=num_prior, rows=rows):
+    def one_chunk(i, state):
+        row = chunk_rows[i]
+        rows = valid & (seq_ids == row)  # bool[T]: this chunk's queries
+
+        def one_block(j, carry):
             m, l, acc = carry  # f32[T, Hkv, G], f32[T, Hkv, G], f32[T, Hkv, G, D]
             key_pos = j * key_block + offsets  # i32[KB]
             page = page_table[row, jnp.minimum(key_pos // page_size, max_pages - 1)]  # i32[KB]
             kv = kv_pages[page, :, :, key_pos % page_size].astype(jnp.float32)  # [KB, 2, Hkv, D]
-            in_cache = key_pos < num_prior  # bool[KB]
+            in_cache = key_pos < num_prior[row]  # bool[KB]
             kv = jnp.where(in_cache[:, None, None, None], kv, 0.0)  # never-written slots: 0
             mask = rows[:, None] & in_cache[None, :]  # bool[T, KB]
             if window is not None:
                 mask &= key_pos[None, :] > pos[:, None] - window
             bias = jnp.where(mask, 0.0, _MASK_VALUE)[:, None, :]  # f32[T, 1, KB]
             heads = []
-            for h in range(num_kv_heads):
+            for h in range(num_kv_heads):  # plain 2-D products: see _in_step
                 k, v = kv[:, 0, h], kv[:, 1, h]  # [KB, D]
                 sc = (qg[:, h].reshape(num_tokens * group, head_dim) @ k.T).reshape(
                     num_tokens, group, key_block)  # f32[T, G, KB]
@@ -331,33 +324,22 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
                               alpha[..., None] * acc[:, h] + pv))
             return tuple(jnp.stack(x, axis=1) for x in zip(*heads))
 
-        state = jax.lax.fori_loop(0, (num_prior + key_block - 1) // key_block, body, state)
-    return state
+        return jax.lax.fori_loop(0, (num_prior[row] + key_block - 1) // key_block, one_block,
+                                 state)
+
+    state = (jnp.full((num_tokens, num_kv_heads, group), _MASK_VALUE, jnp.float32),
+             jnp.zeros((num_tokens, num_kv_heads, group), jnp.float32),
+             jnp.zeros(qg.shape, jnp.float32))
+    return jax.lax.fori_loop(0, jnp.sum(num_prior > 0), one_chunk, state)
 
 
-def _prefill(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, block_q,
-             pages_per_iter, prefill_slots, key_block):
-    """A step with prefill: the step's own keys densely, the earlier context through the pages.
-
-    Earlier keys: when at most ``prefill_slots`` sequences have more than one query, chunks
-    gather theirs once per sequence (``_prior_of_chunks``) and single queries walk theirs as in
-    decode; otherwise every sequence walks them in blocks of ``block_q`` queries (``_blocked``).
-    """
+def _prefill(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
+             pages_per_iter, key_block):
+    """A step with prefill: the step's own keys densely; earlier keys gathered once per chunk,
+    and walked page by page for single-query rows, as in decode."""
     args = (qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap)
-    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
-    num_chunks = jnp.sum((cu[1:] - cu[:-1]) > 1)
-
-    def by_sequence():
-        return _merge(_prior_of_chunks(*args, prefill_slots, key_block),
-                      _prior_of_decode_rows(*args, pages_per_iter))
-
-    def by_query_block():
-        return _blocked(*args, block_q=block_q, pages_per_iter=pages_per_iter, prior_only=True)
-
-    if prefill_slots == 0:
-        prior = by_query_block()
-    else:
-        prior = jax.lax.cond(num_chunks <= prefill_slots, by_sequence, by_query_block)
+    prior = _merge(_prior_of_chunks(*args, key_block),
+                   _prior_of_decode_rows(*args, pages_per_iter))
     return _normalize(*_merge(_in_step(*args), prior))
 
 
@@ -376,11 +358,10 @@ def ref_ragged_paged_attention(
     sm_scale: float,
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
-    block_q: int = 16,  # queries per gathered page in steps with prefill
+    block_q: int = 16,  # queries per page walk in steps longer than max_dense_tokens
     pages_per_iter: int = 4,  # pages gathered per loop iteration (64 keys with 16-token pages)
     max_dense_tokens: int = 512,  # steps of up to this many tokens attend to their own keys densely
-    prefill_slots: int = 2,  # chunks per step whose earlier keys are gathered once (0: never)
-    key_block: int = 256,  # earlier keys per gather for those chunks
+    key_block: int = 256,  # earlier keys per gather for a prefill chunk
 ) -> jax.Array:  # [T, Hq, D]
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = kv_pages.shape[2]
@@ -392,15 +373,15 @@ def ref_ragged_paged_attention(
     args = (qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, sliding_window, logits_soft_cap)
     # decode walks one row per sequence when that is fewer rows than tokens (decode buckets)
     one_query = _decode if kv_lens.shape[0] <= num_tokens else _per_token
-    # the dense product is O(T^2): past max_dense_tokens every key goes through the pages
-    with_prefill = _prefill if num_tokens <= max_dense_tokens else _all_through_pages
-    out = jax.lax.cond(
-        decode_only,
-        lambda: one_query(*args, pages_per_iter=pages_per_iter),
-        lambda: with_prefill(*args, block_q=block_q, pages_per_iter=pages_per_iter,
-                             **({"prefill_slots": prefill_slots, "key_block": key_block}
-                                if with_prefill is _prefill else {})),
-    )
+
+    def with_prefill():
+        if num_tokens <= max_dense_tokens:
+            return _prefill(*args, pages_per_iter=pages_per_iter, key_block=key_block)
+        # the dense product is O(T^2): past max_dense_tokens every key goes through the pages
+        return _all_through_pages(*args, block_q=block_q, pages_per_iter=pages_per_iter)
+
+    out = jax.lax.cond(decode_only, lambda: one_query(*args, pages_per_iter=pages_per_iter),
+                       with_prefill)
     return out.reshape(num_tokens, num_q_heads, head_dim).astype(q.dtype)
 
 
