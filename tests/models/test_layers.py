@@ -47,6 +47,14 @@ def test_linear_and_tied_head_keep_bfloat16_weights_and_float32_outputs():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_float32_weights_under_bfloat16_activations_also_work():
+    emb = Embed(40, 16, dtype=jnp.bfloat16, weight_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    x = emb(jnp.array([1, 2]))  # bf16[2, 16]
+    assert x.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(x, emb.embedding[...][jnp.array([1, 2])].astype(jnp.bfloat16))
+    assert emb.attend(x).dtype == jnp.bfloat16
+
+
 def test_engine_serves_with_bfloat16_weights(tiny_model_dir):
     from jaxserve.llm import LLM
     from jaxserve.sampling_params import SamplingParams
