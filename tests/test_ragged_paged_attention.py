@@ -277,7 +277,7 @@ def test_reference_matches_naive_loop(window_cap, lens, max_dense_tokens):
     sliding_window, logits_soft_cap = window_cap
     cfg = Config(jnp.float32, 6, 2, 16)
     args, num_real = make_inputs(cfg, *lens, seed=14)
-    kw = dict(sm_scale=0.3, sliding_window=sliding_window, logits_soft_cap=logits_soft_cap)
+    kw = {"sm_scale": 0.3, "sliding_window": sliding_window, "logits_soft_cap": logits_soft_cap}
     ref = np.asarray(ref_ragged_paged_attention(*args, **kw, max_dense_tokens=max_dense_tokens))
     expected = naive_attention(args, **kw)
     assert rel_err(ref[:num_real], expected[:num_real]) < 1e-5

@@ -43,7 +43,7 @@ def _open_tensors(folder: Path) -> dict[str, object]:
     where: dict[str, object] = {}
     for file in files:
         handle = safe_open(str(file), framework="flax")  # "flax" reads bfloat16 too; numpy cannot
-        for name in handle.keys():
+        for name in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
             where[name] = handle
     return where
 
