@@ -90,8 +90,9 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
     buckets = all_buckets(sched.token_buckets, sched.seq_buckets)
     padding = [engine.inputs.padding_inputs(b) for b in buckets]
     if sched.num_decode_steps > 1:
+        widest = min(sched.max_num_seqs, sched.multi_step_max_seqs or sched.max_num_seqs)
         padding += [engine.inputs.padding_inputs(b, sched.num_decode_steps)
-                    for b in decode_buckets(sched.token_buckets, sched.seq_buckets, sched.max_num_seqs)]
+                    for b in decode_buckets(sched.token_buckets, sched.seq_buckets, widest)]
     compile_seconds = runner.warmup(padding, progress)
     _log(f"{len(buckets)} buckets ready in {compile_seconds:.1f}s", progress)
     info = EngineInfo(model_dir, config.model.model_name, max_model_len, model_cfg.vocab_size,

@@ -73,6 +73,8 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # decode-only batches run this many steps per host round trip (1 disables); tokens past a
     # stop are computed and dropped, so larger values waste more at the end of a request
     num_decode_steps: int = 4
+    # ... but only for batches of at most this many sequences (None: any size)
+    multi_step_max_seqs: int | None = None
     # schedule step N+1 while step N runs on the device (the device feeds step N's tokens to it);
     # falls back to one step at a time around grammars, penalties and n>1 forks
     async_scheduling: bool = True
@@ -84,6 +86,9 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                f"must be at least 1, got {self.max_num_batched_tokens}")
         _check(1 <= self.num_decode_steps <= 64, "scheduler.num_decode_steps",
                f"must be in [1, 64], got {self.num_decode_steps}")
+        _check(self.multi_step_max_seqs is None or self.multi_step_max_seqs >= 1,
+               "scheduler.multi_step_max_seqs",
+               f"must be at least 1 (or null), got {self.multi_step_max_seqs}")
         _ladder(self.token_buckets, "scheduler.token_buckets")
         _ladder(self.seq_buckets, "scheduler.seq_buckets")
         _check(self.token_buckets[-1] >= self.max_num_batched_tokens, "scheduler.token_buckets",

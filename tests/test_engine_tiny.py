@@ -148,3 +148,20 @@ def test_async_scheduling_equals_one_step_at_a_time(tiny_llm, monkeypatch):
     lps = [[lp.logprob for o in r[1] for lp in o.outputs[0].logprobs] for r in (ours, ref)]
     np.testing.assert_allclose(*lps, rtol=1e-5, atol=1e-6)
     engine.allocator.check_all_free()
+
+
+def test_lone_sequence_multi_step_is_unrolled_and_exact():
+    """A (1, 1) bucket's multi-step executable is an unrolled scan (model_runner); a lone greedy
+    request must give the same tokens through it as one step per call."""
+    from jaxserve.llm import LLM
+    from tests.conftest import TINY_CONFIG
+
+    small = {"scheduler.token_buckets": [1, 64], "scheduler.seq_buckets": [1, 8]}
+    params = SamplingParams(temperature=0, max_tokens=11)
+    multi = LLM(TINY_CONFIG, progress=False, **small, **{"scheduler.num_decode_steps": 4,
+                                                          "scheduler.multi_step_max_seqs": 1})
+    assert ((1, 1), 4) in multi.engine.runner.executables
+    assert not any(steps > 1 and bucket != (1, 1)
+                   for bucket, steps in multi.engine.runner.executables)
+    one = LLM(TINY_CONFIG, progress=False, **small, **{"scheduler.num_decode_steps": 1})
+    assert tokens_of(multi, [LONG], params) == tokens_of(one, [LONG], params)

@@ -139,8 +139,9 @@ class Scheduler:
         """Let a decode-only batch run num_decode_steps steps per device call, when every
         sequence can: no grammar or penalty (the host sets those between steps), no pending
         min_tokens, room in its context and pages for the extra tokens."""
-        k = self.config.num_decode_steps
-        if k == 1 or not out.scheduled or out.page_copies:
+        k, limit = self.config.num_decode_steps, self.config.multi_step_max_seqs
+        if k == 1 or not out.scheduled or out.page_copies or (
+                limit is not None and len(out.scheduled) > limit):
             return
         for s in out.scheduled:
             seq, p = s.seq, s.seq.params

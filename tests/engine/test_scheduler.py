@@ -232,6 +232,20 @@ def test_decode_only_batches_run_several_steps_per_call(tiny_tokenizer):
     engine.allocator.check_all_free()
 
 
+def test_multi_step_only_for_batches_up_to_multi_step_max_seqs(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **{"scheduler.num_decode_steps": 4,
+                                            "scheduler.multi_step_max_seqs": 1})
+    engine.add_request("a", [10, 11], SamplingParams(max_tokens=12, temperature=0))
+    engine.add_request("b", [50, 51], SamplingParams(max_tokens=4, temperature=0))
+    out = run_all(engine)
+    assert out == {"a": [list(range(12, 24))], "b": [[52, 53, 54, 55]]}
+    steps = engine.runner.steps
+    # while both decode, one step per call; once "a" is alone, bursts of 4
+    assert all(s.num_steps == 1 for s in steps if s.num_seqs[0] > 1)
+    assert any(s.num_steps == 4 and s.num_seqs[0] == 1 for s in steps)
+    engine.allocator.check_all_free()
+
+
 def test_multi_step_is_off_for_grammars_penalties_and_min_tokens(tiny_tokenizer):
     engine = make_engine(tiny_tokenizer, **{"scheduler.num_decode_steps": 4})
     engine.add_request("p", [10], SamplingParams(max_tokens=5, temperature=0, presence_penalty=0.5))
