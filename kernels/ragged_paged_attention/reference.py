@@ -144,6 +144,17 @@ def _merge(a, b):
     return m, w1 * l1 + w2 * l2, w1[..., None] * acc1 + w2[..., None] * acc2
 
 
+def _empty_state(shape):  # [T, Hkv, G, D] -> the online-softmax state over no keys
+    return (jnp.full(shape[:3], _MASK_VALUE, jnp.float32), jnp.zeros(shape[:3], jnp.float32),
+            jnp.zeros(shape, jnp.float32))
+
+
+def _scatter_state(state, dest, shape):
+    """Per-row states (rows named by dest, num_tokens to drop) -> token order, [T, Hkv, G(, D)];
+    tokens no row names keep the empty state."""
+    return tuple(empty.at[dest].set(x, mode="drop") for empty, x in zip(_empty_state(shape), state))
+
+
 def _decode(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, pages_per_iter):
     """Every sequence has at most one query: one group per sequence row, not per token row.
 
@@ -198,10 +209,7 @@ def _blocked(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap
     )  # [N, B, Hkv, G(, D)] each
     # each real token is in exactly one block: scatter the blocks back to token order
     dest = jnp.where(is_query, token, num_tokens)
-    m = jnp.full(qg.shape[:3], _MASK_VALUE, jnp.float32).at[dest].set(state[0], mode="drop")
-    l = jnp.zeros(qg.shape[:3], jnp.float32).at[dest].set(state[1], mode="drop")
-    acc = jnp.zeros(qg.shape, jnp.float32).at[dest].set(state[2], mode="drop")
-    return m, l, acc  # f32[T, Hkv, G], f32[T, Hkv, G], f32[T, Hkv, G, D]
+    return _scatter_state(state, dest, qg.shape)
 
 
 def _in_step(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap):
@@ -264,10 +272,7 @@ def _prior_of_decode_rows(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs
         jnp.where(one_query, kv_lens - 1, 0), kv_pages, window, cap, pages_per_iter,
     )  # [S, 1, Hkv, G(, D)] each
     dest = jnp.where(one_query, token, num_tokens)
-    m = jnp.full(qg.shape[:3], _MASK_VALUE, jnp.float32).at[dest].set(state[0][:, 0], mode="drop")
-    l = jnp.zeros(qg.shape[:3], jnp.float32).at[dest].set(state[1][:, 0], mode="drop")
-    acc = jnp.zeros(qg.shape, jnp.float32).at[dest].set(state[2][:, 0], mode="drop")
-    return m, l, acc  # f32[T, Hkv, G], f32[T, Hkv, G], f32[T, Hkv, G, D]
+    return _scatter_state(tuple(x[:, 0] for x in state), dest, qg.shape)
 
 
 def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
@@ -327,10 +332,7 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
         return jax.lax.fori_loop(0, (num_prior[row] + key_block - 1) // key_block, one_block,
                                  state)
 
-    state = (jnp.full((num_tokens, num_kv_heads, group), _MASK_VALUE, jnp.float32),
-             jnp.zeros((num_tokens, num_kv_heads, group), jnp.float32),
-             jnp.zeros(qg.shape, jnp.float32))
-    return jax.lax.fori_loop(0, jnp.sum(num_prior > 0), one_chunk, state)
+    return jax.lax.fori_loop(0, jnp.sum(num_prior > 0), one_chunk, _empty_state(qg.shape))
 
 
 def _prefill(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
