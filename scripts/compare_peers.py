@@ -31,6 +31,7 @@ from peers.servers import (
     ROOT,
     SERVED_NAME,
     RunningServer,
+    is_ours,
     server_specs,
     set_priority,
 )
@@ -46,7 +47,7 @@ WORKLOADS = [
 
 def ensure_installed(servers: list[str], log_dir: Path) -> None:
     for name in servers:
-        if name.startswith("jaxserve"):
+        if is_ours(name):
             continue
         with open(log_dir / f"install_{name}.log", "a") as log:
             subprocess.run([str(ROOT / "scripts/peers/install.sh"), name], check=True,
@@ -122,7 +123,7 @@ def run_server(name: str, args: argparse.Namespace, out_dir: Path) -> dict[str, 
             record["vllm_bench_serve"] = vllm_bench_serve(server, args, out_dir)
             record["bench_serving_repeat"] = bench(server, "c=4 (repeat)", 4, 128, 128, 16,
                                                    args, out_dir / "repeat")
-        if name.startswith("jaxserve"):
+        if is_ours(name):
             record["metrics_tail"] = [line for line in server.get("/metrics").splitlines()
                                       if line.startswith("jaxserve:compilations")]
     finally:

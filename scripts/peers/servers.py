@@ -31,6 +31,11 @@ class ServerSpec:
     note: str = ""
 
 
+def is_ours(name: str) -> bool:
+    """A jaxserve variant ("jaxserve", "jaxserve-f32"), as opposed to a peer."""
+    return name.startswith("jaxserve")
+
+
 def server_specs(model_dir: Path, port: int) -> dict[str, ServerSpec]:
     host = ["--host", "127.0.0.1", "--port", str(port)]
     vllm_venv, llama_venv = PEERS_DIR / "vllm-venv", PEERS_DIR / "llamacpp-venv"
