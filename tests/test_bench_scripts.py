@@ -253,3 +253,32 @@ def test_report_gives_each_jaxserve_variant_its_ratio_and_never_counts_it_as_a_p
     row = next(line for line in lines if line.startswith("| c=1 |"))
     # 120 / 60 and 90 / 60: the float32 variant is not the bf16 one's "best peer"
     assert "**2.00×** (vs vLLM CPU)" in row and "**1.50×** (vs vLLM CPU)" in row
+
+
+def test_attention_ab_runs_both_variants_on_the_tiny_model(tmp_path, tiny_model_dir):
+    """A and B are the same reference here: the script must build, run and time both."""
+    import os
+    import subprocess
+
+    ref = Path(__file__).resolve().parents[1] / "kernels" / "ragged_paged_attention" / "reference.py"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_attention_ab.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(ref), str(ref), "--config", "configs/tiny.yaml",
+         "--cases", "4:2:2:1:20,16:2:1:16:16", "--rounds", "2"],
+        check=False, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "JAXSERVE_COMPILE_CACHE": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [r for r in map(str.split, out.stdout.splitlines()) if len(r) == 7 and ":" in r[0]]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("4:2", "2", "1", "20"), ("16:2", "1", "16", "16")]
+    assert all(float(r[4]) > 0 and float(r[5]) > 0 for r in rows)
+
+
+def test_attention_ab_rejects_a_case_that_does_not_fit():
+    import argparse
+
+    import bench_attention_ab as ab
+
+    assert ab.parse_cases("16:4:4:1:192") == [(16, 4, 4, 1, 192)]
+    for bad in ("16:4:5:1:192", "16:4:2:16:0", "16:4:4:1", "16:4:0:1:10"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ab.parse_cases(bad)

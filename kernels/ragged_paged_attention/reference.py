@@ -17,10 +17,12 @@ output is zero. A sequence with q_len == 0 contributes nothing.
 
 The reference walks the pages with an online softmax (a ``fori_loop`` up to the furthest query's
 page, ``pages_per_iter`` pages at a time), so memory stays O(T * pages_per_iter * page_size) per
-iteration whatever the context length and it also serves as the CPU fallback. Gathered pages keep
-the cache layout ``[.., pages, Hkv, page_size, D]`` and the dots contract over it directly: a
-transpose to ``[.., Hkv, keys, D]`` would copy every gathered page once more. It has two ways to
-group the queries, picked per step by ``lax.cond``:
+iteration whatever the context length and it also serves as the CPU fallback. Each iteration
+scores all of its keys with one [B * G, D] x [D, pages * page_size] product per (row, KV head),
+read from the gathered pages in the cache layout, and moves V head-major once for the second
+product (measured on SmolLM2's full step: 7-10% faster at 16 sequences than contracting over the
+page and key axes of the cache layout; 8 pages per iteration another 5-8% over 4). It has two
+ways to group the queries, picked per step by ``lax.cond``:
 
 - a decode-only step (no sequence has more than one query) gathers, for every sequence row (or
   token row, when a bucket has fewer tokens than sequences), the pages of its sequence;
@@ -94,32 +96,40 @@ def _online_softmax_over_pages(
     in_iter = (jnp.arange(pages_per_iter, dtype=jnp.int32)[:, None] * page_size
                + jnp.arange(page_size, dtype=jnp.int32)[None, :])  # i32[p, K]
 
+    # queries of a group side by side under their KV head: [N, Hkv, B * G, D]
+    qh = qg.transpose(0, 2, 1, 3, 4).reshape(n, hkv, b * g, d)
+    key_in_iter = in_iter.reshape(-1)  # i32[p * K]
+
     def body(j, carry):
         m, l, acc = carry  # f32[N, Hkv, B, G], f32[N, Hkv, B, G], f32[N, Hkv, B, G, D]
         ids = jax.lax.dynamic_slice_in_dim(pages, j * pages_per_iter, pages_per_iter, axis=1)
-        # the gathered pages keep the cache layout and the dots batch over (sequence, page, head)
-        # in that order, so XLA neither transposes nor copies them beyond the gather
         kv = kv_pages[ids].astype(jnp.float32)  # [N, p, 2, Hkv, K, D]
         k, v = kv[:, :, 0], kv[:, :, 1]  # [N, p, Hkv, K, D]
-        key_pos = j * keys_per_iter + in_iter  # i32[p, K]
+        key_pos = j * keys_per_iter + key_in_iter  # i32[pK]
         # slots past kv_len were never written for this sequence (a reused page may hold a dead
         # request's inf/NaN); 0 * NaN is NaN, so a zero weight alone would not hide them
-        in_cache = key_pos[None] < kv_len[:, None, None]  # bool[N, p, K]
-        v = jnp.where(in_cache[:, :, None, :, None], v, 0.0)
-        s = jnp.einsum("nbhgd,nphkd->nphbgk", qg, k)  # f32[N, p, Hkv, B, G, K]
+        in_cache = key_pos[None] < kv_len[:, None]  # bool[N, pK]
+        # scores per (sequence, head) over all keys of the iteration: one [B*G, D] x [D, p*K]
+        # product each; V goes head-major once ([N, Hkv, pK, D]) so the second product is one
+        # plain [B*G, pK] x [pK, D] dot too (measured 1.6x faster than contracting over the
+        # page axis and the key axis of the cache layout)
+        s = jnp.einsum("nhqd,nphkd->nhqpk", qh, k).reshape(n, hkv, b, g, keys_per_iter)
+        v = v.transpose(0, 2, 1, 3, 4).reshape(n, hkv, keys_per_iter, d)  # [N, Hkv, pK, D]
+        v = jnp.where(in_cache[:, None, :, None], v, 0.0)
         if logits_soft_cap is not None:
             s = logits_soft_cap * jnp.tanh(s / logits_soft_cap)
-        qpos = pos[:, None, :, None]  # i32[N, 1, B, 1]
-        mask = (key_pos[None, :, None, :] <= qpos) & in_cache[:, :, None, :]  # bool[N, p, B, K]
+        qpos = pos[:, :, None]  # i32[N, B, 1]
+        mask = (key_pos[None, None, :] <= qpos) & in_cache[:, None, :]  # bool[N, B, pK]
         if sliding_window is not None:
-            mask &= key_pos[None, :, None, :] > qpos - sliding_window
-        mask = mask[:, :, None, :, None, :]  # bool[N, p, 1, B, 1, K]
-        s = jnp.where(mask, s, _MASK_VALUE)
-        m_new = jnp.maximum(m, s.max(axis=(1, 5)))
-        p = jnp.exp(s - m_new[:, None, ..., None]) * mask  # masked keys weigh exactly 0
+            mask &= key_pos[None, None, :] > qpos - sliding_window
+        mask = mask[:, None, :, None, :]  # bool[N, 1, B, 1, pK]
+        s = jnp.where(mask, s, _MASK_VALUE)  # f32[N, Hkv, B, G, pK]
+        m_new = jnp.maximum(m, s.max(axis=-1))
+        p = jnp.exp(s - m_new[..., None]) * mask  # masked keys weigh exactly 0
         alpha = jnp.exp(m - m_new)
-        l_new = alpha * l + p.sum(axis=(1, 5))
-        acc_new = alpha[..., None] * acc + jnp.einsum("nphbgk,nphkd->nhbgd", p, v)
+        l_new = alpha * l + p.sum(axis=-1)
+        pv = jnp.einsum("nhqk,nhkd->nhqd", p.reshape(n, hkv, b * g, keys_per_iter), v)
+        acc_new = alpha[..., None] * acc + pv.reshape(n, hkv, b, g, d)
         return m_new, l_new, acc_new
 
     init = (
@@ -361,7 +371,7 @@ def ref_ragged_paged_attention(
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
     block_q: int = 16,  # queries per page walk in steps longer than max_dense_tokens
-    pages_per_iter: int = 4,  # pages gathered per loop iteration (64 keys with 16-token pages)
+    pages_per_iter: int = 8,  # pages gathered per loop iteration (128 keys with 16-token pages)
     max_dense_tokens: int = 512,  # steps of up to this many tokens attend to their own keys densely
     key_block: int = 256,  # earlier keys per gather for a prefill chunk
 ) -> jax.Array:  # [T, Hq, D]

@@ -1,0 +1,110 @@
+"""A/B two attention implementations on the model's full engine step, in one process.
+
+On a shared 2-core machine two separate runs of ``bench_step.py`` drift by 10-50% between
+minutes, more than most changes are worth. Here both variants are built side by side (same
+weights, same inputs, each its own compiled step) and their calls alternate, so drift hits both
+alike and the ratio B/A is what to read.
+
+A variant is a Python file defining ``ref_ragged_paged_attention`` and ``ref_update_kv_pages``
+with the reference's signatures, e.g. the reference of another commit:
+
+    git show HEAD~1:kernels/ragged_paged_attention/reference.py > /tmp/old.py
+    python scripts/bench_attention_ab.py /tmp/old.py kernels/ragged_paged_attention/reference.py \
+        --cases 1:1:1:1:192,16:16:16:1:448,256:4:1:256:256
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_step import fill
+
+from jaxserve.config import load_config
+from jaxserve.engine.scheduler import SchedulerOutput
+from jaxserve.engine.step_inputs import StepInputBuilder
+
+
+def load_variant(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_cases(text: str) -> list[tuple[int, int, int, int, int]]:
+    """'tokens:seqs:sequences:queries:context,...' -> bucket (tokens, seqs), then a batch of
+    `sequences` sequences with `queries` new tokens after `context` earlier keys each."""
+    cases = []
+    for item in text.split(","):
+        parts = [int(x) for x in item.split(":")]
+        if len(parts) != 5 or min(parts[:4]) < 1 or parts[4] < 0:
+            raise argparse.ArgumentTypeError(f"bad case {item!r}: want tokens:seqs:n:q:context")
+        tokens, seqs, n, q, _ = parts
+        if n > seqs or n * q > tokens:
+            raise argparse.ArgumentTypeError(f"case {item!r} does not fit its bucket")
+        cases.append(tuple(parts))
+    return cases
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("a", help="variant A: a .py file with the reference's two functions")
+    p.add_argument("b", help="variant B")
+    p.add_argument("--cases", type=parse_cases,
+                   default=parse_cases("1:1:1:1:192,16:4:4:1:192,16:16:16:1:192,256:4:1:256:256"))
+    p.add_argument("--config", default="configs/smollm2.yaml")
+    p.add_argument("--rounds", type=int, default=20, help="alternating calls per variant and case")
+    args = p.parse_args()
+
+    from jaxserve.models.attention_metadata import AttentionBackend
+    from jaxserve.models.llama_config import LlamaConfig
+    from jaxserve.models.loader import load_model
+    from jaxserve.pull import resolve_model
+    from jaxserve.runner.compile_cache import enable_persistent_cache
+    from jaxserve.runner.model_runner import ModelRunner
+
+    config = load_config(args.config)
+    enable_persistent_cache()
+    model_dir = resolve_model(config.model.path)
+    cfg = LlamaConfig.from_hf(model_dir)
+    page_size = config.cache.page_size
+    max_len = config.model.max_model_len or cfg.max_position_embeddings
+    pages_per_seq = -(-max_len // page_size)
+    max_seqs = max(seqs for _, seqs, *_ in args.cases)
+    runners = []
+    for i, path in enumerate((args.a, args.b)):
+        variant = load_variant(path, f"attention_variant_{i}")
+        backend = AttentionBackend("reference", variant.ref_ragged_paged_attention,
+                                   variant.ref_update_kv_pages)
+        model = load_model(model_dir, backend, config.model.dtype, config.model.weight_dtype)
+        runners.append(ModelRunner(model, num_pages=max_seqs * pages_per_seq, page_size=page_size,
+                                   max_num_seqs=max_seqs, max_rows=max_seqs, num_decode_steps=1))
+    builder = StepInputBuilder(token_buckets=[], seq_buckets=[], page_size=page_size,
+                               max_pages_per_seq=pages_per_seq, max_model_len=max_len,
+                               eos_token_ids=cfg.eos_token_ids, vocab_size=cfg.vocab_size)
+    print(f"A = {args.a}\nB = {args.b}")
+    print(f"{'bucket':>7} {'seqs':>4} {'q/seq':>5} {'context':>7} {'A ms':>7} {'B ms':>7} {'B/A':>6}")
+    for tokens, seqs, n, q, context in args.cases:
+        inputs = builder.build(SchedulerOutput(scheduled=[], num_steps=1), (tokens, seqs))
+        fill(inputs, [q] * n, [context + q] * n, page_size, pages_per_seq)
+        for runner in runners:  # compile (or load) and warm up
+            runner.execute(inputs)
+        times = ([], [])
+        for _ in range(args.rounds):
+            for runner, out in zip(runners, times):
+                start = time.perf_counter()
+                runner.execute(inputs)
+                out.append(time.perf_counter() - start)
+        a, b = (1e3 * statistics.median(t) for t in times)
+        print(f"{tokens:>3}:{seqs:<3} {n:>4} {q:>5} {context:>7} {a:>7.1f} {b:>7.1f} {b / a:>6.3f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
