@@ -322,3 +322,21 @@ def test_reference_decode_with_fewer_tokens_than_rows():
         expected = naive_attention(call_args, sm_scale=0.3)
         assert rel_err(ref[:num_real], expected[:num_real]) < 1e-5
         assert (ref[num_real:] == 0).all()
+
+
+@pytest.mark.parametrize("rows_per_walk", [1, 4, 64])
+def test_reference_rows_walk_the_pages_a_few_at_a_time(monkeypatch, rows_per_walk):
+    """Decode rows and single-query rows beside a chunk walk the pages ROWS_PER_WALK at a time,
+    each walk to its own furthest key; a row count that is not a multiple, walks that stop at
+    different pages, and padding rows with garbage page tables all give the naive answer."""
+    from kernels.ragged_paged_attention import reference
+
+    monkeypatch.setattr(reference, "ROWS_PER_WALK", rows_per_walk)
+    cfg = Config(jnp.float32, 6, 2, 16)
+    for lens in (([1, 1, 1, 0, 1, 1], [9, 60, 2, 4, 33, 1]), ([1, 5, 1, 1, 1], [40, 9, 3, 64, 17])):
+        args, num_real = make_inputs(cfg, *lens, seed=21)
+        for max_dense_tokens in (512, 0):
+            ref = np.asarray(ref_ragged_paged_attention(*args, sm_scale=0.3,
+                                                        max_dense_tokens=max_dense_tokens))
+            assert rel_err(ref[:num_real], naive_attention(args, sm_scale=0.3)[:num_real]) < 1e-5
+            assert (ref[num_real:] == 0).all()
