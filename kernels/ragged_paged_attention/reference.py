@@ -77,17 +77,10 @@ def token_metadata(
     return seq_ids, jnp.where(valid, pos, -1), valid
 
 
-def _walk_rows(
-    qg: jax.Array,  # f32[N, B, Hkv, G, D]: N groups of B queries, pre-scaled
-    pos: jax.Array,  # i32[N, B]: each query's position; -1 for no query
-    pages: jax.Array,  # i32[N, P]: the page table row of each group's sequence
-    kv_len: jax.Array,  # i32[N]: keys in each group's sequence (0 for no sequence)
-    kv_pages: jax.Array,  # [num_pages, 2, Hkv, page_size, D]
-    sliding_window: int | None,
-    logits_soft_cap: float | None,
-    pages_per_iter: int,
-) -> tuple[jax.Array, jax.Array, jax.Array]:  # running max, sum, output: [N, B, Hkv, G(, D)]
-    """The online-softmax state over the keys the page walk of all N rows together reaches."""
+def _walk_rows(qg, pos, pages, kv_len, kv_pages, sliding_window, logits_soft_cap, pages_per_iter):
+    """One walk: rows ``qg`` [N, B, Hkv, G, D], ``pos`` [N, B], ``pages`` [N, P] and ``kv_len``
+    [N] (as in ``_online_softmax_over_pages``) go through their pages together, up to the
+    furthest key any of them sees; returns their online-softmax state, [N, B, Hkv, G(, D)]."""
     n, b, hkv, g, d = qg.shape
     page_size = kv_pages.shape[3]
     keys_per_iter = page_size * pages_per_iter
