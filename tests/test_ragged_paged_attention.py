@@ -325,13 +325,16 @@ def test_reference_decode_with_fewer_tokens_than_rows():
 
 
 @pytest.mark.parametrize("rows_per_walk", [1, 4, 64])
-def test_reference_rows_walk_the_pages_a_few_at_a_time(monkeypatch, rows_per_walk):
+def test_reference_rows_walk_the_pages_a_few_at_a_time(monkeypatch, request, rows_per_walk):
     """Decode rows and single-query rows beside a chunk walk the pages ROWS_PER_WALK at a time,
     each walk to its own furthest key; a row count that is not a multiple, walks that stop at
     different pages, and padding rows with garbage page tables all give the naive answer."""
     from kernels.ragged_paged_attention import reference
 
     monkeypatch.setattr(reference, "ROWS_PER_WALK", rows_per_walk)
+    # the reference is jitted: drop traces made with another ROWS_PER_WALK, and ours after
+    ref_ragged_paged_attention.clear_cache()
+    request.addfinalizer(ref_ragged_paged_attention.clear_cache)
     cfg = Config(jnp.float32, 6, 2, 16)
     for lens in (([1, 1, 1, 0, 1, 1], [9, 60, 2, 4, 33, 1]), ([1, 5, 1, 1, 1], [40, 9, 3, 64, 17])):
         args, num_real = make_inputs(cfg, *lens, seed=21)

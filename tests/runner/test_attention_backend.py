@@ -1,40 +1,38 @@
-"""The attention backend a model's layers call: traced once per step, whatever the depth."""
+"""The attention a model's layers call is traced once per step, whatever the depth."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxserve.runner.attention import make_attention_backend, traced_once
+from jaxserve.runner.attention import make_attention_backend
+from kernels.ragged_paged_attention import reference
 
 
-def test_traced_once_traces_once_for_every_layer_and_keeps_options_static():
+def test_reference_attention_is_traced_once_for_every_layer(monkeypatch):
+    """Layers call the reference with the same shapes: 5 layers trace its body as often as 1."""
     traces = []
+    real = reference.sanitize_cu_q_lens  # called while the body is traced, never at run time
+    monkeypatch.setattr(reference, "sanitize_cu_q_lens",
+                        lambda *a: traces.append(1) or real(*a))
+    backend = make_attention_backend("reference")
+    q, pages = jnp.zeros((8, 4, 16)), jnp.zeros((6, 2, 2, 8, 16))
+    meta = (jnp.zeros(3, jnp.int32), jnp.zeros((3, 2), jnp.int32), jnp.zeros(4, jnp.int32),
+            jnp.zeros(1, jnp.int32))
 
-    def attention(q, pages, *, scale: float, window: int | None = None):
-        traces.append((q.shape, scale, window))
-        out = q * scale + pages.sum()
-        return out if window is None else out + window
+    def traces_for(layers: int) -> int:
+        backend.attention.clear_cache()  # no trace left over from another test or count
+        traces.clear()
 
-    fn = traced_once(attention)
+        def step(q, pages):
+            for _ in range(layers):
+                q = backend.attention(q, pages, *meta, sm_scale=0.25)
+            return q
 
-    @jax.jit
-    def step(q, caches):
-        for pages in caches:  # 5 "layers", same shapes
-            q = fn(q, pages, scale=0.5)
-        return fn(q, caches[0], scale=0.5, window=3)
+        jax.jit(step).lower(q, pages)
+        return len(traces)
 
-    q, caches = jnp.ones(4), [jnp.full(2, float(i)) for i in range(5)]
-    out = step(q, caches)
-    expected = np.ones(4)
-    for i in range(5):
-        expected = expected * 0.5 + 2 * i
-    np.testing.assert_allclose(out, expected * 0.5 + 0 + 3)
-    assert traces == [((4,), 0.5, None), ((4,), 0.5, 3)]  # one trace per distinct option set
-
-
-def test_backends_are_traced_once():
-    for name in ("reference", "pallas"):
-        backend = make_attention_backend(name)
-        assert hasattr(backend.attention, "lower") and hasattr(backend.update_kv, "lower")
+    one = traces_for(1)
+    assert one > 0
+    assert traces_for(5) == one
+    backend.attention.clear_cache()
