@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step import fill
+from bench_step import fill, synthetic_step
 
 from jaxserve.config import load_config
 from jaxserve.engine.scheduler import SchedulerOutput
-from jaxserve.engine.step_inputs import StepInputBuilder
 
 
 def load_variant(path: str, name: str):
@@ -67,15 +66,11 @@ def main() -> None:
     from jaxserve.models.loader import load_model
     from jaxserve.pull import resolve_model
     from jaxserve.runner.compile_cache import enable_persistent_cache
-    from jaxserve.runner.model_runner import ModelRunner
 
     config = load_config(args.config)
     enable_persistent_cache()
     model_dir = resolve_model(config.model.path)
     cfg = LlamaConfig.from_hf(model_dir)
-    page_size = config.cache.page_size
-    max_len = config.model.max_model_len or cfg.max_position_embeddings
-    pages_per_seq = -(-max_len // page_size)
     max_seqs = max(seqs for _, seqs, *_ in args.cases)
     runners = []
     for i, path in enumerate((args.a, args.b)):
@@ -83,11 +78,9 @@ def main() -> None:
         backend = AttentionBackend("reference", variant.ref_ragged_paged_attention,
                                    variant.ref_update_kv_pages)
         model = load_model(model_dir, backend, config.model.dtype, config.model.weight_dtype)
-        runners.append(ModelRunner(model, num_pages=max_seqs * pages_per_seq, page_size=page_size,
-                                   max_num_seqs=max_seqs, max_rows=max_seqs, num_decode_steps=1))
-    builder = StepInputBuilder(token_buckets=[], seq_buckets=[], page_size=page_size,
-                               max_pages_per_seq=pages_per_seq, max_model_len=max_len,
-                               eos_token_ids=cfg.eos_token_ids, vocab_size=cfg.vocab_size)
+        runner, builder, pages_per_seq = synthetic_step(config, cfg, model, max_seqs)
+        runners.append(runner)
+    page_size = config.cache.page_size
     print(f"A = {args.a}\nB = {args.b}")
     print(f"{'bucket':>7} {'seqs':>4} {'q/seq':>5} {'context':>7} {'A ms':>7} {'B ms':>7} {'B/A':>6}")
     for tokens, seqs, n, q, context in args.cases:

@@ -60,6 +60,23 @@ def fill(inputs: StepInputs, q_lens: list[int], kv_lens: list[int], page_size: i
     return inputs
 
 
+def synthetic_step(config, cfg, model, max_seqs: int, num_decode_steps: int = 1):
+    """A runner with room for max_seqs full-length sequences, an input builder without ladders
+    (the caller names each bucket), and pages per sequence: what ``fill`` needs."""
+    from jaxserve.runner.model_runner import ModelRunner
+
+    page_size = config.cache.page_size
+    max_len = config.model.max_model_len or cfg.max_position_embeddings
+    pages_per_seq = -(-max_len // page_size)
+    runner = ModelRunner(model, num_pages=max(config.cache.num_pages, max_seqs * pages_per_seq),
+                         page_size=page_size, max_num_seqs=max_seqs, max_rows=max_seqs,
+                         num_decode_steps=num_decode_steps)
+    builder = StepInputBuilder(token_buckets=[], seq_buckets=[], page_size=page_size,
+                               max_pages_per_seq=pages_per_seq, max_model_len=max_len,
+                               eos_token_ids=cfg.eos_token_ids, vocab_size=cfg.vocab_size)
+    return runner, builder, pages_per_seq
+
+
 def time_call(runner, inputs: StepInputs, repeats: int) -> dict:
     runner.execute(inputs)  # compile (or load from the cache) and warm up
     times = []
@@ -98,8 +115,6 @@ def main() -> None:
     from jaxserve.pull import resolve_model
     from jaxserve.runner.attention import make_attention_backend
     from jaxserve.runner.compile_cache import enable_persistent_cache
-    from jaxserve.runner.model_runner import ModelRunner
-
     config = load_config(args.config)
     enable_persistent_cache()
     model_dir = resolve_model(config.model.path)
@@ -109,16 +124,9 @@ def main() -> None:
     backend = make_attention_backend(config.model.attention_backend)
     model = load_model(model_dir, backend, dtype, weight_dtype)
     cache, sched = config.cache, config.scheduler
-    max_len = config.model.max_model_len or cfg.max_position_embeddings
-    pages_per_seq = -(-max_len // cache.page_size)
     multi = args.decode_steps or sched.num_decode_steps
     max_seqs = max([s for _, s in args.decode + args.prefill] + [sched.max_num_seqs])
-    runner = ModelRunner(model, num_pages=max(cache.num_pages, max_seqs * pages_per_seq),
-                         page_size=cache.page_size, max_num_seqs=max_seqs, max_rows=max_seqs,
-                         num_decode_steps=multi)
-    builder = StepInputBuilder(token_buckets=[], seq_buckets=[], page_size=cache.page_size,
-                               max_pages_per_seq=pages_per_seq, max_model_len=max_len,
-                               eos_token_ids=cfg.eos_token_ids, vocab_size=cfg.vocab_size)
+    runner, builder, pages_per_seq = synthetic_step(config, cfg, model, max_seqs, multi)
     rows = []
     print(f"{config.model.path} {dtype} ({weight_dtype} weights) attention={backend.name}",
           flush=True)
