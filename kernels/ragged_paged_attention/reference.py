@@ -18,14 +18,16 @@ output is zero. A sequence with q_len == 0 contributes nothing.
 The reference walks the pages with an online softmax (a ``fori_loop`` up to the furthest query's
 page, ``pages_per_iter`` pages at a time), so memory stays O(T * pages_per_iter * page_size) per
 iteration whatever the context length and it also serves as the CPU fallback. Each iteration
-scores all of its keys with one [B * G, D] x [D, pages * page_size] product per (row, KV head),
-read from the gathered pages in the cache layout, and moves V head-major once for the second
-product (measured on SmolLM2's full step: 7-10% faster at 16 sequences than contracting over the
-page and key axes of the cache layout; 8 pages per iteration another 5-8% over 4). It has two
-ways to group the queries, picked per step by ``lax.cond``. Either way, rows walk the pages
-``ROWS_PER_WALK`` at a time up to the last row with a query, each walk to its own furthest key, so
-a bucket's padding rows cost next to nothing (measured: 5 or 8 decodes in a 16-row bucket 15%
-faster a step, a full bucket unchanged):
+scores all of its keys with one [B * G, D] x [D, pages * page_size] product per (row, KV head)
+and weighs V with one [B * G, pages * page_size] x [.., D] product, K and V gathered head-major
+(``_gather_head_major``; measured on SmolLM2's full step: 7-10% faster at 16 sequences than
+contracting over the page and key axes of the cache layout, 4% more than moving V head-major
+after the gather; 8 pages per iteration another 5-8% over 4). It has two ways to group the
+queries, picked per step by ``lax.cond``. Either way, rows walk the pages ``ROWS_PER_WALK`` at a
+time up to the last row with a query, each walk to its own furthest key, so a bucket's padding
+rows cost little (measured against one walk of all 16 rows of a bucket: 8 decodes 0.82x a step;
+8 rows per walk against 4: 16 or 8 decodes 0.965x, 12 decodes 1.06x; both changes together
+against neither: 16 decodes 0.90-0.91x, 8 of 16 0.91x, 4 decodes 0.92x, a lone decode 0.96x):
 
 - a decode-only step (no sequence has more than one query) gathers, for every sequence row (or
   token row, when a bucket has fewer tokens than sequences), the pages of its sequence;
@@ -45,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 _MASK_VALUE = -1e30  # finite, so a fully masked row gives exp(...) == 0 rather than NaN
-ROWS_PER_WALK = 4  # rows (sequences or query blocks) that walk the pages together
+ROWS_PER_WALK = 8  # rows (sequences or query blocks) that walk the pages together
 
 
 def sanitize_cu_q_lens(
@@ -88,6 +90,24 @@ def _reach(pos, kv_len):  # i32[N, B], i32[N] -> i32[N]: keys the furthest query
     return jnp.max(jnp.minimum(pos + 1, kv_len[:, None]), axis=1)
 
 
+def _gather_head_major(kv_pages, ids, which):
+    """K (which=0) or V (1) of pages ``ids`` i32[N, p], gathered straight into [N, Hkv, p * K, D].
+
+    One gather per half, with the head axis placed before the page axis in its output, so each
+    (row, head)'s keys come out contiguous for a plain batched dot: no transpose or slice copy
+    after the gather (measured on SmolLM2's full step against gathering [N, p, 2, Hkv, K, D] and
+    moving V head-major: 16 decodes 0.96x a step, a lone decode 0.99x, prefill 0.96-1.01x).
+    """
+    n, p = ids.shape
+    _, _, hkv, page_size, d = kv_pages.shape
+    idx = jnp.stack([ids, jnp.full_like(ids, which)], axis=-1)  # i32[N, p, 2]: (page, K or V)
+    dims = jax.lax.GatherDimensionNumbers(
+        offset_dims=(1, 3, 4),  # output [N, Hkv, p, K, D]: the slice's (Hkv, K, D) around p
+        collapsed_slice_dims=(0, 1), start_index_map=(0, 1))
+    x = jax.lax.gather(kv_pages, idx, dims, slice_sizes=(1, 1, hkv, page_size, d), mode="clip")
+    return x.reshape(n, hkv, p * page_size, d).astype(jnp.float32)
+
+
 def _walk_rows(qg, pos, pages, kv_len, kv_pages, sliding_window, logits_soft_cap, pages_per_iter):
     """One walk: rows ``qg`` [N, B, Hkv, G, D], ``pos`` [N, B], ``pages`` [N, P] and ``kv_len``
     [N] (as in ``_online_softmax_over_pages``) go through their pages together, up to the
@@ -111,18 +131,15 @@ def _walk_rows(qg, pos, pages, kv_len, kv_pages, sliding_window, logits_soft_cap
     def body(j, carry):
         m, l, acc = carry  # f32[N, Hkv, B, G], f32[N, Hkv, B, G], f32[N, Hkv, B, G, D]
         ids = jax.lax.dynamic_slice_in_dim(pages, j * pages_per_iter, pages_per_iter, axis=1)
-        kv = kv_pages[ids].astype(jnp.float32)  # [N, p, 2, Hkv, K, D]
-        k, v = kv[:, :, 0], kv[:, :, 1]  # [N, p, Hkv, K, D]
+        k = _gather_head_major(kv_pages, ids, 0)  # [N, Hkv, pK, D]
+        v = _gather_head_major(kv_pages, ids, 1)  # [N, Hkv, pK, D]
         key_pos = j * keys_per_iter + key_in_iter  # i32[pK]
         # slots past kv_len were never written for this sequence (a reused page may hold a dead
         # request's inf/NaN); 0 * NaN is NaN, so a zero weight alone would not hide them
         in_cache = key_pos[None] < kv_len[:, None]  # bool[N, pK]
         # scores per (sequence, head) over all keys of the iteration: one [B*G, D] x [D, p*K]
-        # product each; V goes head-major once ([N, Hkv, pK, D]) so the second product is one
-        # plain [B*G, pK] x [pK, D] dot too (measured 1.6x faster than contracting over the
-        # page axis and the key axis of the cache layout)
-        s = jnp.einsum("nhqd,nphkd->nhqpk", qh, k).reshape(n, hkv, b, g, keys_per_iter)
-        v = v.transpose(0, 2, 1, 3, 4).reshape(n, hkv, keys_per_iter, d)  # [N, Hkv, pK, D]
+        # product each, and one plain [B*G, pK] x [pK, D] product for the output
+        s = jnp.einsum("nhqd,nhkd->nhqk", qh, k).reshape(n, hkv, b, g, keys_per_iter)
         v = jnp.where(in_cache[:, None, :, None], v, 0.0)
         if logits_soft_cap is not None:
             s = logits_soft_cap * jnp.tanh(s / logits_soft_cap)
