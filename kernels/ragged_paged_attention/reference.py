@@ -22,21 +22,25 @@ scores all of its keys with one [B * G, D] x [D, pages * page_size] product per 
 and weighs V with one [B * G, pages * page_size] x [.., D] product, K and V gathered head-major
 (``_gather_head_major``; measured on SmolLM2's full step: 7-10% faster at 16 sequences than
 contracting over the page and key axes of the cache layout, 4% more than moving V head-major
-after the gather; 8 pages per iteration another 5-8% over 4). It has two ways to group the
-queries, picked per step by ``lax.cond``. Either way, rows walk the pages ``ROWS_PER_WALK`` at a
-time up to the last row with a query, each walk to its own furthest key, so a bucket's padding
-rows cost little (measured against one walk of all 16 rows of a bucket: 8 decodes 0.82x a step;
-8 rows per walk against 4: 16 or 8 decodes 0.965x, 12 decodes 1.06x; both changes together
-against neither: 16 decodes 0.90-0.91x, 8 of 16 0.91x, 4 decodes 0.92x, a lone decode 0.96x):
+after the gather; 8 pages per iteration another 5-8% over 4). Rows walk the pages
+``ROWS_PER_WALK`` at a time up to the last row with a query, each walk to its own furthest key,
+so a bucket's padding rows cost little (measured against one walk of all 16 rows of a bucket: 8
+decodes 0.82x a step; 8 rows per walk against 4: 16 or 8 decodes 0.965x, 12 decodes 1.06x; both
+changes together against neither: 16 decodes 0.90-0.91x, 8 of 16 0.91x, 4 decodes 0.92x, a lone
+decode 0.96x). A step of up to ``max_dense_tokens`` tokens (``_mixed``):
 
-- a decode-only step (no sequence has more than one query) gathers, for every sequence row (or
-  token row, when a bucket has fewer tokens than sequences), the pages of its sequence;
-- a step with prefill (up to ``max_dense_tokens`` tokens) scores the keys it just wrote with one
-  dense masked [T, T] product per KV head (``_in_step``); each prefill chunk gathers its earlier
-  keys once, ``key_block`` at a time, for one plain [T * G, key_block] product per KV head
-  (``_prior_of_chunks``), and single-query rows walk theirs as in decode. The online-softmax
-  states merge. Longer steps send every key through a walk in blocks of ``block_q`` queries
-  (``_blocked``).
+- every sequence with exactly one query (a decode) walks its pages, one row per sequence; in a
+  decode-only step that is all there is;
+- when some sequence has a prefill chunk (``lax.cond``), the keys the step just wrote get one
+  dense masked [T, T] product per KV head (``_in_step``; a decode's own key is then scored here
+  rather than in its walk); each chunk gathers its earlier keys once, ``key_block`` at a time,
+  for one plain [T * G, key_block] product per KV head (``_prior_of_chunks``). The online-softmax
+  states merge. The walk sits outside the ``cond`` so each layer's program holds it once: the
+  attention is ~90% of a SmolLM2 step program's HLO, and its size is what an executable costs in
+  memory and in load time.
+
+Longer steps that hold a chunk send every key through a walk in blocks of ``block_q`` queries
+(``_blocked``).
 """
 
 from __future__ import annotations
@@ -221,35 +225,6 @@ def _scatter_state(state, dest, shape):
     return tuple(empty.at[dest].set(x, mode="drop") for empty, x in zip(_empty_state(shape), state))
 
 
-def _decode(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, pages_per_iter):
-    """Every sequence has at most one query: one group per sequence row, not per token row.
-
-    A decode bucket pads tokens and sequences separately (T >= S), so walking S rows skips the
-    padding tokens' gathers; each row's one query (if any) is token cu_q_lens[s].
-    """
-    num_tokens = qg.shape[0]
-    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
-    has_query = cu[1:] > cu[:-1]  # bool[S]
-    token = jnp.where(has_query, cu[:-1], 0)  # i32[S]
-    kv_len = jnp.where(has_query, kv_lens, 0)  # i32[S]
-    out = _normalize(*_online_softmax_over_pages(
-        qg[token][:, None], (kv_len - 1)[:, None], page_table, kv_len, kv_pages, window, cap,
-        pages_per_iter,
-    ))  # f32[S, 1, Hkv, G, D]
-    dest = jnp.where(has_query, token, num_tokens)
-    return jnp.zeros(qg.shape, jnp.float32).at[dest].set(out[:, 0], mode="drop")
-
-
-def _per_token(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, pages_per_iter):
-    num_tokens = qg.shape[0]
-    seq_ids, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)
-    out = _normalize(*_online_softmax_over_pages(
-        qg[:, None], pos[:, None], page_table[seq_ids], jnp.where(valid, kv_lens[seq_ids], 0),
-        kv_pages, window, cap, pages_per_iter,
-    ))
-    return out[:, 0]  # f32[T, Hkv, G, D]
-
-
 def _blocked(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, block_q,
              pages_per_iter):
     """Blocks of block_q queries walk their sequence's pages; the state comes back in token order."""
@@ -325,20 +300,24 @@ def _in_step(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap
             jnp.where(keep[..., None], acc, 0.0))
 
 
-def _prior_of_decode_rows(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
-                          pages_per_iter):
-    """Earlier keys of the sequences with exactly one query, one walk row per sequence."""
+def _single_queries(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
+                    pages_per_iter, own_key):
+    """Sequences with exactly one query (decodes) walk their pages, one row per sequence.
+
+    ``own_key`` (bool scalar): whether the walk covers the query's own key, the last one, or
+    leaves it to the dense in-step product of a prefill step. Returns the rows' online-softmax
+    states, [S, Hkv, G(, D)], and each row's token (T for a row without a single query).
+    """
     num_tokens = qg.shape[0]
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
     one_query = (cu[1:] - cu[:-1]) == 1  # bool[S]
     token = jnp.where(one_query, cu[:-1], 0)  # i32[S]
-    # keys 0 .. kv_len - 2: the query's own key (the last one) is the dense in-step product's
+    walk_len = jnp.where(one_query, kv_lens - 1 + own_key, 0)  # i32[S]
     state = _online_softmax_over_pages(
-        qg[token][:, None], (kv_lens - 1)[:, None], page_table,
-        jnp.where(one_query, kv_lens - 1, 0), kv_pages, window, cap, pages_per_iter,
+        qg[token][:, None], (kv_lens - 1)[:, None], page_table, walk_len, kv_pages, window, cap,
+        pages_per_iter,
     )  # [S, 1, Hkv, G(, D)] each
-    dest = jnp.where(one_query, token, num_tokens)
-    return _scatter_state(tuple(x[:, 0] for x in state), dest, qg.shape)
+    return tuple(x[:, 0] for x in state), jnp.where(one_query, token, num_tokens)
 
 
 def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
@@ -401,14 +380,31 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
     return jax.lax.fori_loop(0, jnp.sum(num_prior > 0), one_chunk, _empty_state(qg.shape))
 
 
-def _prefill(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
-             pages_per_iter, key_block):
-    """A step with prefill: the step's own keys densely; earlier keys gathered once per chunk,
-    and walked page by page for single-query rows, as in decode."""
+def _mixed(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
+           pages_per_iter, key_block):
+    """Any mix of decodes and prefill chunks: single queries walk their pages; when the step
+    has a chunk, the step's own keys go through the dense product and each chunk's earlier keys
+    through its gathers, and the states merge. The walk sits outside the ``lax.cond``, so the
+    program holds it once per layer rather than once per branch (SmolLM2's attention: 2618 ->
+    2219 HLO instructions in a 16-token step, 2207 -> 397 in a 1-token one, which has no chunk
+    branch at all; warm engine build 11.3 -> 9.1 s, RSS when ready 3.59 -> 3.08 GiB). Cost:
+    4 decodes in the 4-token bucket 1.05x a step, a 128-token chunk 1.03x, 16 decodes 0.98x."""
     args = (qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap)
-    prior = _merge(_prior_of_chunks(*args, key_block),
-                   _prior_of_decode_rows(*args, pages_per_iter))
-    return _normalize(*_merge(_in_step(*args), prior))
+    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
+    has_chunk = jnp.max(cu[1:] - cu[:-1]) > 1
+    rows, dest = _single_queries(*args, pages_per_iter, own_key=~has_chunk)
+
+    def decode_only():  # each row's output straight to its token
+        return jnp.zeros(qg.shape, jnp.float32).at[dest].set(_normalize(*rows), mode="drop")
+
+    def with_chunks():
+        walked = _scatter_state(rows, dest, qg.shape)
+        return _normalize(*_merge(_merge(walked, _in_step(*args)),
+                                  _prior_of_chunks(*args, key_block)))
+
+    if qg.shape[0] == 1:  # one token: no chunk possible, nor its code in the program
+        return decode_only()
+    return jax.lax.cond(has_chunk, with_chunks, decode_only)
 
 
 def _all_through_pages(*args, block_q, pages_per_iter):
@@ -443,20 +439,14 @@ def ref_ragged_paged_attention(
     group = num_q_heads // num_kv_heads
     # [T, Hkv, G, D]: query heads grouped under the KV head they share (GQA)
     qg = (q.astype(jnp.float32) * sm_scale).reshape(num_tokens, num_kv_heads, group, head_dim)
-    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
-    decode_only = jnp.max(cu[1:] - cu[:-1]) <= 1
     args = (qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, sliding_window, logits_soft_cap)
-    # decode walks one row per sequence when that is fewer rows than tokens (decode buckets)
-    one_query = _decode if kv_lens.shape[0] <= num_tokens else _per_token
-
-    def with_prefill():
-        if num_tokens <= max_dense_tokens:
-            return _prefill(*args, pages_per_iter=pages_per_iter, key_block=key_block)
-        # the dense product is O(T^2): past max_dense_tokens every key goes through the pages
-        return _all_through_pages(*args, block_q=block_q, pages_per_iter=pages_per_iter)
-
-    out = jax.lax.cond(decode_only, lambda: one_query(*args, pages_per_iter=pages_per_iter),
-                       with_prefill)
+    mixed = functools.partial(_mixed, *args, pages_per_iter=pages_per_iter, key_block=key_block)
+    if num_tokens <= max_dense_tokens:
+        out = mixed()
+    else:  # the dense product is O(T^2): past max_dense_tokens, a chunk's keys go through walks
+        cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
+        out = jax.lax.cond(jnp.max(cu[1:] - cu[:-1]) <= 1, mixed, functools.partial(
+            _all_through_pages, *args, block_q=block_q, pages_per_iter=pages_per_iter))
     return out.reshape(num_tokens, num_q_heads, head_dim).astype(q.dtype)
 
 
