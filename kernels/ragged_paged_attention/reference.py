@@ -381,7 +381,7 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
 
 
 def _mixed(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
-           pages_per_iter, key_block):
+           pages_per_iter, key_block, chunks=True):
     """Any mix of decodes and prefill chunks: single queries walk their pages; when the step
     has a chunk, the step's own keys go through the dense product and each chunk's earlier keys
     through its gathers, and the states merge. The walk sits outside the ``lax.cond``, so the
@@ -402,7 +402,7 @@ def _mixed(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
         return _normalize(*_merge(_merge(walked, _in_step(*args)),
                                   _prior_of_chunks(*args, key_block)))
 
-    if qg.shape[0] == 1:  # one token: no chunk possible, nor its code in the program
+    if qg.shape[0] == 1 or not chunks:  # no chunk possible (one token) or wanted: no chunk code
         return decode_only()
     return jax.lax.cond(has_chunk, with_chunks, decode_only)
 
@@ -445,8 +445,9 @@ def ref_ragged_paged_attention(
         out = mixed()
     else:  # the dense product is O(T^2): past max_dense_tokens, a chunk's keys go through walks
         cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
-        out = jax.lax.cond(jnp.max(cu[1:] - cu[:-1]) <= 1, mixed, functools.partial(
-            _all_through_pages, *args, block_q=block_q, pages_per_iter=pages_per_iter))
+        out = jax.lax.cond(jnp.max(cu[1:] - cu[:-1]) <= 1, functools.partial(mixed, chunks=False),
+                           functools.partial(_all_through_pages, *args, block_q=block_q,
+                                             pages_per_iter=pages_per_iter))
     return out.reshape(num_tokens, num_q_heads, head_dim).astype(q.dtype)
 
 
