@@ -343,3 +343,18 @@ def test_reference_rows_walk_the_pages_a_few_at_a_time(monkeypatch, request, row
                                                         max_dense_tokens=max_dense_tokens))
             assert rel_err(ref[:num_real], naive_attention(args, sm_scale=0.3)[:num_real]) < 1e-5
             assert (ref[num_real:] == 0).all()
+
+
+def test_reference_decode_in_a_bucket_with_fewer_tokens_than_sequence_rows():
+    """A bucket may pad to fewer tokens than sequence rows (T < S): decodes still walk their
+    sequence rows (the rows past the last real one cost nothing) and give the naive answer."""
+    cfg = Config(jnp.float32, 6, 2, 16)
+    args, num_real = make_inputs(cfg, [1, 1, 1], [9, 33, 20], seed=16)
+    q = args[0][:4]  # 4 token rows against S_PAD = 6 sequence rows
+    args = (q, *args[1:])
+    kw = {"sm_scale": 0.3, "sliding_window": None, "logits_soft_cap": None}
+    ref = np.asarray(ref_ragged_paged_attention(*args, **kw))
+    assert ref.shape == q.shape
+    expected = naive_attention(args, **kw)
+    assert rel_err(ref[:num_real], expected[:num_real]) < 1e-5
+    assert (ref[num_real:] == 0).all()
