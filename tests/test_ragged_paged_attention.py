@@ -345,11 +345,14 @@ def test_reference_rows_walk_the_pages_a_few_at_a_time(monkeypatch, request, row
             assert (ref[num_real:] == 0).all()
 
 
-def test_reference_decode_in_a_bucket_with_fewer_tokens_than_sequence_rows():
-    """A bucket may pad to fewer tokens than sequence rows (T < S): decodes still walk their
-    sequence rows (the rows past the last real one cost nothing) and give the naive answer."""
+@pytest.mark.parametrize("lens", [([1, 1, 1], [9, 33, 20]), ([3, 1], [10, 20])],
+                         ids=["decodes", "chunk-and-decode"])
+def test_reference_in_a_bucket_with_fewer_tokens_than_sequence_rows(lens):
+    """A bucket may pad to fewer tokens than sequence rows (T < S), and a step this small holds
+    the decode walk in each branch (WALK_IN_BRANCHES_UP_TO): decodes still walk their sequence
+    rows, a chunk beside them takes the dense path, and both give the naive answer."""
     cfg = Config(jnp.float32, 6, 2, 16)
-    args, num_real = make_inputs(cfg, [1, 1, 1], [9, 33, 20], seed=16)
+    args, num_real = make_inputs(cfg, *lens, seed=16)
     q = args[0][:4]  # 4 token rows against S_PAD = 6 sequence rows
     args = (q, *args[1:])
     kw = {"sm_scale": 0.3, "sliding_window": None, "logits_soft_cap": None}

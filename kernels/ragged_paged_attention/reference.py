@@ -52,6 +52,7 @@ import jax.numpy as jnp
 
 _MASK_VALUE = -1e30  # finite, so a fully masked row gives exp(...) == 0 rather than NaN
 ROWS_PER_WALK = 8  # rows (sequences or query blocks) that walk the pages together
+WALK_IN_BRANCHES_UP_TO = 4  # tokens: smaller steps hold the decode walk in each cond branch
 
 
 def sanitize_cu_q_lens(
@@ -293,26 +294,26 @@ def _in_step(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap
         acc = (p.reshape(num_tokens * group, -1) @ v).reshape(num_tokens, group, head_dim)
         state.append((m, p.sum(axis=-1), acc))
     m, l, acc = (jnp.stack(x, axis=1) for x in zip(*state))  # [T, Hkv, G(, D)] each
-    # a real token always sees itself; a padding token sees nothing and must weigh nothing (its
-    # query row may be NaN garbage, so its max is replaced too)
-    keep = valid[:, None, None]  # bool[T, 1, 1]
+    # a chunk's token always sees itself; a padding token sees nothing and must weigh nothing
+    # (its query row may be NaN garbage, so its max is replaced too); a single query (a decode)
+    # takes its own key from its page walk, so its row here is dropped too
+    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
+    in_chunk = valid & ((cu[1:] - cu[:-1])[seq_ids] > 1)  # bool[T]
+    keep = in_chunk[:, None, None]  # bool[T, 1, 1]
     return (jnp.where(keep, m, _MASK_VALUE), jnp.where(keep, l, 0.0),
             jnp.where(keep[..., None], acc, 0.0))
 
 
 def _single_queries(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
-                    pages_per_iter, own_key):
-    """Sequences with exactly one query (decodes) walk their pages, one row per sequence.
-
-    ``own_key`` (bool scalar): whether the walk covers the query's own key, the last one, or
-    leaves it to the dense in-step product of a prefill step. Returns the rows' online-softmax
-    states, [S, Hkv, G(, D)], and each row's token (T for a row without a single query).
-    """
+                    pages_per_iter):
+    """Sequences with exactly one query (decodes) walk all their keys, their own included, one
+    row per sequence. Returns the rows' online-softmax states, [S, Hkv, G(, D)], and each row's
+    token (T for a row without a single query)."""
     num_tokens = qg.shape[0]
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
     one_query = (cu[1:] - cu[:-1]) == 1  # bool[S]
     token = jnp.where(one_query, cu[:-1], 0)  # i32[S]
-    walk_len = jnp.where(one_query, kv_lens - 1 + own_key, 0)  # i32[S]
+    walk_len = jnp.where(one_query, kv_lens, 0)  # i32[S]
     state = _online_softmax_over_pages(
         qg[token][:, None], (kv_lens - 1)[:, None], page_table, walk_len, kv_pages, window, cap,
         pages_per_iter,
@@ -384,27 +385,37 @@ def _mixed(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
            pages_per_iter, key_block, chunks=True):
     """Any mix of decodes and prefill chunks: single queries walk their pages; when the step
     has a chunk, the step's own keys go through the dense product and each chunk's earlier keys
-    through its gathers, and the states merge. The walk sits outside the ``lax.cond``, so the
+    through its gathers, and the states merge.
+
+    Past ``WALK_IN_BRANCHES_UP_TO`` tokens the walk sits outside the ``lax.cond``, so the
     program holds it once per layer rather than once per branch (SmolLM2's attention: 2618 ->
-    2219 HLO instructions in a 16-token step, 2207 -> 397 in a 1-token one, which has no chunk
-    branch at all; warm engine build 11.3 -> 9.1 s, RSS when ready 3.59 -> 3.08 GiB). Cost:
-    4 decodes in the 4-token bucket 1.05x a step, a 128-token chunk 1.03x, 16 decodes 0.98x."""
+    2219 HLO instructions in a 16-token step; warm engine build 11.3 -> 9.1 s, RSS when ready
+    3.59 -> 3.08 GiB; steps 0.98x at 16 decodes, 1.03x for a 128-token chunk). Smaller programs
+    keep a walk in each branch: XLA:CPU ran a 4-decode step 5% faster that way (A/B, 0.947x and
+    0.956x), for one more walk in the 4-token program. A 1-token program has no chunk branch.
+    """
     args = (qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap)
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
     has_chunk = jnp.max(cu[1:] - cu[:-1]) > 1
-    rows, dest = _single_queries(*args, pages_per_iter, own_key=~has_chunk)
 
-    def decode_only():  # each row's output straight to its token
+    def walk():
+        return _single_queries(*args, pages_per_iter)
+
+    def decode_only(rows, dest):  # each row's output straight to its token
         return jnp.zeros(qg.shape, jnp.float32).at[dest].set(_normalize(*rows), mode="drop")
 
-    def with_chunks():
+    def with_chunks(rows, dest):
         walked = _scatter_state(rows, dest, qg.shape)
         return _normalize(*_merge(_merge(walked, _in_step(*args)),
                                   _prior_of_chunks(*args, key_block)))
 
     if qg.shape[0] == 1 or not chunks:  # no chunk possible (one token) or wanted: no chunk code
-        return decode_only()
-    return jax.lax.cond(has_chunk, with_chunks, decode_only)
+        return decode_only(*walk())
+    if qg.shape[0] <= WALK_IN_BRANCHES_UP_TO:
+        return jax.lax.cond(has_chunk, lambda: with_chunks(*walk()), lambda: decode_only(*walk()))
+    rows, dest = walk()
+    return jax.lax.cond(has_chunk, lambda: with_chunks(rows, dest),
+                        lambda: decode_only(rows, dest))
 
 
 def _all_through_pages(*args, block_q, pages_per_iter):
