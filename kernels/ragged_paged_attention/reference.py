@@ -31,13 +31,13 @@ decode 0.96x). A step of up to ``max_dense_tokens`` tokens (``_mixed``):
 
 - every sequence with exactly one query (a decode) walks its pages, one row per sequence; in a
   decode-only step that is all there is;
-- when some sequence has a prefill chunk (``lax.cond``), the keys the step just wrote get one
-  dense masked [T, T] product per KV head (``_in_step``; a decode's own key is then scored here
-  rather than in its walk); each chunk gathers its earlier keys once, ``key_block`` at a time,
-  for one plain [T * G, key_block] product per KV head (``_prior_of_chunks``). The online-softmax
-  states merge. The walk sits outside the ``cond`` so each layer's program holds it once: the
-  attention is ~90% of a SmolLM2 step program's HLO, and its size is what an executable costs in
-  memory and in load time.
+- when some sequence has a prefill chunk (``lax.cond``), the chunks' tokens get one dense masked
+  [T, T] product per KV head over the keys the step just wrote (``_in_step``; a decode's own key
+  stays in its walk); each chunk gathers its earlier keys once, ``key_block`` at a time, for one
+  plain [T * G, key_block] product per KV head (``_prior_of_chunks``). The online-softmax states
+  merge. Past ``WALK_IN_BRANCHES_UP_TO`` tokens the walk sits outside the ``cond`` so each
+  layer's program holds it once: the attention is ~90% of a SmolLM2 step program's HLO, and its
+  size is what an executable costs in memory and in load time.
 
 Longer steps that hold a chunk send every key through a walk in blocks of ``block_q`` queries
 (``_blocked``).
@@ -63,6 +63,11 @@ def sanitize_cu_q_lens(
     num_seqs_s = num_seqs.reshape(())
     rows = jnp.arange(cu_q_lens.shape[0], dtype=jnp.int32)  # i32[S + 1]
     return jnp.where(rows <= num_seqs_s, cu_q_lens, cu_q_lens[num_seqs_s])
+
+
+def _q_lens(cu_q_lens, num_seqs):  # i32[S + 1], i32[1] -> i32[S]: queries per sequence row
+    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
+    return cu[1:] - cu[:-1]
 
 
 def token_metadata(
@@ -218,8 +223,6 @@ def _merge(a, b):
     return m, w1 * l1 + w2 * l2, w1[..., None] * acc1 + w2[..., None] * acc2
 
 
-
-
 def _scatter_state(state, dest, shape):
     """Per-row states (rows named by dest, num_tokens to drop) -> token order, [T, Hkv, G(, D)];
     tokens no row names keep the empty state."""
@@ -297,8 +300,7 @@ def _in_step(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap
     # a chunk's token always sees itself; a padding token sees nothing and must weigh nothing
     # (its query row may be NaN garbage, so its max is replaced too); a single query (a decode)
     # takes its own key from its page walk, so its row here is dropped too
-    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
-    in_chunk = valid & ((cu[1:] - cu[:-1])[seq_ids] > 1)  # bool[T]
+    in_chunk = valid & (_q_lens(cu_q_lens, num_seqs)[seq_ids] > 1)  # bool[T]
     keep = in_chunk[:, None, None]  # bool[T, 1, 1]
     return (jnp.where(keep, m, _MASK_VALUE), jnp.where(keep, l, 0.0),
             jnp.where(keep[..., None], acc, 0.0))
@@ -337,8 +339,7 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
     max_pages = page_table.shape[1]
     seq_ids, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)  # [T] each
     qg = jnp.where(valid[:, None, None, None], qg, 0.0)  # a padding query may be NaN garbage
-    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
-    q_lens = cu[1:] - cu[:-1]  # i32[S]
+    q_lens = _q_lens(cu_q_lens, num_seqs)  # i32[S]
     num_prior = jnp.where(q_lens > 1, kv_lens - q_lens, 0)  # i32[S]: 0 unless a chunk
     chunk_rows = jnp.argsort(-(num_prior > 0).astype(jnp.int32))  # i32[S]: chunks with some first
     offsets = jnp.arange(key_block, dtype=jnp.int32)  # i32[KB]
@@ -395,8 +396,7 @@ def _mixed(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
     0.956x), for one more walk in the 4-token program. A 1-token program has no chunk branch.
     """
     args = (qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap)
-    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
-    has_chunk = jnp.max(cu[1:] - cu[:-1]) > 1
+    has_chunk = jnp.max(_q_lens(cu_q_lens, num_seqs)) > 1
 
     def walk():
         return _single_queries(*args, pages_per_iter)
@@ -455,8 +455,8 @@ def ref_ragged_paged_attention(
     if num_tokens <= max_dense_tokens:
         out = mixed()
     else:  # the dense product is O(T^2): past max_dense_tokens, a chunk's keys go through walks
-        cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)
-        out = jax.lax.cond(jnp.max(cu[1:] - cu[:-1]) <= 1, functools.partial(mixed, chunks=False),
+        out = jax.lax.cond(jnp.max(_q_lens(cu_q_lens, num_seqs)) <= 1,
+                           functools.partial(mixed, chunks=False),
                            functools.partial(_all_through_pages, *args, block_q=block_q,
                                              pages_per_iter=pages_per_iter))
     return out.reshape(num_tokens, num_q_heads, head_dim).astype(q.dtype)
