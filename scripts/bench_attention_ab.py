@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import statistics
 import sys
 import time
@@ -36,18 +37,34 @@ def load_variant(path: str, name: str):
     return module
 
 
-def parse_cases(text: str) -> list[tuple[int, int, int, int, int]]:
+def parse_cases(text: str) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
     """'tokens:seqs:sequences:queries:context,...' -> bucket (tokens, seqs), then a batch of
-    `sequences` sequences with `queries` new tokens after `context` earlier keys each."""
+    `sequences` sequences with `queries` new tokens after `context` earlier keys each. A mixed
+    batch names its groups as `sequences`x`queries`@`context` joined by '+', e.g. the steps of a
+    512-token prompt beside decodes: '256:16:2x1@540+1x4@508+1x250@0'."""
     cases = []
     for item in text.split(","):
-        parts = [int(x) for x in item.split(":")]
-        if len(parts) != 5 or min(parts[:4]) < 1 or parts[4] < 0:
-            raise argparse.ArgumentTypeError(f"bad case {item!r}: want tokens:seqs:n:q:context")
-        tokens, seqs, n, q, _ = parts
-        if n > seqs or n * q > tokens:
+        fields = item.split(":")
+        try:
+            if len(fields) == 5:
+                tokens, seqs, n, q, context = (int(x) for x in fields)
+                groups = [(n, q, context)]
+            elif len(fields) == 3:
+                tokens, seqs = int(fields[0]), int(fields[1])
+                groups = [tuple(int(x) for x in re.fullmatch(r"(\d+)x(\d+)@(\d+)", g).groups())
+                          for g in fields[2].split("+")]
+            else:
+                raise ValueError
+        except (ValueError, AttributeError):
+            raise argparse.ArgumentTypeError(
+                f"bad case {item!r}: want tokens:seqs:n:q:context or tokens:seqs:NxQ@C+...") from None
+        n_seqs = sum(n for n, _, _ in groups)
+        n_tokens = sum(n * q for n, q, _ in groups)
+        if min(tokens, seqs) < 1 or any(n < 1 or q < 1 or c < 0 for n, q, c in groups):
+            raise argparse.ArgumentTypeError(f"bad case {item!r}: counts must be positive")
+        if n_seqs > seqs or n_tokens > tokens:
             raise argparse.ArgumentTypeError(f"case {item!r} does not fit its bucket")
-        cases.append(tuple(parts))
+        cases.append((tokens, seqs, groups))
     return cases
 
 
@@ -71,7 +88,7 @@ def main() -> None:
     enable_persistent_cache()
     model_dir = resolve_model(config.model.path)
     cfg = LlamaConfig.from_hf(model_dir)
-    max_seqs = max(seqs for _, seqs, *_ in args.cases)
+    max_seqs = max(seqs for _, seqs, _ in args.cases)
     runners = []
     for i, path in enumerate((args.a, args.b)):
         variant = load_variant(path, f"attention_variant_{i}")
@@ -82,10 +99,12 @@ def main() -> None:
         runners.append(runner)
     page_size = config.cache.page_size
     print(f"A = {args.a}\nB = {args.b}")
-    print(f"{'bucket':>7} {'seqs':>4} {'q/seq':>5} {'context':>7} {'A ms':>7} {'B ms':>7} {'B/A':>6}")
-    for tokens, seqs, n, q, context in args.cases:
+    print(f"{'bucket':>7} {'batch':<28} {'A ms':>7} {'B ms':>7} {'B/A':>6}")
+    for tokens, seqs, groups in args.cases:
         inputs = builder.build(SchedulerOutput(scheduled=[], num_steps=1), (tokens, seqs))
-        fill(inputs, [q] * n, [context + q] * n, page_size, pages_per_seq)
+        q_lens = [q for n, q, _ in groups for _ in range(n)]
+        kv_lens = [c + q for n, q, c in groups for _ in range(n)]
+        fill(inputs, q_lens, kv_lens, page_size, pages_per_seq)
         for runner in runners:  # compile (or load) and warm up
             runner.execute(inputs)
         times = ([], [])
@@ -95,8 +114,8 @@ def main() -> None:
                 runner.execute(inputs)
                 out.append(time.perf_counter() - start)
         a, b = (1e3 * statistics.median(t) for t in times)
-        print(f"{tokens:>3}:{seqs:<3} {n:>4} {q:>5} {context:>7} {a:>7.1f} {b:>7.1f} {b / a:>6.3f}",
-              flush=True)
+        batch = "+".join(f"{n}x{q}@{c}" for n, q, c in groups)
+        print(f"{tokens:>3}:{seqs:<3} {batch:<28} {a:>7.1f} {b:>7.1f} {b / a:>6.3f}", flush=True)
 
 
 if __name__ == "__main__":

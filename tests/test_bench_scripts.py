@@ -264,13 +264,13 @@ def test_attention_ab_runs_both_variants_on_the_tiny_model(tmp_path, tiny_model_
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_attention_ab.py"
     out = subprocess.run(
         [sys.executable, str(script), str(ref), str(ref), "--config", "configs/tiny.yaml",
-         "--cases", "4:2:2:1:20,16:2:1:16:16", "--rounds", "2"],
+         "--cases", "4:2:2:1:20,16:2:1x1@30+1x12@4", "--rounds", "2"],
         check=False, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
         env={**os.environ, "JAXSERVE_COMPILE_CACHE": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = [r for r in map(str.split, out.stdout.splitlines()) if len(r) == 7 and ":" in r[0]]
-    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("4:2", "2", "1", "20"), ("16:2", "1", "16", "16")]
-    assert all(float(r[4]) > 0 and float(r[5]) > 0 for r in rows)
+    rows = [r for r in map(str.split, out.stdout.splitlines()) if len(r) == 5 and ":" in r[0]]
+    assert [(r[0], r[1]) for r in rows] == [("4:2", "2x1@20"), ("16:2", "1x1@30+1x12@4")]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
 
 
 def test_attention_ab_rejects_a_case_that_does_not_fit():
@@ -278,7 +278,9 @@ def test_attention_ab_rejects_a_case_that_does_not_fit():
 
     import bench_attention_ab as ab
 
-    assert ab.parse_cases("16:4:4:1:192") == [(16, 4, 4, 1, 192)]
-    for bad in ("16:4:5:1:192", "16:4:2:16:0", "16:4:4:1", "16:4:0:1:10"):
+    assert ab.parse_cases("16:4:4:1:192") == [(16, 4, [(4, 1, 192)])]
+    assert ab.parse_cases("256:16:2x1@540+1x250@0") == [(256, 16, [(2, 1, 540), (1, 250, 0)])]
+    for bad in ("16:4:5:1:192", "16:4:2:16:0", "16:4:4:1", "16:4:0:1:10", "16:4:3x1@9+2x1@9",
+                "16:4:1x17@0", "16:4:1x1@", "16:4:0x1@5"):
         with pytest.raises(argparse.ArgumentTypeError):
             ab.parse_cases(bad)
