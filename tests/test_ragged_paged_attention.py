@@ -361,3 +361,27 @@ def test_reference_in_a_bucket_with_fewer_tokens_than_sequence_rows(lens):
     expected = naive_attention(args, **kw)
     assert rel_err(ref[:num_real], expected[:num_real]) < 1e-5
     assert (ref[num_real:] == 0).all()
+
+
+@pytest.mark.parametrize("row_block", [3, 8, 16])
+def test_reference_row_blocks_match_naive_loop(monkeypatch, request, row_block):
+    """Chunks score their earlier keys ROW_BLOCK token rows at a time (a window whose start is
+    clamped to fit the step, so it may reach back over rows already done), and the dense in-step
+    product gives each block of ROW_BLOCK rows only the keys up to its last row. Chunks spanning
+    several windows, a chunk that ends the step, windows straddling two chunks, decodes between
+    them, a sliding window and a soft cap all give the naive answer."""
+    from kernels.ragged_paged_attention import reference
+
+    monkeypatch.setattr(reference, "ROW_BLOCK", row_block)
+    ref_ragged_paged_attention.clear_cache()
+    request.addfinalizer(ref_ragged_paged_attention.clear_cache)
+    cfg = Config(jnp.float32, 6, 2, 16)
+    for lens in (([7, 1, 10, 3, 2], [40, 30, 60, 3, 50]),  # the last chunk ends at row 23
+                 ([13, 1, 9], [13, 9, 41]),
+                 ([20, 1, 25], [20, 30, 60])):  # the last chunk's windows clamp at T_PAD = 48
+        args, num_real = make_inputs(cfg, *lens, seed=23)
+        for window, cap in [(None, None), (7, 3.0)]:
+            kw = {"sm_scale": 0.3, "sliding_window": window, "logits_soft_cap": cap}
+            ref = np.asarray(ref_ragged_paged_attention(*args, **kw, key_block=16))
+            assert rel_err(ref[:num_real], naive_attention(args, **kw)[:num_real]) < 1e-5
+            assert (ref[num_real:] == 0).all()

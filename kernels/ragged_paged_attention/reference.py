@@ -31,11 +31,12 @@ decode 0.96x). A step of up to ``max_dense_tokens`` tokens (``_mixed``):
 
 - every sequence with exactly one query (a decode) walks its pages, one row per sequence; in a
   decode-only step that is all there is;
-- when some sequence has a prefill chunk (``lax.cond``), the chunks' tokens get one dense masked
-  [T, T] product per KV head over the keys the step just wrote (``_in_step``; a decode's own key
-  stays in its walk); each chunk gathers its earlier keys once, ``key_block`` at a time, for one
-  plain [T * G, key_block] product per KV head (``_prior_of_chunks``). The online-softmax states
-  merge. Past ``WALK_IN_BRANCHES_UP_TO`` tokens the walk sits outside the ``cond`` so each
+- when some sequence has a prefill chunk (``lax.cond``), the chunks' tokens get a dense masked
+  product per KV head over the keys the step just wrote, each block of ``ROW_BLOCK`` token rows
+  against the keys up to its last row only (``_in_step``; a decode's own key stays in its walk);
+  each chunk gathers its earlier keys once, ``key_block`` at a time, and scores them with plain
+  [ROW_BLOCK * G, key_block] products over windows of its own rows (``_prior_of_chunks``). The
+  online-softmax states merge. Past ``WALK_IN_BRANCHES_UP_TO`` tokens the walk sits outside the ``cond`` so each
   layer's program holds it once: the attention is ~90% of a SmolLM2 step program's HLO, and its
   size is what an executable costs in memory and in load time.
 
@@ -52,6 +53,7 @@ import jax.numpy as jnp
 
 _MASK_VALUE = -1e30  # finite, so a fully masked row gives exp(...) == 0 rather than NaN
 ROWS_PER_WALK = 8  # rows (sequences or query blocks) that walk the pages together
+ROW_BLOCK = 128  # token rows per dense product of a prefill chunk (a causal block, a window)
 WALK_IN_BRANCHES_UP_TO = 4  # tokens: smaller steps hold the decode walk in each cond branch
 
 
@@ -285,17 +287,24 @@ def _in_step(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap
     num_kv_heads, group, head_dim = qg.shape[1:]
     state = []
     # one plain 2-D product per KV head: XLA:CPU runs those as large matmuls, while a dot with a
-    # head batch dimension measured 2-3x slower
+    # head batch dimension measured 2-3x slower. Causal within the step: the queries of rows
+    # r0 .. r1 - 1 see no token past r1 - 1, so each block of ROW_BLOCK rows takes only the keys
+    # up to its last row (a 256-token step: 3/4 of the [T, T] products)
     for h in range(num_kv_heads):
         k, v = kv[:, 0, h], kv[:, 1, h]  # [T, D]
-        s = (qg[:, h].reshape(num_tokens * group, head_dim) @ k.T).reshape(num_tokens, group, -1)
-        if cap is not None:  # s: f32[T, G, T]
-            s = cap * jnp.tanh(s / cap)
-        s = s + bias  # a masked key's exp(s - m) underflows to exactly 0
-        m = s.max(axis=-1)  # f32[T, G]
-        p = jnp.exp(s - m[..., None])
-        acc = (p.reshape(num_tokens * group, -1) @ v).reshape(num_tokens, group, head_dim)
-        state.append((m, p.sum(axis=-1), acc))
+        blocks = []
+        for r0 in range(0, num_tokens, ROW_BLOCK):
+            r1 = min(r0 + ROW_BLOCK, num_tokens)
+            q = qg[r0:r1, h].reshape((r1 - r0) * group, head_dim)  # [R * G, D]
+            s = (q @ k[:r1].T).reshape(r1 - r0, group, r1)  # f32[R, G, r1]
+            if cap is not None:
+                s = cap * jnp.tanh(s / cap)
+            s = s + bias[r0:r1, :, :r1]  # a masked key's exp(s - m) underflows to exactly 0
+            m = s.max(axis=-1)  # f32[R, G]
+            p = jnp.exp(s - m[..., None])
+            acc = (p.reshape((r1 - r0) * group, r1) @ v[:r1]).reshape(r1 - r0, group, head_dim)
+            blocks.append((m, p.sum(axis=-1), acc))
+        state.append(tuple(jnp.concatenate(x, axis=0) for x in zip(*blocks)))
     m, l, acc = (jnp.stack(x, axis=1) for x in zip(*state))  # [T, Hkv, G(, D)] each
     # a chunk's token always sees itself; a padding token sees nothing and must weigh nothing
     # (its query row may be NaN garbage, so its max is replaced too); a single query (a decode)
@@ -324,57 +333,73 @@ def _single_queries(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, wind
 
 
 def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
-                     key_block):
+                     key_block, row_block):
     """Earlier keys of the sequences with more than one query (prefill chunks).
 
     A chunk's queries all see the same earlier keys, so each chunk gathers its earlier keys once,
-    ``key_block`` at a time, and every token row of the step scores them with one plain
-    [T * G, key_block] product per KV head, masked to the chunk's own rows: the same large dots
-    as ``_in_step``, where a walk per block of queries re-gathers the pages for each block and
-    runs many small batched dots. Chunks and key blocks are both ``fori_loop``s, so the program
-    holds this code once whatever the number of chunks.
+    ``key_block`` at a time, and its queries score them ``row_block`` token rows at a time, one
+    plain [row_block * G, key_block] product per KV head: the same large dots as ``_in_step``,
+    where a walk per block of queries re-gathers the pages for each block and runs many small
+    batched dots. Chunks, key blocks and row windows are ``fori_loop``s, so the program holds
+    this code once whatever the number of chunks.
     """
     num_tokens, num_kv_heads, group, head_dim = qg.shape
     page_size = kv_pages.shape[3]
     max_pages = page_table.shape[1]
-    seq_ids, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)  # [T] each
+    rb = min(row_block, num_tokens)
+    _, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)  # [T] each
     qg = jnp.where(valid[:, None, None, None], qg, 0.0)  # a padding query may be NaN garbage
-    q_lens = _q_lens(cu_q_lens, num_seqs)  # i32[S]
+    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
+    q_lens = cu[1:] - cu[:-1]  # i32[S]
     num_prior = jnp.where(q_lens > 1, kv_lens - q_lens, 0)  # i32[S]: 0 unless a chunk
     chunk_rows = jnp.argsort(-(num_prior > 0).astype(jnp.int32))  # i32[S]: chunks with some first
     offsets = jnp.arange(key_block, dtype=jnp.int32)  # i32[KB]
+    in_window = jnp.arange(rb, dtype=jnp.int32)  # i32[RB]
 
     def one_chunk(i, state):
         row = chunk_rows[i]
-        rows = valid & (seq_ids == row)  # bool[T]: this chunk's queries
+        first, end = cu[row], cu[row + 1]  # the chunk's token rows: first .. end - 1
 
-        def one_block(j, carry):
-            m, l, acc = carry  # f32[T, Hkv, G], f32[T, Hkv, G], f32[T, Hkv, G, D]
+        def one_block(j, state):
             key_pos = j * key_block + offsets  # i32[KB]
             page = page_table[row, jnp.minimum(key_pos // page_size, max_pages - 1)]  # i32[KB]
             kv = kv_pages[page, :, :, key_pos % page_size].astype(jnp.float32)  # [KB, 2, Hkv, D]
             in_cache = key_pos < num_prior[row]  # bool[KB]
             kv = jnp.where(in_cache[:, None, None, None], kv, 0.0)  # never-written slots: 0
-            mask = rows[:, None] & in_cache[None, :]  # bool[T, KB]
-            if window is not None:
-                mask &= key_pos[None, :] > pos[:, None] - window
-            bias = jnp.where(mask, 0.0, _MASK_VALUE)[:, None, :]  # f32[T, 1, KB]
-            heads = []
-            for h in range(num_kv_heads):  # plain 2-D products: see _in_step
-                k, v = kv[:, 0, h], kv[:, 1, h]  # [KB, D]
-                sc = (qg[:, h].reshape(num_tokens * group, head_dim) @ k.T).reshape(
-                    num_tokens, group, key_block)  # f32[T, G, KB]
-                if cap is not None:
-                    sc = cap * jnp.tanh(sc / cap)
-                sc = sc + bias
-                m_new = jnp.maximum(m[:, h], sc.max(axis=-1))  # f32[T, G]
-                p = jnp.exp(sc - m_new[..., None]) * mask[:, None, :]  # masked keys weigh 0
-                alpha = jnp.exp(m[:, h] - m_new)
-                pv = (p.reshape(num_tokens * group, key_block) @ v).reshape(
-                    num_tokens, group, head_dim)  # f32[T, G, D]
-                heads.append((m_new, alpha * l[:, h] + p.sum(axis=-1),
-                              alpha[..., None] * acc[:, h] + pv))
-            return tuple(jnp.stack(x, axis=1) for x in zip(*heads))
+
+            def one_window(w, state):
+                # rows lo .. lo + rb - 1 of the chunk; the slice start is clamped to fit the
+                # step, so rows before lo (done by the previous window) are masked out
+                lo = first + w * rb
+                start = jnp.minimum(lo, num_tokens - rb)
+                t = start + in_window  # i32[RB]
+                rows = (t >= lo) & (t < end)  # bool[RB]
+                m, l, acc = (jax.lax.dynamic_slice_in_dim(x, start, rb) for x in state)
+                q = jax.lax.dynamic_slice_in_dim(qg, start, rb)  # [RB, Hkv, G, D]
+                mask = rows[:, None] & in_cache[None, :]  # bool[RB, KB]
+                if window is not None:
+                    p_t = jax.lax.dynamic_slice_in_dim(pos, start, rb)
+                    mask &= key_pos[None, :] > p_t[:, None] - window
+                bias = jnp.where(mask, 0.0, _MASK_VALUE)[:, None, :]  # f32[RB, 1, KB]
+                heads = []
+                for h in range(num_kv_heads):  # plain 2-D products: see _in_step
+                    k, v = kv[:, 0, h], kv[:, 1, h]  # [KB, D]
+                    sc = (q[:, h].reshape(rb * group, head_dim) @ k.T).reshape(
+                        rb, group, key_block)  # f32[RB, G, KB]
+                    if cap is not None:
+                        sc = cap * jnp.tanh(sc / cap)
+                    sc = sc + bias
+                    m_new = jnp.maximum(m[:, h], sc.max(axis=-1))  # f32[RB, G]
+                    p = jnp.exp(sc - m_new[..., None]) * mask[:, None, :]  # masked keys weigh 0
+                    alpha = jnp.exp(m[:, h] - m_new)
+                    pv = (p.reshape(rb * group, key_block) @ v).reshape(rb, group, head_dim)
+                    heads.append((m_new, alpha * l[:, h] + p.sum(axis=-1),
+                                  alpha[..., None] * acc[:, h] + pv))
+                new = (jnp.stack(x, axis=1) for x in zip(*heads))
+                return tuple(jax.lax.dynamic_update_slice_in_dim(whole, part, start, axis=0)
+                             for whole, part in zip(state, new))
+
+            return jax.lax.fori_loop(0, (end - first + rb - 1) // rb, one_window, state)
 
         return jax.lax.fori_loop(0, (num_prior[row] + key_block - 1) // key_block, one_block,
                                  state)
@@ -407,7 +432,7 @@ def _mixed(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
     def with_chunks(rows, dest):
         walked = _scatter_state(rows, dest, qg.shape)
         return _normalize(*_merge(_merge(walked, _in_step(*args)),
-                                  _prior_of_chunks(*args, key_block)))
+                                  _prior_of_chunks(*args, key_block, ROW_BLOCK)))
 
     if qg.shape[0] == 1 or not chunks:  # no chunk possible (one token) or wanted: no chunk code
         return decode_only(*walk())
