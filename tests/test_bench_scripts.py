@@ -284,3 +284,21 @@ def test_attention_ab_rejects_a_case_that_does_not_fit():
                 "16:4:1x17@0", "16:4:1x1@", "16:4:0x1@5"):
         with pytest.raises(argparse.ArgumentTypeError):
             ab.parse_cases(bad)
+
+
+def test_trace_steps_summary_groups_steps_by_bucket_and_kind(tmp_path, capsys):
+    """Each step's time is the gap since the previous step; steps group by (bucket, kind,
+    decodes) with their count, total and share."""
+    import trace_steps
+
+    steps = [({"bucket": [1, 1], "decodes": 1, "prefill": 0}, 0.0),
+             ({"bucket": [512, 16], "decodes": 2, "prefill": 506}, 0.25),
+             ({"bucket": [4, 4], "decodes": 3, "prefill": 0}, 0.28),
+             ({"bucket": [4, 4], "decodes": 3, "prefill": 0}, 0.31)]
+    trace = tmp_path / "steps.jsonl"
+    trace.write_text("".join(json.dumps({**s, "t": t, "waiting": 0}) + "\n" for s, t in steps))
+    trace_steps.summary(str(trace))
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:-1]]
+    assert [r[:4] for r in rows] == [["4:4", "decode", "3", "2"], ["512:16", "prefill", "2", "1"]]
+    assert [float(r[5]) for r in rows] == pytest.approx([30.0, 250.0])
+    assert [r[6] for r in rows] == ["19.4%", "80.6%"]
