@@ -16,7 +16,6 @@ finishes (their max_tokens reached).
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -90,11 +89,11 @@ class Scheduler:
     def schedule(self, look_ahead: bool = False) -> SchedulerOutput:
         out = SchedulerOutput(scheduled=[], page_copies=self.pending_copies)
         self.pending_copies = []
+        budget = self.config.max_num_batched_tokens
         scheduled_ids: set[int] = set()
         short_of_pages = False
 
         running = [s for s in self.running if not (look_ahead and self._surely_done(s))]
-        budget = self._step_budget(running)
         decodes = [s for s in running if s.num_uncomputed_tokens == 1]
         prefills = [s for s in running if s.num_uncomputed_tokens > 1]
         for seq in decodes + prefills:
@@ -130,25 +129,6 @@ class Scheduler:
             budget -= num_new
         self._extend_decodes(out)
         return out
-
-    def _step_budget(self, running: list[Sequence]) -> int:
-        """max_num_batched_tokens, unless the work at hand would leave at least a quarter of the
-        largest token bucket as padding while the rung below it can take at least half of that
-        work: the step then stops at that rung and the rest follows in later steps (beside their
-        decodes). The largest bucket is the most expensive program and its padding costs as much
-        as real tokens: SmolLM2 with a 512 rung runs a 300-token step padded to 512 in ~240 ms,
-        256 tokens in ~130, and arrivals that come in bunches (c=16) make such steps."""
-        cap = self.config.max_num_batched_tokens
-        below = [b for b in self.config.token_buckets if b < cap]
-        if not below:
-            return cap
-        work = sum(min(s.num_uncomputed_tokens, cap) for s in running)
-        free = self.config.max_num_seqs - len(running) - self._reserved_slots()
-        for seq in itertools.islice(self.waiting, max(free, 0)):  # not admitted yet
-            work += seq.num_uncomputed_tokens
-            if 4 * work > 3 * cap:
-                return cap
-        return below[-1] if 4 * work <= 3 * cap and 2 * below[-1] >= work else cap
 
     def _surely_done(self, seq: Sequence) -> bool:
         """A token on the device is this sequence's last: no step after it is worth running."""

@@ -64,27 +64,6 @@ def test_chunked_prefill_respects_token_budget(tiny_tokenizer):
     engine.allocator.check_all_free()
 
 
-@pytest.mark.parametrize("prompts, chunks", [
-    ([20], [16, 4]),  # the 64 bucket would be 3/4 padding: 16 tokens now, the rest next step
-    ([40], [40]),  # the 16 rung would leave more than it takes: one step, padded to 64
-    ([30, 30], [60]),  # together they fill the 64 bucket
-    ([10], [10]),  # fits the 16 rung anyway
-], ids=["split", "too-much-left", "fills-top", "small"])
-def test_the_largest_bucket_is_not_mostly_padding(tiny_tokenizer, prompts, chunks):
-    """A step takes more than the rung below the largest bucket only when its work pads that
-    bucket by less than a quarter, or the rung below could take less than half of the work."""
-    engine = make_engine(tiny_tokenizer, **SYNC, **{"scheduler.max_num_batched_tokens": 64,
-                                                    "scheduler.token_buckets": [8, 16, 64]})
-    for i, n in enumerate(prompts):
-        engine.add_request(str(i), list(range(20 + 50 * i, 20 + 50 * i + n)),  # no shared prefix
-                           SamplingParams(max_tokens=1))
-    out = run_all(engine)
-    assert sorted(out) == [str(i) for i in range(len(prompts))]
-    steps = [int(s.cu_q_lens[s.num_seqs[0]]) for s in engine.runner.steps]
-    assert steps == chunks
-    engine.allocator.check_all_free()
-
-
 def test_decodes_go_before_a_new_prefill(tiny_tokenizer):
     engine = make_engine(tiny_tokenizer, **SYNC)  # b joins the step after a's prefill
     engine.add_request("a", [5, 6], SamplingParams(max_tokens=4, temperature=0))
