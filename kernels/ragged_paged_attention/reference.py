@@ -35,7 +35,8 @@ decode 0.96x). A step of up to ``max_dense_tokens`` tokens (``_mixed``):
   product per KV head over the keys the step just wrote, each block of ``ROW_BLOCK`` token rows
   against the keys up to its last row only (``_in_step``; a decode's own key stays in its walk);
   each chunk gathers its earlier keys once, ``key_block`` at a time, and scores them with plain
-  [ROW_BLOCK * G, key_block] products over windows of its own rows (``_prior_of_chunks``). The
+  [rows * G, key_block] products over windows of up to ``ROW_BLOCK`` of its own rows
+  (``_prior_of_chunks``). The
   online-softmax states merge. Past ``WALK_IN_BRANCHES_UP_TO`` tokens the walk sits outside the ``cond`` so each
   layer's program holds it once: the attention is ~90% of a SmolLM2 step program's HLO, and its
   size is what an executable costs in memory and in load time.
@@ -337,7 +338,7 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
     """Earlier keys of the sequences with more than one query (prefill chunks).
 
     A chunk's queries all see the same earlier keys, so each chunk gathers its earlier keys once,
-    ``key_block`` at a time, and its queries score them ``row_block`` token rows at a time, one
+    ``key_block`` at a time, and its queries score them up to ``row_block`` token rows at a time, one
     plain [row_block * G, key_block] product per KV head: the same large dots as ``_in_step``,
     where a walk per block of queries re-gathers the pages for each block and runs many small
     batched dots. Chunks, key blocks and row windows are ``fori_loop``s, so the program holds
@@ -346,7 +347,9 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
     num_tokens, num_kv_heads, group, head_dim = qg.shape
     page_size = kv_pages.shape[3]
     max_pages = page_table.shape[1]
-    rb = min(row_block, num_tokens)
+    # windows that tile the step (80 rows in a 160-token one): a 131-row chunk there then takes
+    # two 80-row windows, not two of 128 (A/B: 0.88x on that step)
+    rb = max(d for d in range(1, min(row_block, num_tokens) + 1) if num_tokens % d == 0)
     _, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)  # [T] each
     qg = jnp.where(valid[:, None, None, None], qg, 0.0)  # a padding query may be NaN garbage
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
