@@ -36,10 +36,10 @@ decode 0.96x). A step of up to ``max_dense_tokens`` tokens (``_mixed``):
   against the keys up to its last row only (``_in_step``; a decode's own key stays in its walk);
   each chunk gathers its earlier keys once, ``key_block`` at a time, and scores them with plain
   [rows * G, key_block] products over windows of up to ``ROW_BLOCK`` of its own rows
-  (``_prior_of_chunks``). The
-  online-softmax states merge. Past ``WALK_IN_BRANCHES_UP_TO`` tokens the walk sits outside the ``cond`` so each
-  layer's program holds it once: the attention is ~90% of a SmolLM2 step program's HLO, and its
-  size is what an executable costs in memory and in load time.
+  (``_prior_of_chunks``). The online-softmax states merge. Past ``WALK_IN_BRANCHES_UP_TO``
+  tokens the walk sits outside the ``cond`` so each layer's program holds it once: the attention
+  is ~90% of a SmolLM2 step program's HLO, and its size is what an executable costs in memory
+  and in load time.
 
 Longer steps that hold a chunk send every key through a walk in blocks of ``block_q`` queries
 (``_blocked``).
@@ -338,8 +338,8 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
     """Earlier keys of the sequences with more than one query (prefill chunks).
 
     A chunk's queries all see the same earlier keys, so each chunk gathers its earlier keys once,
-    ``key_block`` at a time, and its queries score them up to ``row_block`` token rows at a time, one
-    plain [row_block * G, key_block] product per KV head: the same large dots as ``_in_step``,
+    ``key_block`` at a time, and its own queries score them up to ``row_block`` rows at a time,
+    one plain [rows * G, key_block] product per KV head: the same large dots as ``_in_step``,
     where a walk per block of queries re-gathers the pages for each block and runs many small
     batched dots. Chunks, key blocks and row windows are ``fori_loop``s, so the program holds
     this code once whatever the number of chunks.
@@ -352,8 +352,8 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
     rb = max(d for d in range(1, min(row_block, num_tokens) + 1) if num_tokens % d == 0)
     _, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)  # [T] each
     qg = jnp.where(valid[:, None, None, None], qg, 0.0)  # a padding query may be NaN garbage
-    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
-    q_lens = cu[1:] - cu[:-1]  # i32[S]
+    cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]: each chunk's first token row
+    q_lens = _q_lens(cu_q_lens, num_seqs)  # i32[S]
     num_prior = jnp.where(q_lens > 1, kv_lens - q_lens, 0)  # i32[S]: 0 unless a chunk
     chunk_rows = jnp.argsort(-(num_prior > 0).astype(jnp.int32))  # i32[S]: chunks with some first
     offsets = jnp.arange(key_block, dtype=jnp.int32)  # i32[KB]
