@@ -101,7 +101,8 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
     sched = config.scheduler
     runner = ModelRunner(model, num_pages=config.cache.num_pages, page_size=config.cache.page_size,
                          max_num_seqs=sched.max_num_seqs, max_rows=sched.seq_buckets[-1],
-                         num_decode_steps=sched.num_decode_steps)
+                         num_decode_steps=sched.num_decode_steps,
+                         layers_per_call=config.model.layers_per_call)
     eos = eos_ids(model_dir, tokenizer, model_cfg.eos_token_ids)
     engine = LLMEngine(config, runner, tokenizer, max_model_len=max_model_len,
                        vocab_size=model_cfg.vocab_size, eos_token_ids=eos,

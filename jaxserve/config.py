@@ -40,6 +40,11 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     weight_dtype: Literal["float32", "bfloat16"] | None = None
     max_model_len: int | None = None  # defaults to the model's max_position_embeddings
     attention_backend: Literal["pallas", "reference", "auto"] = "auto"
+    # decoder layers per compiled program; None: the whole model is one program per bucket. A
+    # divisor of the layer count runs each step as embed, layers/layers_per_call calls of one
+    # layer-group program, and head: much smaller executables (start time, RSS) for one dispatch
+    # per call (docs/performance.md). Needs scheduler.num_decode_steps: 1
+    layers_per_call: int | None = None
     chat_template: str | None = None  # a Jinja template, or a path to one
     seed: int = 0  # seeds the engine's RNG for requests that give no seed
 
@@ -47,6 +52,9 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.max_model_len is not None:
             _check(self.max_model_len >= 1, "model.max_model_len",
                    f"must be at least 1, got {self.max_model_len}")
+        if self.layers_per_call is not None:
+            _check(self.layers_per_call >= 1, "model.layers_per_call",
+                   f"must be at least 1 (or null), got {self.layers_per_call}")
 
     @property
     def model_name(self) -> str:
@@ -117,6 +125,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         _check(self.scheduler.max_num_seqs <= self.cache.num_pages, "scheduler.max_num_seqs",
                f"({self.scheduler.max_num_seqs}) cannot exceed cache.num_pages "
                f"({self.cache.num_pages})")
+        _check(self.model.layers_per_call is None or self.scheduler.num_decode_steps == 1,
+               "model.layers_per_call", "runs a step as several calls, so it needs "
+               f"scheduler.num_decode_steps: 1 (got {self.scheduler.num_decode_steps})")
 
 
 def _convert(data: dict[str, Any]) -> Config:

@@ -165,3 +165,40 @@ def test_lone_sequence_multi_step_is_unrolled_and_exact():
                    for bucket, steps in multi.engine.runner.executables)
     one = LLM(TINY_CONFIG, progress=False, **small, **{"scheduler.num_decode_steps": 1})
     assert tokens_of(multi, [LONG], params) == tokens_of(one, [LONG], params)
+
+
+def test_layer_groups_give_the_whole_model_step_results():
+    """model.layers_per_call splits each bucket into embed, layer-group and head programs
+    (runner/layer_groups.py); the tokens and log-probs must be the one-program step's."""
+    from jaxserve.llm import LLM
+    from jaxserve.runner.layer_groups import GroupedStep
+    from tests.conftest import TINY_CONFIG
+
+    one = {"scheduler.num_decode_steps": 1}
+    whole = LLM(TINY_CONFIG, progress=False, **one)
+    split = LLM(TINY_CONFIG, progress=False, **one, **{"model.layers_per_call": 1})
+    assert split.engine.runner.executables
+    assert all(isinstance(exe, GroupedStep) for exe in split.engine.runner.executables.values())
+    assert len(split.engine.runner.layer_groups.groups) == 2  # the tiny model's 2 layers
+    batch = prompts(5) + [LONG]  # chunked prefill beside decodes, several buckets
+    for params in (SamplingParams(temperature=0, max_tokens=10, logprobs=2),
+                   SamplingParams(temperature=0.8, seed=3, max_tokens=10, logprobs=2)):
+        ours, ref = split.generate(batch, params), whole.generate(batch, params)
+        assert [o.outputs[0].token_ids for o in ours] == [o.outputs[0].token_ids for o in ref]
+        lps = [[lp.logprob for o in r for lp in o.outputs[0].logprobs] for r in (ours, ref)]
+        np.testing.assert_allclose(*lps, rtol=1e-5, atol=1e-5)
+    split.engine.allocator.check_all_free()
+
+
+def test_layer_groups_reject_a_bad_split():
+    from jaxserve.config import ConfigError, load_config
+    from jaxserve.llm import LLM
+    from tests.conftest import TINY_CONFIG
+
+    with pytest.raises(ConfigError, match="num_decode_steps"):
+        load_config(TINY_CONFIG, {"model.layers_per_call": 1, "scheduler.num_decode_steps": 4})
+    with pytest.raises(ConfigError, match="at least 1"):
+        load_config(TINY_CONFIG, {"model.layers_per_call": 0, "scheduler.num_decode_steps": 1})
+    with pytest.raises(ValueError, match="must divide the model's 2 layers"):
+        LLM(TINY_CONFIG, progress=False, **{"model.layers_per_call": 3,
+                                            "scheduler.num_decode_steps": 1})

@@ -132,9 +132,16 @@ class LlamaForCausalLM(nnx.Module):
         for layer, kv_pages in zip(self.layers, kv_caches):
             x, kv_pages = layer(x, positions, kv_pages, md)
             new_caches.append(kv_pages)
-        x = self.norm(x[logits_indices])  # [R, hidden]
-        if self.lm_head is None:
-            logits = self.embed_tokens.attend(x)
-        else:
-            logits = self.lm_head(x)
-        return logits.astype(jnp.float32), new_caches
+        return final_logits(self.norm, self.embed_tokens, self.lm_head, x, logits_indices), new_caches
+
+
+def final_logits(
+    norm: RMSNorm,
+    embed_tokens: Embed,
+    lm_head: Linear | None,  # None: tied, the embedding matrix doubles as the LM head
+    x: jax.Array,  # [T, hidden]: the last layer's output
+    logits_indices: jax.Array,  # i32[R]
+) -> jax.Array:  # f32[R, vocab]
+    x = norm(x[logits_indices])  # [R, hidden]
+    logits = embed_tokens.attend(x) if lm_head is None else lm_head(x)
+    return logits.astype(jnp.float32)

@@ -2,7 +2,8 @@
 
 The runner owns the model weights and the paged KV cache (one array per layer, donated to every
 step so XLA updates it in place). Each (token bucket, sequence bucket) pair has one executable,
-compiled ahead of time at start, and decode-only buckets have a second one that runs
+compiled ahead of time at start (with ``layers_per_call``, a ``GroupedStep`` of three smaller
+ones, see layer_groups.py), and decode-only buckets have a second one that runs
 ``num_decode_steps`` steps in a ``lax.scan``, feeding each step's tokens to the next on the device;
 a step that finds no executable compiles it and counts it, so a steady state with zero
 compilations after warm-up can be checked.
@@ -16,6 +17,7 @@ tokens from there, so that hand-over never visits the host.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import sys
 import time
@@ -31,13 +33,16 @@ from jaxserve.engine.step_inputs import StepInputs
 from jaxserve.models.attention_metadata import AttentionMetadata
 from jaxserve.models.llama import LlamaForCausalLM
 from jaxserve.runner.compile_cache import backend_compile_count, release_free_memory
+from jaxserve.runner.handover import keep_last, resolve
+from jaxserve.runner.layer_groups import LayerGroups
 from jaxserve.runner.sampler import sample
 from jaxserve.runner.sampling_metadata import SamplingMetadata
 
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, *, num_pages: int, page_size: int,
-                 max_num_seqs: int, max_rows: int, num_decode_steps: int = 1):
+                 max_num_seqs: int, max_rows: int, num_decode_steps: int = 1,
+                 layers_per_call: int | None = None):
         cfg = model.cfg
         self.cfg = cfg
         self.graphdef, self.state = nnx.split(model)
@@ -59,16 +64,10 @@ class ModelRunner:
             logits, kv_caches = model(input_ids, positions, kv_caches, md, logits_indices)
             return sample(logits, sm), kv_caches
 
-        def resolve(last_tokens, input_ids, prev_rows):  # i32[R], i32[T], i32[T] -> i32[T]
-            return jnp.where(prev_rows >= 0, last_tokens[jnp.maximum(prev_rows, 0)], input_ids)
-
-        def keep_last(tokens):  # i32[S] -> i32[R]
-            return jnp.zeros(max_rows, jnp.int32).at[:tokens.shape[0]].set(tokens)
-
         def one_step(state, kv_caches, last_tokens, input_ids, prev_rows, *args):
             out, kv_caches = step(state, kv_caches, resolve(last_tokens, input_ids, prev_rows),
                                   *args)
-            return out, kv_caches, keep_last(out[0])
+            return out, kv_caches, keep_last(out[0], max_rows)
 
         self.step_fn = jax.jit(one_step, donate_argnums=(1,))
 
@@ -102,7 +101,7 @@ class ModelRunner:
             # sequences: 62.7 ms per step against ~50 in the loop), and bigger executables.
             (kv_caches, *_), outs = jax.lax.scan(one, carry, length=num_decode_steps,
                                                  unroll=s_pad == 1)
-            return outs, kv_caches, keep_last(outs[0][-1])  # each output gains a leading [K] axis
+            return outs, kv_caches, keep_last(outs[0][-1], max_rows)  # outputs gain a [K] axis
 
         self.num_decode_steps = num_decode_steps
         self.decode_steps_fn = jax.jit(decode_steps, donate_argnums=(1,))
@@ -111,6 +110,17 @@ class ModelRunner:
             return [kv.at[dst].set(kv[src], mode="drop") for kv in kv_caches]
 
         self._copy_pages = jax.jit(copy_pages, donate_argnums=(0,))
+
+        # one-step buckets as embed + layer-group + head programs (runner/layer_groups.py)
+        self.layer_groups = None
+        if layers_per_call is not None and cfg.num_hidden_layers % layers_per_call:
+            raise ValueError(f"model.layers_per_call: {layers_per_call} must divide the "
+                             f"model's {cfg.num_hidden_layers} layers")
+        if layers_per_call is not None and layers_per_call < cfg.num_hidden_layers:
+            if num_decode_steps > 1:
+                raise ValueError("model.layers_per_call splits a step into several calls; it "
+                                 "needs scheduler.num_decode_steps: 1")
+            self.layer_groups = LayerGroups(model, layers_per_call, max_rows)
 
     # ---- compilation -------------------------------------------------------------------------
     def device_args(self, inputs: StepInputs) -> tuple:
@@ -127,11 +137,19 @@ class ModelRunner:
             lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
             self.device_args(inputs),
         )
+        if self.layer_groups is not None:
+            return self.layer_groups.lower(self.kv_caches, self.last_tokens, *specs)
         fn = self.step_fn if inputs.num_steps == 1 else self.decode_steps_fn
         return fn.lower(self.state, self.kv_caches, self.last_tokens, *specs)
 
+    def _bind(self, compiled):
+        """A compiled step as a call of (kv_caches, last_tokens, *device_args)."""
+        if self.layer_groups is not None:
+            return compiled  # a GroupedStep holds its weights
+        return functools.partial(compiled, self.state)
+
     def _compile(self, inputs: StepInputs):
-        return self._lower(inputs).compile()
+        return self._bind(self._lower(inputs).compile())
 
     def warmup(self, padding_inputs: list[StepInputs], progress: bool = True) -> float:
         """Compile every bucket ahead of time; returns the seconds it took.
@@ -144,7 +162,7 @@ class ModelRunner:
         done = itertools.count(1)
 
         def compile_one(inputs: StepInputs, lowered) -> None:  # on a worker thread
-            self.executables[inputs.bucket, inputs.num_steps] = lowered.compile()
+            self.executables[inputs.bucket, inputs.num_steps] = self._bind(lowered.compile())
             release_free_memory()
             if progress:
                 steps = f" decode_steps={inputs.num_steps}" if inputs.num_steps > 1 else ""
@@ -175,7 +193,7 @@ class ModelRunner:
             if self._warm:
                 self.compilations_after_warmup += 1
         outs, self.kv_caches, self.last_tokens = exe(
-            self.state, self.kv_caches, self.last_tokens, *self.device_args(inputs))
+            self.kv_caches, self.last_tokens, *self.device_args(inputs))
         return outs
 
     def fetch(self, outs: tuple) -> StepResult:

@@ -1,0 +1,113 @@
+"""One model step as several small executables: embedding, a group of layers, head and sampler.
+
+XLA compiles each bucket's step into one program with every layer unrolled, and on XLA:CPU every
+fusion of a program becomes a kernel of its own: a SmolLM2 step program holds ~5,000 of them
+(the paged attention, repeated in 30 layers, is ~90% of them). Each loaded executable costs RSS
+and start time in proportion (~300 MB and ~2.5 s per bucket). With ``model.layers_per_call`` = G
+below the layer count, a bucket compiles three programs instead:
+
+- ``embed``: the previous step's token hand-over and the embedding lookup, ``[T] -> [T, hidden]``;
+- ``layers``: G decoder layers, called ``num_layers / G`` times per step with each group's own
+  weights and K/V caches (donated, so the caches are still updated in place);
+- ``head``: the final norm, the LM head on the sampled rows, and the sampler.
+
+The weights are the model's own arrays (no copy); each call costs one dispatch (~50-80 us on
+this 2-core machine). Measured trade-offs are in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from jaxserve.models.attention_metadata import AttentionMetadata
+from jaxserve.models.llama import LlamaForCausalLM, final_logits
+from jaxserve.runner.handover import keep_last, resolve
+from jaxserve.runner.sampler import sample
+
+
+class LayerGroups:
+    """Lowers and runs one bucket's step as ``embed``, ``num_groups`` x ``layers``, ``head``."""
+
+    def __init__(self, model: LlamaForCausalLM, layers_per_call: int, max_rows: int):
+        layers = list(model.layers)
+        assert len(layers) % layers_per_call == 0, (len(layers), layers_per_call)
+        self.per_call = layers_per_call
+        self.hidden = model.cfg.hidden_size
+        self.dtype = model.dtype
+        layer_def, first = nnx.split(layers[0])
+        treedef = jax.tree.structure(first)
+        flat = []  # per layer: its weights as a flat tuple (cheap to pass at every call)
+        for layer in layers:
+            graphdef, state = nnx.split(layer)
+            assert graphdef == layer_def, "every decoder layer must have the same structure"
+            flat.append(tuple(jax.tree.leaves(state)))
+        self.groups = [tuple(flat[i:i + layers_per_call])
+                       for i in range(0, len(flat), layers_per_call)]
+        embed_def, self.embed_state = nnx.split(model.embed_tokens)
+        norm_def, self.norm_state = nnx.split(model.norm)
+        head_def, self.head_state = (None, None) if model.lm_head is None else nnx.split(model.lm_head)
+
+        def embed(embed_state, last_tokens, input_ids, prev_rows):  # -> [T, hidden]
+            return nnx.merge(embed_def, embed_state)(resolve(last_tokens, input_ids, prev_rows))
+
+        def run_layers(group, kv_caches, x, positions, md):  # x: [T, hidden]
+            new_caches = []
+            for weights, kv_pages in zip(group, kv_caches):
+                layer = nnx.merge(layer_def, jax.tree.unflatten(treedef, weights))
+                x, kv_pages = layer(x, positions, kv_pages, md)
+                new_caches.append(kv_pages)
+            return x, new_caches
+
+        def head(embed_state, norm_state, head_state, x, logits_indices, sm):
+            lm_head = None if head_def is None else nnx.merge(head_def, head_state)
+            logits = final_logits(nnx.merge(norm_def, norm_state), nnx.merge(embed_def, embed_state),
+                                  lm_head, x, logits_indices)  # f32[R, vocab]
+            out = sample(logits, sm)
+            return out, keep_last(out[0], max_rows)
+
+        self._embed = jax.jit(embed)
+        self._layers = jax.jit(run_layers, donate_argnums=(1,))
+        self._head = jax.jit(head)
+
+    def lower(self, kv_caches, last_tokens, input_ids, prev_rows, positions, md, logits_indices,
+              sm) -> _Lowered:
+        """Arguments as for the whole-model step (shapes or arrays)."""
+        x = jax.ShapeDtypeStruct((input_ids.shape[0], self.hidden), self.dtype)  # [T, hidden]
+        return _Lowered(self, (
+            self._embed.lower(self.embed_state, last_tokens, input_ids, prev_rows),
+            self._layers.lower(self.groups[0], kv_caches[:self.per_call], x, positions, md),
+            self._head.lower(self.embed_state, self.norm_state, self.head_state, x,
+                             logits_indices, sm),
+        ))
+
+
+class _Lowered:
+    def __init__(self, groups: LayerGroups, lowered: tuple):
+        self.groups, self.lowered = groups, lowered
+
+    def compile(self) -> GroupedStep:
+        return GroupedStep(self.groups, *(lowered.compile() for lowered in self.lowered))
+
+
+class GroupedStep:
+    """A compiled bucket; called like the whole-model step, without the model state."""
+
+    def __init__(self, groups: LayerGroups, embed, layers, head):
+        self.g, self.embed, self.layers, self.head = groups, embed, layers, head
+
+    def __call__(self, kv_caches: list, last_tokens, input_ids, prev_rows, positions,
+                 md: AttentionMetadata, logits_indices, sm):
+        g = self.g
+        # the step's inputs go to the device once, not once per layer call
+        input_ids, prev_rows, positions, md, logits_indices, sm = jax.device_put(
+            (input_ids, prev_rows, positions, md, logits_indices, sm))
+        x = self.embed(g.embed_state, last_tokens, input_ids, prev_rows)  # [T, hidden]
+        new_caches = []
+        for i, group in enumerate(g.groups):
+            x, caches = self.layers(group, kv_caches[i * g.per_call:(i + 1) * g.per_call], x,
+                                    positions, md)
+            new_caches.extend(caches)
+        outs, last_tokens = self.head(g.embed_state, g.norm_state, g.head_state, x,
+                                      logits_indices, sm)
+        return outs, new_caches, last_tokens
