@@ -19,7 +19,7 @@ from jaxserve.models.rope import apply_rope, inverse_frequencies
 
 class LlamaAttention(nnx.Module):
     def __init__(self, cfg: LlamaConfig, backend: AttentionBackend, *, dtype, weight_dtype,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs | None):
         self.cfg = cfg
         self.backend = backend
         hidden, hq, hkv, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -56,7 +56,7 @@ class LlamaAttention(nnx.Module):
 
 
 class LlamaMLP(nnx.Module):
-    def __init__(self, cfg: LlamaConfig, *, dtype, weight_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, *, dtype, weight_dtype, rngs: nnx.Rngs | None):
         def linear(n_in, n_out):
             return Linear(n_in, n_out, use_bias=False, dtype=dtype, weight_dtype=weight_dtype, rngs=rngs)
 
@@ -83,7 +83,7 @@ class RMSNorm(nnx.Module):
 
 class LlamaDecoderLayer(nnx.Module):
     def __init__(self, cfg: LlamaConfig, backend: AttentionBackend, *, dtype, weight_dtype,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs | None):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
         self.self_attn = LlamaAttention(cfg, backend, dtype=dtype, weight_dtype=weight_dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
@@ -98,10 +98,11 @@ class LlamaDecoderLayer(nnx.Module):
 
 class LlamaForCausalLM(nnx.Module):
     """dtype: activations, norms and K/V; weight_dtype: the projection and embedding weights
-    (defaults to dtype; bfloat16 under float32 is mixed precision, see models/layers.py)."""
+    (defaults to dtype; bfloat16 under float32 is mixed precision, see models/layers.py); rngs
+    None: zero weights for a loader to fill (models/loader.py)."""
 
     def __init__(self, cfg: LlamaConfig, backend: AttentionBackend, *, dtype=jnp.float32,
-                 weight_dtype=None, rngs: nnx.Rngs):
+                 weight_dtype=None, rngs: nnx.Rngs | None):
         self.cfg = cfg
         self.dtype = dtype
         weight_dtype = weight_dtype or dtype

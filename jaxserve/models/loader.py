@@ -1,7 +1,8 @@
 """Build a Llama-family model from a Hugging Face safetensors folder, without torch.
 
-The model is first built abstractly (``nnx.eval_shape``: shapes only, no random init), then each
-parameter is filled from the checkpoint tensor whose Hugging Face name its NNX path maps to.
+The model is first built abstractly (``nnx.eval_shape`` with zero placeholders, ``rngs=None``:
+shapes only), then each parameter is filled from the checkpoint tensor whose Hugging Face name
+its NNX path maps to.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def load_model(
     jdtype = jnp.dtype(dtype)
     wdtype = jnp.dtype(weight_dtype or dtype)
     abstract = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, backend, dtype=jdtype,
-                                                       weight_dtype=wdtype, rngs=nnx.Rngs(0)))
+                                                       weight_dtype=wdtype, rngs=None))
     graphdef, abstract_state = nnx.split(abstract)
     tensors = _open_tensors(folder)
 
