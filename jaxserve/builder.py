@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jaxserve.config import Config
+from jaxserve.config import Config, ConfigError
 from jaxserve.engine.buckets import all_buckets, decode_buckets
 from jaxserve.engine.llm_engine import LLMEngine
 
@@ -88,7 +88,7 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
     model_cfg = LlamaConfig.from_hf(model_dir)
     max_model_len = config.model.max_model_len or model_cfg.max_position_embeddings
     if max_model_len > model_cfg.max_position_embeddings:
-        raise ValueError(f"model.max_model_len: {max_model_len} exceeds the model's "
+        raise ConfigError(f"model.max_model_len: {max_model_len} exceeds the model's "
                          f"max_position_embeddings {model_cfg.max_position_embeddings}")
     backend = make_attention_backend(config.model.attention_backend)
     weights = config.model.weight_dtype or config.model.dtype

@@ -23,6 +23,7 @@ RUN_OVERRIDES = {
     "attention_backend": "model.attention_backend",
     "dtype": "model.dtype",
     "weight_dtype": "model.weight_dtype",
+    "layers_per_call": "model.layers_per_call",
 }
 
 
@@ -33,6 +34,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-dtype", choices=["float32", "bfloat16"],
                    help="stored weights (default: --dtype); bfloat16 with float32 is mixed precision")
     p.add_argument("--attention-backend", choices=["pallas", "reference", "auto"])
+    p.add_argument("--layers-per-call", type=int,
+                   help="decoder layers per compiled program (a divisor of the layer count); "
+                        "default: the config's (none: the whole model in one program)")
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--max-num-seqs", type=int)
     p.add_argument("--max-num-batched-tokens", type=int)

@@ -199,6 +199,23 @@ def test_layer_groups_reject_a_bad_split():
         load_config(TINY_CONFIG, {"model.layers_per_call": 1, "scheduler.num_decode_steps": 4})
     with pytest.raises(ConfigError, match="at least 1"):
         load_config(TINY_CONFIG, {"model.layers_per_call": 0, "scheduler.num_decode_steps": 1})
-    with pytest.raises(ValueError, match="must divide the model's 2 layers"):
+    with pytest.raises(ConfigError, match="must divide the model.s 2 layers"):
         LLM(TINY_CONFIG, progress=False, **{"model.layers_per_call": 3,
                                             "scheduler.num_decode_steps": 1})
+
+
+def test_cli_layers_per_call_flag():
+    """--layers-per-call reaches the config, and a config it breaks is a clean error from the
+    CLI, not a traceback."""
+    from jaxserve.cli import config_from_args, main, parser
+    from jaxserve.config import ConfigError
+    from tests.conftest import TINY_CONFIG
+
+    flags = ["--config", str(TINY_CONFIG), "--prompt", "hi", "--max-tokens", "2"]
+    args = parser().parse_args(["generate", *flags, "--layers-per-call", "1"])
+    # tiny.yaml keeps the default 4 decode steps per call, which groups cannot run
+    with pytest.raises(ConfigError, match="num_decode_steps"):
+        config_from_args(args)
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", *flags, "--layers-per-call", "1"])
+    assert "invalid config: model.layers_per_call" in str(exc.value)

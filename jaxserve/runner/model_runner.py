@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxserve.config import ConfigError
 from jaxserve.engine.llm_engine import StepResult
 from jaxserve.engine.step_inputs import StepInputs
 from jaxserve.models.attention_metadata import AttentionMetadata
@@ -114,7 +115,7 @@ class ModelRunner:
         # one-step buckets as embed + layer-group + head programs (runner/layer_groups.py)
         self.layer_groups = None
         if layers_per_call is not None and cfg.num_hidden_layers % layers_per_call:
-            raise ValueError(f"model.layers_per_call: {layers_per_call} must divide the "
+            raise ConfigError(f"model.layers_per_call: {layers_per_call} must divide the "
                              f"model's {cfg.num_hidden_layers} layers")
         if layers_per_call is not None and layers_per_call < cfg.num_hidden_layers:
             if num_decode_steps > 1:
