@@ -55,6 +55,18 @@ def _top_k_top_p_mask(logits: jax.Array, sm: SamplingMetadata) -> jax.Array:  # 
     return jnp.where(logits < threshold, _NEG_INF, logits)
 
 
+def argmax(x: jax.Array) -> jax.Array:  # f32[R, V] -> i32[R]
+    """jnp.argmax over the last axis (first index of the maximum; a row with a NaN gives its
+    first NaN, as jnp.argmax does) as a max and a min over the vocabulary. XLA:CPU runs
+    jnp.argmax as a (value, index) reduce that does not vectorize: 1.77 ms for 16 rows of
+    SmolLM2's 49,152 logits, against 0.40 ms this way (0.25 against 0.05 ms for one row)."""
+    vocab = x.shape[-1]
+    top = jnp.max(x, axis=-1, keepdims=True)  # f32[R, 1]; NaN if the row holds one
+    hit = (x == top) | jnp.isnan(x)  # bool[R, V]
+    ids = jnp.arange(vocab, dtype=jnp.int32)
+    return jnp.min(jnp.where(hit, ids, vocab), axis=-1)
+
+
 def _gumbel_noise(sm: SamplingMetadata, vocab: int) -> jax.Array:  # f32[R, V]
     def one_row(key_data, step):
         key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl="threefry2x32"), step)
@@ -75,7 +87,7 @@ def sample(
     x = x.at[row_ids, safe_bias_ids].add(sm.bias_values, mode="drop")
     # the grammar comes last, so no bias or penalty can push a forbidden token back in
     x = jax.lax.cond(sm.any_mask, _apply_bitmask, lambda lg, _: lg, x, sm)
-    greedy_tokens = jnp.argmax(x, axis=-1).astype(jnp.int32)  # i32[R]
+    greedy_tokens = argmax(x)  # i32[R]
 
     def draw(x):
         greedy = sm.temperature <= 0.0
@@ -86,7 +98,7 @@ def sample(
         scaled = jnp.where(probs < floor, _NEG_INF, scaled)
         # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits), with no
         # cumulative sum and no host round trip
-        drawn = jnp.argmax(scaled + _gumbel_noise(sm, vocab), axis=-1).astype(jnp.int32)
+        drawn = argmax(scaled + _gumbel_noise(sm, vocab))
         return jnp.where(greedy, greedy_tokens, drawn)
 
     tokens = jax.lax.cond(sm.any_random, draw, lambda _: greedy_tokens, x)

@@ -142,3 +142,17 @@ def test_logprobs_are_skipped_when_no_row_wants_them():
     tokens, lp, top_ids, top_lp = jax.device_get(_sample(logits, sm))
     np.testing.assert_array_equal(tokens, logits.argmax(-1))
     assert not lp.any() and not top_ids.any() and not top_lp.any()
+
+
+def test_argmax_matches_jnp_argmax_on_ties_nan_and_masked_rows():
+    from jaxserve.runner.sampler import argmax
+
+    x = random_logits(6, seed=3)
+    x[1, [5, 40]] = x[1].max() + 1  # a tie: the first index wins
+    x[2, [7, 30]] = np.nan  # NaN: the first NaN, as jnp.argmax
+    x[3] = -np.inf  # everything masked
+    x[4, 63] = np.inf
+    x[5] = np.float32(-1e30)  # the sampler's mask value everywhere
+    got = np.asarray(jax.jit(argmax)(x))
+    np.testing.assert_array_equal(got, np.asarray(jax.numpy.argmax(x, axis=-1)))
+    assert list(got[:3]) == [x[0].argmax(), 5, 7]
