@@ -62,7 +62,9 @@ def fill(inputs: StepInputs, q_lens: list[int], kv_lens: list[int], page_size: i
 
 def synthetic_step(config, cfg, model, max_seqs: int, num_decode_steps: int = 1):
     """A runner with room for max_seqs full-length sequences, an input builder without ladders
-    (the caller names each bucket), and pages per sequence: what ``fill`` needs."""
+    (the caller names each bucket), and pages per sequence: what ``fill`` needs. The runner
+    splits steps into layer groups as the config does (``model.layers_per_call``), except for
+    multi-step decoding, which needs the whole model in one program."""
     from jaxserve.runner.model_runner import ModelRunner
 
     page_size = config.cache.page_size
@@ -70,7 +72,8 @@ def synthetic_step(config, cfg, model, max_seqs: int, num_decode_steps: int = 1)
     pages_per_seq = -(-max_len // page_size)
     runner = ModelRunner(model, num_pages=max(config.cache.num_pages, max_seqs * pages_per_seq),
                          page_size=page_size, max_num_seqs=max_seqs, max_rows=max_seqs,
-                         num_decode_steps=num_decode_steps)
+                         num_decode_steps=num_decode_steps,
+                         layers_per_call=config.model.layers_per_call if num_decode_steps == 1 else None)
     builder = StepInputBuilder(token_buckets=[], seq_buckets=[], page_size=page_size,
                                max_pages_per_seq=pages_per_seq, max_model_len=max_len,
                                eos_token_ids=cfg.eos_token_ids, vocab_size=cfg.vocab_size)
@@ -106,6 +109,8 @@ def main() -> None:
                    help="earlier tokens of the sequence before the timed chunk")
     p.add_argument("--dtype", default=None, help="override model.dtype")
     p.add_argument("--weight-dtype", default=None, help="override model.weight_dtype")
+    p.add_argument("--layers-per-call", type=int, default=None,
+                   help="override model.layers_per_call (0: the whole model in one program)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--result-json", default=None)
     args = p.parse_args()
@@ -115,7 +120,11 @@ def main() -> None:
     from jaxserve.pull import resolve_model
     from jaxserve.runner.attention import make_attention_backend
     from jaxserve.runner.compile_cache import enable_persistent_cache
-    config = load_config(args.config)
+    overrides = {}
+    if args.layers_per_call is not None:
+        overrides["model.layers_per_call"] = args.layers_per_call or None
+        overrides["scheduler.num_decode_steps"] = 1
+    config = load_config(args.config, overrides)
     enable_persistent_cache()
     model_dir = resolve_model(config.model.path)
     cfg = LlamaConfig.from_hf(model_dir)
