@@ -119,8 +119,8 @@ class ModelRunner:
                              f"model's {cfg.num_hidden_layers} layers")
         if layers_per_call is not None and layers_per_call < cfg.num_hidden_layers:
             if num_decode_steps > 1:
-                raise ValueError("model.layers_per_call splits a step into several calls; it "
-                                 "needs scheduler.num_decode_steps: 1")
+                raise ConfigError("model.layers_per_call splits a step into several calls; it "
+                                  "needs scheduler.num_decode_steps: 1")
             self.layer_groups = LayerGroups(model, layers_per_call, max_rows)
 
     # ---- compilation -------------------------------------------------------------------------
