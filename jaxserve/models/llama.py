@@ -14,7 +14,7 @@ from flax import nnx
 from jaxserve.models.attention_metadata import AttentionBackend, AttentionMetadata
 from jaxserve.models.layers import Embed, Linear
 from jaxserve.models.llama_config import LlamaConfig
-from jaxserve.models.rope import apply_rope, inverse_frequencies
+from jaxserve.models.rope import apply_rope, inverse_frequencies, rope_tables
 
 
 class LlamaAttention(nnx.Module):
@@ -35,18 +35,17 @@ class LlamaAttention(nnx.Module):
     def __call__(
         self,
         x: jax.Array,  # [T, hidden]
-        positions: jax.Array,  # i32[T]
+        rope: tuple[jax.Array, jax.Array],  # cos, sin: f32[T, D/2] each (step_rope)
         kv_pages: jax.Array,  # [num_pages, 2, Hkv, page_size, D]
         md: AttentionMetadata,
     ) -> tuple[jax.Array, jax.Array]:  # [T, hidden], updated kv_pages
         cfg = self.cfg
         t = x.shape[0]
-        inv_freq = jnp.asarray(inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
         q = self.q_proj(x).reshape(t, cfg.num_attention_heads, cfg.head_dim)  # [T, Hq, D]
         k = self.k_proj(x).reshape(t, cfg.num_key_value_heads, cfg.head_dim)  # [T, Hkv, D]
         v = self.v_proj(x).reshape(t, cfg.num_key_value_heads, cfg.head_dim)  # [T, Hkv, D]
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
+        q = apply_rope(q, *rope)
+        k = apply_rope(k, *rope)
         kv_pages = self.backend.update_kv(kv_pages, k, v, md.slot_mapping)
         out = self.backend.attention(
             q, kv_pages, md.kv_lens, md.page_table, md.cu_q_lens, md.num_seqs,
@@ -89,8 +88,8 @@ class LlamaDecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
         self.mlp = LlamaMLP(cfg, dtype=dtype, weight_dtype=weight_dtype, rngs=rngs)
 
-    def __call__(self, x, positions, kv_pages, md):  # x: [T, hidden]
-        attn_out, kv_pages = self.self_attn(self.input_layernorm(x), positions, kv_pages, md)
+    def __call__(self, x, rope, kv_pages, md):  # x: [T, hidden]; rope: step_rope's tables
+        attn_out, kv_pages = self.self_attn(self.input_layernorm(x), rope, kv_pages, md)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, kv_pages
@@ -127,13 +126,21 @@ class LlamaForCausalLM(nnx.Module):
         logits_indices: jax.Array,  # i32[R]: the token rows whose next-token logits are needed
     ) -> tuple[jax.Array, list[jax.Array]]:  # f32[R, vocab], updated kv_caches
         x = self.embed_tokens(input_ids)  # [T, hidden]
+        rope = step_rope(self.cfg, positions)
         new_caches = []
         # A Python loop, not a scan: each layer's cache stays its own donated buffer, so the KV
         # write is an in-place scatter instead of a copy of the whole stacked cache per step.
         for layer, kv_pages in zip(self.layers, kv_caches):
-            x, kv_pages = layer(x, positions, kv_pages, md)
+            x, kv_pages = layer(x, rope, kv_pages, md)
             new_caches.append(kv_pages)
         return final_logits(self.norm, self.embed_tokens, self.lm_head, x, logits_indices), new_caches
+
+
+def step_rope(cfg: LlamaConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The rotary cos and sin tables of a step's tokens (i32[T] -> f32[T, D/2] twice), computed
+    once and shared by every layer."""
+    inv_freq = jnp.asarray(inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
+    return rope_tables(positions, inv_freq)
 
 
 def final_logits(

@@ -6,7 +6,9 @@ fusion of a program becomes a kernel of its own: a SmolLM2 step program holds ~5
 and start time in proportion (~300 MB and ~2.5 s per bucket). With ``model.layers_per_call`` = G
 below the layer count, a bucket compiles three programs instead:
 
-- ``embed``: the previous step's token hand-over and the embedding lookup, ``[T] -> [T, hidden]``;
+- ``embed``: the previous step's token hand-over and the embedding lookup, ``[T] -> [T, hidden]``,
+  and the step's rotary cos/sin tables (as arguments of the layer calls they stay computed once;
+  inside a program XLA would re-evaluate them in every layer's q and k fusions);
 - ``layers``: G decoder layers, called ``num_layers / G`` times per step with each group's own
   weights and K/V caches (donated, so the caches are still updated in place);
 - ``head``: the final norm, the LM head on the sampled rows, and the sampler.
@@ -19,10 +21,11 @@ step loses is the overlap XLA finds across layer boundaries inside one program: 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxserve.models.attention_metadata import AttentionMetadata
-from jaxserve.models.llama import LlamaForCausalLM, final_logits
+from jaxserve.models.llama import LlamaForCausalLM, final_logits, step_rope
 from jaxserve.runner.handover import keep_last, resolve
 from jaxserve.runner.sampler import sample
 
@@ -35,6 +38,7 @@ class LayerGroups:
         assert len(layers) % layers_per_call == 0, (len(layers), layers_per_call)
         self.per_call = layers_per_call
         self.hidden = model.cfg.hidden_size
+        self.head_dim = model.cfg.head_dim
         self.dtype = model.dtype
         layer_def, first = nnx.split(layers[0])
         treedef = jax.tree.structure(first)
@@ -49,14 +53,17 @@ class LayerGroups:
         norm_def, self.norm_state = nnx.split(model.norm)
         head_def, self.head_state = (None, None) if model.lm_head is None else nnx.split(model.lm_head)
 
-        def embed(embed_state, last_tokens, input_ids, prev_rows):  # -> [T, hidden]
-            return nnx.merge(embed_def, embed_state)(resolve(last_tokens, input_ids, prev_rows))
+        cfg = model.cfg
 
-        def run_layers(group, kv_caches, x, positions, md):  # x: [T, hidden]
+        def embed(embed_state, last_tokens, input_ids, prev_rows, positions):
+            x = nnx.merge(embed_def, embed_state)(resolve(last_tokens, input_ids, prev_rows))
+            return x, step_rope(cfg, positions)  # [T, hidden], (cos, sin) f32[T, D/2] each
+
+        def run_layers(group, kv_caches, x, rope, md):  # x: [T, hidden]
             new_caches = []
             for weights, kv_pages in zip(group, kv_caches):
                 layer = nnx.merge(layer_def, jax.tree.unflatten(treedef, weights))
-                x, kv_pages = layer(x, positions, kv_pages, md)
+                x, kv_pages = layer(x, rope, kv_pages, md)
                 new_caches.append(kv_pages)
             return x, new_caches
 
@@ -74,10 +81,12 @@ class LayerGroups:
     def lower(self, kv_caches, last_tokens, input_ids, prev_rows, positions, md, logits_indices,
               sm) -> _Lowered:
         """Arguments as for the whole-model step (shapes or arrays)."""
-        x = jax.ShapeDtypeStruct((input_ids.shape[0], self.hidden), self.dtype)  # [T, hidden]
+        t = input_ids.shape[0]
+        x = jax.ShapeDtypeStruct((t, self.hidden), self.dtype)  # [T, hidden]
+        half = jax.ShapeDtypeStruct((t, self.head_dim // 2), jnp.float32)  # [T, D/2]
         return _Lowered(self, (
-            self._embed.lower(self.embed_state, last_tokens, input_ids, prev_rows),
-            self._layers.lower(self.groups[0], kv_caches[:self.per_call], x, positions, md),
+            self._embed.lower(self.embed_state, last_tokens, input_ids, prev_rows, positions),
+            self._layers.lower(self.groups[0], kv_caches[:self.per_call], x, (half, half), md),
             self._head.lower(self.embed_state, self.norm_state, self.head_state, x,
                              logits_indices, sm),
         ))
@@ -102,12 +111,12 @@ class GroupedStep:
         g = self.g
         # what every layer call reads goes to the device once; the embedding's and the head's
         # own inputs go with their one call (jax.device_put of every input cost ~0.4 ms a step)
-        positions, md = jax.device_put((positions, md))
-        x = self.embed(g.embed_state, last_tokens, input_ids, prev_rows)  # [T, hidden]
+        md = jax.device_put(md)
+        x, rope = self.embed(g.embed_state, last_tokens, input_ids, prev_rows, positions)
         new_caches = []
         for i, group in enumerate(g.groups):
             x, caches = self.layers(group, kv_caches[i * g.per_call:(i + 1) * g.per_call], x,
-                                    positions, md)
+                                    rope, md)
             new_caches.extend(caches)
         outs, last_tokens = self.head(g.embed_state, g.norm_state, g.head_state, x,
                                       logits_indices, sm)
