@@ -126,14 +126,24 @@ class LlamaForCausalLM(nnx.Module):
         logits_indices: jax.Array,  # i32[R]: the token rows whose next-token logits are needed
     ) -> tuple[jax.Array, list[jax.Array]]:  # f32[R, vocab], updated kv_caches
         x = self.embed_tokens(input_ids)  # [T, hidden]
-        rope = step_rope(self.cfg, positions)
-        new_caches = []
-        # A Python loop, not a scan: each layer's cache stays its own donated buffer, so the KV
-        # write is an in-place scatter instead of a copy of the whole stacked cache per step.
-        for layer, kv_pages in zip(self.layers, kv_caches):
-            x, kv_pages = layer(x, rope, kv_pages, md)
-            new_caches.append(kv_pages)
+        x, new_caches = run_layers(self.layers, x, step_rope(self.cfg, positions), kv_caches, md)
         return final_logits(self.norm, self.embed_tokens, self.lm_head, x, logits_indices), new_caches
+
+
+def run_layers(
+    layers,  # decoder layers, in order
+    x: jax.Array,  # [T, hidden]
+    rope: tuple[jax.Array, jax.Array],  # step_rope's cos, sin
+    kv_caches: list[jax.Array],  # one [num_pages, 2, Hkv, page_size, D] per layer
+    md: AttentionMetadata,
+) -> tuple[jax.Array, list[jax.Array]]:  # [T, hidden], updated kv_caches
+    # A Python loop, not a scan: each layer's cache stays its own donated buffer, so the KV
+    # write is an in-place scatter instead of a copy of the whole stacked cache per step.
+    new_caches = []
+    for layer, kv_pages in zip(layers, kv_caches):
+        x, kv_pages = layer(x, rope, kv_pages, md)
+        new_caches.append(kv_pages)
+    return x, new_caches
 
 
 def step_rope(cfg: LlamaConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -22,11 +22,10 @@ time, for a tenth of its size (docs/performance.md).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxserve.models.attention_metadata import AttentionMetadata
-from jaxserve.models.llama import LlamaForCausalLM, final_logits, step_rope
+from jaxserve.models.llama import LlamaForCausalLM, final_logits, run_layers, step_rope
 from jaxserve.runner.handover import keep_last, resolve
 from jaxserve.runner.sampler import sample
 
@@ -38,9 +37,6 @@ class LayerGroups:
         layers = list(model.layers)
         assert len(layers) % layers_per_call == 0, (len(layers), layers_per_call)
         self.per_call = layers_per_call
-        self.hidden = model.cfg.hidden_size
-        self.head_dim = model.cfg.head_dim
-        self.dtype = model.dtype
         layer_def, first = nnx.split(layers[0])
         treedef = jax.tree.structure(first)
         flat = []  # per layer: its weights as a flat tuple (cheap to pass at every call)
@@ -60,13 +56,9 @@ class LayerGroups:
             x = nnx.merge(embed_def, embed_state)(resolve(last_tokens, input_ids, prev_rows))
             return x, step_rope(cfg, positions)  # [T, hidden], (cos, sin) f32[T, D/2] each
 
-        def run_layers(group, kv_caches, x, rope, md):  # x: [T, hidden]
-            new_caches = []
-            for weights, kv_pages in zip(group, kv_caches):
-                layer = nnx.merge(layer_def, jax.tree.unflatten(treedef, weights))
-                x, kv_pages = layer(x, rope, kv_pages, md)
-                new_caches.append(kv_pages)
-            return x, new_caches
+        def group_layers(group, kv_caches, x, rope, md):  # x: [T, hidden]
+            layers = [nnx.merge(layer_def, jax.tree.unflatten(treedef, w)) for w in group]
+            return run_layers(layers, x, rope, kv_caches, md)
 
         def head(embed_state, norm_state, head_state, x, logits_indices, sm):
             lm_head = None if head_def is None else nnx.merge(head_def, head_state)
@@ -76,18 +68,17 @@ class LayerGroups:
             return out, keep_last(out[0], max_rows)
 
         self._embed = jax.jit(embed)
-        self._layers = jax.jit(run_layers, donate_argnums=(1,))
+        self._layers = jax.jit(group_layers, donate_argnums=(1,))
         self._head = jax.jit(head)
 
     def lower(self, kv_caches, last_tokens, input_ids, prev_rows, positions, md, logits_indices,
               sm) -> _Lowered:
         """Arguments as for the whole-model step (shapes or arrays)."""
-        t = input_ids.shape[0]
-        x = jax.ShapeDtypeStruct((t, self.hidden), self.dtype)  # [T, hidden]
-        half = jax.ShapeDtypeStruct((t, self.head_dim // 2), jnp.float32)  # [T, D/2]
+        embed = self._embed.lower(self.embed_state, last_tokens, input_ids, prev_rows, positions)
+        x, rope = embed.out_info  # the shapes the embedding program hands to the layer calls
         return _Lowered(self, (
-            self._embed.lower(self.embed_state, last_tokens, input_ids, prev_rows, positions),
-            self._layers.lower(self.groups[0], kv_caches[:self.per_call], x, (half, half), md),
+            embed,
+            self._layers.lower(self.groups[0], kv_caches[:self.per_call], x, rope, md),
             self._head.lower(self.embed_state, self.norm_state, self.head_state, x,
                              logits_indices, sm),
         ))
