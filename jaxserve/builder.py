@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +73,11 @@ def eos_ids(model_dir: Path, tokenizer, config_eos: tuple[int, ...]) -> tuple[in
 
 
 def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, EngineInfo]:
+    """Weights load on a thread of their own while this one loads the tokenizer and lowers every
+    bucket from the model's shapes (tracing holds the GIL, reading and converting the weights
+    mostly does not), and XLA compiles (or loads from its cache) what was lowered."""
     from jaxserve.models.llama_config import LlamaConfig
-    from jaxserve.models.loader import load_model
+    from jaxserve.models.loader import abstract_model, load_weights
     from jaxserve.pull import resolve_model
     from jaxserve.runner.attention import make_attention_backend
     from jaxserve.runner.compile_cache import backend_compile_count, enable_persistent_cache
@@ -84,7 +88,6 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
     backend_compile_count()  # install the listener before the first compilation
     start = time.perf_counter()
     model_dir = resolve_model(config.model.path)
-    tokenizer = load_tokenizer(model_dir, config.model.chat_template)
     model_cfg = LlamaConfig.from_hf(model_dir)
     max_model_len = config.model.max_model_len or model_cfg.max_position_embeddings
     if max_model_len > model_cfg.max_position_embeddings:
@@ -94,27 +97,36 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
     weights = config.model.weight_dtype or config.model.dtype
     _log(f"loading {model_dir} ({config.model.dtype}, {weights} weights, "
          f"attention={backend.name})", progress)
-    model = load_model(model_dir, backend, config.model.dtype, config.model.weight_dtype)
-    load_seconds = time.perf_counter() - start
-    _log(f"model loaded in {load_seconds:.1f}s", progress)
+    abstract = abstract_model(model_dir, backend, config.model.dtype, config.model.weight_dtype)
+    load_seconds = 0.0
 
-    sched = config.scheduler
-    runner = ModelRunner(model, num_pages=config.cache.num_pages, page_size=config.cache.page_size,
-                         max_num_seqs=sched.max_num_seqs, max_rows=sched.seq_buckets[-1],
-                         num_decode_steps=sched.num_decode_steps,
-                         layers_per_call=config.model.layers_per_call)
-    eos = eos_ids(model_dir, tokenizer, model_cfg.eos_token_ids)
-    engine = LLMEngine(config, runner, tokenizer, max_model_len=max_model_len,
-                       vocab_size=model_cfg.vocab_size, eos_token_ids=eos,
-                       constraint_factory=GrammarBackend(tokenizer, model_cfg.vocab_size, eos))
-    buckets = all_buckets(sched.token_buckets, sched.seq_buckets)
-    padding = [engine.inputs.padding_inputs(b) for b in buckets]
-    if sched.num_decode_steps > 1:
-        widest = min(sched.max_num_seqs, sched.multi_step_max_seqs or sched.max_num_seqs)
-        padding += [engine.inputs.padding_inputs(b, sched.num_decode_steps)
-                    for b in decode_buckets(sched.token_buckets, sched.seq_buckets, widest)]
-    compile_seconds = runner.warmup(padding, progress)
-    _log(f"{len(buckets)} buckets ready in {compile_seconds:.1f}s", progress)
+    def load():
+        nonlocal load_seconds
+        model = load_weights(model_dir, abstract)
+        load_seconds = time.perf_counter() - start
+        _log(f"weights loaded in {load_seconds:.1f}s", progress)
+        return model
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxserve-weights") as loader:
+        loading = loader.submit(load)
+        tokenizer = load_tokenizer(model_dir, config.model.chat_template)
+        sched = config.scheduler
+        runner = ModelRunner(abstract, num_pages=config.cache.num_pages,
+                             page_size=config.cache.page_size, max_num_seqs=sched.max_num_seqs,
+                             max_rows=sched.seq_buckets[-1], num_decode_steps=sched.num_decode_steps,
+                             layers_per_call=config.model.layers_per_call)
+        eos = eos_ids(model_dir, tokenizer, model_cfg.eos_token_ids)
+        engine = LLMEngine(config, runner, tokenizer, max_model_len=max_model_len,
+                           vocab_size=model_cfg.vocab_size, eos_token_ids=eos,
+                           constraint_factory=GrammarBackend(tokenizer, model_cfg.vocab_size, eos))
+        buckets = all_buckets(sched.token_buckets, sched.seq_buckets)
+        padding = [engine.inputs.padding_inputs(b) for b in buckets]
+        if sched.num_decode_steps > 1:
+            widest = min(sched.max_num_seqs, sched.multi_step_max_seqs or sched.max_num_seqs)
+            padding += [engine.inputs.padding_inputs(b, sched.num_decode_steps)
+                        for b in decode_buckets(sched.token_buckets, sched.seq_buckets, widest)]
+        compile_seconds = runner.warmup(padding, progress, weights=loading.result)
+    _log(f"{len(buckets)} buckets ready in {time.perf_counter() - start:.1f}s from the start", progress)
     info = EngineInfo(model_dir, config.model.model_name, max_model_len, model_cfg.vocab_size,
                       eos, backend.name, load_seconds, compile_seconds)
     return engine, info

@@ -34,21 +34,13 @@ class LayerGroups:
     """Lowers and runs one bucket's step as ``embed``, ``num_groups`` x ``layers``, ``head``."""
 
     def __init__(self, model: LlamaForCausalLM, layers_per_call: int, max_rows: int):
-        layers = list(model.layers)
-        assert len(layers) % layers_per_call == 0, (len(layers), layers_per_call)
+        assert len(model.layers) % layers_per_call == 0, (len(model.layers), layers_per_call)
         self.per_call = layers_per_call
-        layer_def, first = nnx.split(layers[0])
+        layer_def, first = nnx.split(model.layers[0])
         treedef = jax.tree.structure(first)
-        flat = []  # per layer: its weights as a flat tuple (cheap to pass at every call)
-        for layer in layers:
-            graphdef, state = nnx.split(layer)
-            assert graphdef == layer_def, "every decoder layer must have the same structure"
-            flat.append(tuple(jax.tree.leaves(state)))
-        self.groups = [tuple(flat[i:i + layers_per_call])
-                       for i in range(0, len(flat), layers_per_call)]
-        embed_def, self.embed_state = nnx.split(model.embed_tokens)
-        norm_def, self.norm_state = nnx.split(model.norm)
-        head_def, self.head_state = (None, None) if model.lm_head is None else nnx.split(model.lm_head)
+        embed_def, norm_def = nnx.graphdef(model.embed_tokens), nnx.graphdef(model.norm)
+        head_def = None if model.lm_head is None else nnx.graphdef(model.lm_head)
+        self.attach_weights(model)
 
         cfg = model.cfg
 
@@ -70,6 +62,19 @@ class LayerGroups:
         self._embed = jax.jit(embed)
         self._layers = jax.jit(group_layers, donate_argnums=(1,))
         self._head = jax.jit(head)
+
+    def attach_weights(self, model: LlamaForCausalLM) -> None:
+        """Take the model's arrays (or, for lowering only, its ShapeDtypeStructs)."""
+        layer_def = nnx.graphdef(model.layers[0])
+        flat = []  # per layer: its weights as a flat tuple (cheap to pass at every call)
+        for layer in model.layers:
+            graphdef, state = nnx.split(layer)
+            assert graphdef == layer_def, "every decoder layer must have the same structure"
+            flat.append(tuple(jax.tree.leaves(state)))
+        self.groups = [tuple(flat[i:i + self.per_call]) for i in range(0, len(flat), self.per_call)]
+        self.embed_state = nnx.state(model.embed_tokens)
+        self.norm_state = nnx.state(model.norm)
+        self.head_state = None if model.lm_head is None else nnx.state(model.lm_head)
 
     def lower(self, kv_caches, last_tokens, input_ids, prev_rows, positions, md, logits_indices,
               sm) -> _Lowered:

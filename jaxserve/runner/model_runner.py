@@ -17,10 +17,10 @@ tokens from there, so that hand-over never visits the host.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -33,6 +33,7 @@ from jaxserve.engine.llm_engine import StepResult
 from jaxserve.engine.step_inputs import StepInputs
 from jaxserve.models.attention_metadata import AttentionMetadata
 from jaxserve.models.llama import LlamaForCausalLM
+from jaxserve.models.loader import is_abstract
 from jaxserve.runner.compile_cache import backend_compile_count, release_free_memory
 from jaxserve.runner.handover import keep_last, resolve
 from jaxserve.runner.layer_groups import LayerGroups
@@ -47,10 +48,11 @@ class ModelRunner:
         cfg = model.cfg
         self.cfg = cfg
         self.graphdef, self.state = nnx.split(model)
-        dtype = model.dtype  # K/V in the activations' dtype
-        shape = (num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim)
-        # [num_pages, 2, Hkv, page_size, D] per layer
-        self.kv_caches = [jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)]
+        # [num_pages, 2, Hkv, page_size, D] per layer, K/V in the activations' dtype; allocated
+        # with the weights (attach_weights), lowered from this spec before
+        self.kv_spec = jax.ShapeDtypeStruct(
+            (num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim), model.dtype)
+        self.kv_caches: list[jax.Array] | None = None
         # i32[R]: the last token each sample row of the latest step drew; R = the widest bucket
         self.last_tokens = jnp.zeros(max_rows, jnp.int32)
         self.num_pages = num_pages
@@ -122,6 +124,19 @@ class ModelRunner:
                 raise ConfigError("model.layers_per_call splits a step into several calls; it "
                                   "needs scheduler.num_decode_steps: 1")
             self.layer_groups = LayerGroups(model, layers_per_call, max_rows)
+        if not is_abstract(self.state):
+            self.attach_weights(model)
+
+    def attach_weights(self, model: LlamaForCausalLM) -> None:
+        """The weights of a runner built from ``loader.abstract_model`` (its programs may be
+        lowered and compiled already: they take the weights as arguments), and the K/V cache."""
+        graphdef, self.state = nnx.split(model)
+        assert graphdef == self.graphdef, "the weights belong to another model"
+        if self.layer_groups is not None:
+            self.layer_groups.attach_weights(model)
+        if self.kv_caches is None:
+            spec = self.kv_spec
+            self.kv_caches = [jnp.zeros(spec.shape, spec.dtype) for _ in range(self.cfg.num_hidden_layers)]
 
     # ---- compilation -------------------------------------------------------------------------
     def device_args(self, inputs: StepInputs) -> tuple:
@@ -138,26 +153,30 @@ class ModelRunner:
             lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
             self.device_args(inputs),
         )
+        kv = [self.kv_spec] * self.cfg.num_hidden_layers
         if self.layer_groups is not None:
-            return self.layer_groups.lower(self.kv_caches, self.last_tokens, *specs)
+            return self.layer_groups.lower(kv, self.last_tokens, *specs)
         fn = self.step_fn if inputs.num_steps == 1 else self.decode_steps_fn
-        return fn.lower(self.state, self.kv_caches, self.last_tokens, *specs)
+        return fn.lower(self.state, kv, self.last_tokens, *specs)
 
     def _bind(self, compiled):
         """A compiled step as a call of (kv_caches, last_tokens, *device_args)."""
         if self.layer_groups is not None:
-            return compiled  # a GroupedStep holds its weights
-        return functools.partial(compiled, self.state)
+            return compiled  # a GroupedStep reads the weights from the LayerGroups
+        return lambda *args: compiled(self.state, *args)  # the weights as attached at the call
 
     def _compile(self, inputs: StepInputs):
         return self._bind(self._lower(inputs).compile())
 
-    def warmup(self, padding_inputs: list[StepInputs], progress: bool = True) -> float:
+    def warmup(self, padding_inputs: list[StepInputs], progress: bool = True,
+               weights: Callable[[], LlamaForCausalLM] | None = None) -> float:
         """Compile every bucket ahead of time; returns the seconds it took.
 
         Tracing and lowering hold the GIL; XLA's compilation (or, with a warm persistent cache,
-        its loading of the executable, ~2.5 s each for SmolLM2 on CPU) does not. So buckets are
-        lowered here, one after another, while worker threads compile the ones lowered before.
+        its loading of the executable) does not. So buckets are lowered here, one after another,
+        while worker threads compile the ones lowered before. A runner built on an abstract
+        model is lowered from shapes alone; ``weights`` (e.g. a loading future's ``result``)
+        then gives it its weights once every bucket is lowered.
         """
         start = time.perf_counter()
         done = itertools.count(1)
@@ -173,6 +192,8 @@ class ModelRunner:
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxserve-compile") as pool:
             jobs = [pool.submit(compile_one, inputs, self._lower(inputs)) for inputs in padding_inputs]
+            if weights is not None:
+                self.attach_weights(weights())
             for job in jobs:
                 job.result()  # re-raises a failed compilation here
         src = np.full(self.max_copies, 0, np.int32)
