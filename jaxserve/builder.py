@@ -84,7 +84,7 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
     from jaxserve.runner.model_runner import ModelRunner
     from jaxserve.structured import GrammarBackend
 
-    enable_persistent_cache()
+    xla_cache = enable_persistent_cache()
     backend_compile_count()  # install the listener before the first compilation
     start = time.perf_counter()
     model_dir = resolve_model(config.model.path)
@@ -114,7 +114,8 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
         runner = ModelRunner(abstract, num_pages=config.cache.num_pages,
                              page_size=config.cache.page_size, max_num_seqs=sched.max_num_seqs,
                              max_rows=sched.seq_buckets[-1], num_decode_steps=sched.num_decode_steps,
-                             layers_per_call=config.model.layers_per_call)
+                             layers_per_call=config.model.layers_per_call,
+                             program_dir=None if xla_cache is None else xla_cache / "programs")
         eos = eos_ids(model_dir, tokenizer, model_cfg.eos_token_ids)
         engine = LLMEngine(config, runner, tokenizer, max_model_len=max_model_len,
                            vocab_size=model_cfg.vocab_size, eos_token_ids=eos,

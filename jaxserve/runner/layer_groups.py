@@ -27,15 +27,18 @@ from flax import nnx
 from jaxserve.models.attention_metadata import AttentionMetadata
 from jaxserve.models.llama import LlamaForCausalLM, final_logits, run_layers, step_rope
 from jaxserve.runner.handover import keep_last, resolve
+from jaxserve.runner.program_cache import ProgramCache
 from jaxserve.runner.sampler import sample
 
 
 class LayerGroups:
     """Lowers and runs one bucket's step as ``embed``, ``num_groups`` x ``layers``, ``head``."""
 
-    def __init__(self, model: LlamaForCausalLM, layers_per_call: int, max_rows: int):
+    def __init__(self, model: LlamaForCausalLM, layers_per_call: int, max_rows: int,
+                 programs: ProgramCache):
         assert len(model.layers) % layers_per_call == 0, (len(model.layers), layers_per_call)
         self.per_call = layers_per_call
+        self.programs = programs
         layer_def, first = nnx.split(model.layers[0])
         treedef = jax.tree.structure(first)
         embed_def, norm_def = nnx.graphdef(model.embed_tokens), nnx.graphdef(model.norm)
@@ -79,13 +82,16 @@ class LayerGroups:
     def lower(self, kv_caches, last_tokens, input_ids, prev_rows, positions, md, logits_indices,
               sm) -> _Lowered:
         """Arguments as for the whole-model step (shapes or arrays)."""
-        embed = self._embed.lower(self.embed_state, last_tokens, input_ids, prev_rows, positions)
+        lower = self.programs.lower
+        embed = lower("embed", self._embed,
+                      (self.embed_state, last_tokens, input_ids, prev_rows, positions))
         x, rope = embed.out_info  # the shapes the embedding program hands to the layer calls
         return _Lowered(self, (
             embed,
-            self._layers.lower(self.groups[0], kv_caches[:self.per_call], x, rope, md),
-            self._head.lower(self.embed_state, self.norm_state, self.head_state, x,
-                             logits_indices, sm),
+            lower("group_layers", self._layers,
+                  (self.groups[0], kv_caches[:self.per_call], x, rope, md), donate_argnums=(1,)),
+            lower("head", self._head,
+                  (self.embed_state, self.norm_state, self.head_state, x, logits_indices, sm)),
         ))
 
 

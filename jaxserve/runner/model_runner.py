@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,7 @@ from jaxserve.models.loader import is_abstract
 from jaxserve.runner.compile_cache import backend_compile_count, release_free_memory
 from jaxserve.runner.handover import keep_last, resolve
 from jaxserve.runner.layer_groups import LayerGroups
+from jaxserve.runner.program_cache import ProgramCache, describe_function
 from jaxserve.runner.sampler import sample
 from jaxserve.runner.sampling_metadata import SamplingMetadata
 
@@ -44,9 +46,16 @@ from jaxserve.runner.sampling_metadata import SamplingMetadata
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, *, num_pages: int, page_size: int,
                  max_num_seqs: int, max_rows: int, num_decode_steps: int = 1,
-                 layers_per_call: int | None = None):
+                 layers_per_call: int | None = None, program_dir: Path | None = None):
+        """program_dir: where lowered programs are kept between starts (program_cache.py);
+        None: every start traces them."""
         cfg = model.cfg
         self.cfg = cfg
+        backend = model.layers[0].self_attn.backend
+        self.programs = ProgramCache(program_dir, "|".join(map(str, (
+            repr(cfg), model.dtype, describe_function(backend.attention),
+            describe_function(backend.update_kv), page_size, max_rows, num_decode_steps,
+            layers_per_call))))
         self.graphdef, self.state = nnx.split(model)
         # [num_pages, 2, Hkv, page_size, D] per layer, K/V in the activations' dtype; allocated
         # with the weights (attach_weights), lowered from this spec before
@@ -123,7 +132,7 @@ class ModelRunner:
             if num_decode_steps > 1:
                 raise ConfigError("model.layers_per_call splits a step into several calls; it "
                                   "needs scheduler.num_decode_steps: 1")
-            self.layer_groups = LayerGroups(model, layers_per_call, max_rows)
+            self.layer_groups = LayerGroups(model, layers_per_call, max_rows, self.programs)
         if not is_abstract(self.state):
             self.attach_weights(model)
 
@@ -156,8 +165,10 @@ class ModelRunner:
         kv = [self.kv_spec] * self.cfg.num_hidden_layers
         if self.layer_groups is not None:
             return self.layer_groups.lower(kv, self.last_tokens, *specs)
-        fn = self.step_fn if inputs.num_steps == 1 else self.decode_steps_fn
-        return fn.lower(self.state, kv, self.last_tokens, *specs)
+        name, fn = (("step", self.step_fn) if inputs.num_steps == 1
+                    else ("decode_steps", self.decode_steps_fn))
+        return self.programs.lower(name, fn, (self.state, kv, self.last_tokens, *specs),
+                                   donate_argnums=(1,))
 
     def _bind(self, compiled):
         """A compiled step as a call of (kv_caches, last_tokens, *device_args)."""

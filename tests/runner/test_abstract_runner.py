@@ -10,50 +10,20 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from jaxserve.config import load_config
-from jaxserve.engine.step_inputs import StepInputBuilder
 from jaxserve.models.loader import abstract_model, is_abstract, load_model, load_weights
 from jaxserve.runner.attention import make_attention_backend
-from jaxserve.runner.model_runner import ModelRunner
-from tests.conftest import TINY_CONFIG
-
-
-def _runner(model, layers_per_call):
-    config = load_config(TINY_CONFIG)
-    return ModelRunner(model, num_pages=config.cache.num_pages, page_size=config.cache.page_size,
-                       max_num_seqs=8, max_rows=8, layers_per_call=layers_per_call)
-
-
-def _batch(cfg):
-    """Three sequences, prefill chunks of 5, 3 and 1 tokens in one 16-token bucket."""
-    builder = StepInputBuilder(token_buckets=[16], seq_buckets=[8], page_size=16,
-                               max_pages_per_seq=4, max_model_len=64, eos_token_ids=(2,),
-                               vocab_size=cfg.vocab_size)
-    inputs = builder.padding_inputs((16, 8))
-    q_lens = [5, 3, 1]
-    offset = 0
-    for i, q in enumerate(q_lens):
-        inputs.input_ids[offset:offset + q] = np.arange(q) * 11 + 7 * i + 3
-        inputs.positions[offset:offset + q] = np.arange(q)
-        inputs.slot_mapping[offset:offset + q] = i * 16 + np.arange(q)  # page i
-        inputs.page_table[i, 0] = i
-        inputs.kv_lens[i] = q
-        offset += q
-        inputs.cu_q_lens[i + 1:] = offset
-        inputs.logits_indices[i] = offset - 1
-    inputs.num_seqs[0] = len(q_lens)
-    return inputs
+from tests.runner.tiny_step import tiny_batch, tiny_runner
 
 
 @pytest.mark.parametrize("layers_per_call", [None, 1])
 def test_abstract_runner_with_weights_attached_later_matches(tiny_model_dir, layers_per_call):
     backend = make_attention_backend("reference")
-    loaded = _runner(load_model(tiny_model_dir, backend), layers_per_call)
+    loaded = tiny_runner(load_model(tiny_model_dir, backend), layers_per_call)
     abstract = abstract_model(tiny_model_dir, backend)
     assert is_abstract(nnx.state(abstract))
-    late = _runner(abstract, layers_per_call)
+    late = tiny_runner(abstract, layers_per_call)
     assert late.kv_caches is None  # no K/V cache before the weights
-    inputs = _batch(abstract.cfg)
+    inputs = tiny_batch(abstract.cfg)
     late.warmup([inputs], progress=False, weights=lambda: load_weights(tiny_model_dir, abstract))
     assert late.kv_caches is not None and not is_abstract(late.state)
     for runner in (loaded, late):
