@@ -12,6 +12,7 @@ from pathlib import Path
 from jaxserve.config import Config, ConfigError
 from jaxserve.engine.buckets import all_buckets, decode_buckets
 from jaxserve.engine.llm_engine import LLMEngine
+from jaxserve.engine.step_inputs import StepInputBuilder
 
 
 @dataclass
@@ -73,9 +74,9 @@ def eos_ids(model_dir: Path, tokenizer, config_eos: tuple[int, ...]) -> tuple[in
 
 
 def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, EngineInfo]:
-    """Weights load on a thread of their own while this one loads the tokenizer and lowers every
-    bucket from the model's shapes (tracing holds the GIL, reading and converting the weights
-    mostly does not), and XLA compiles (or loads from its cache) what was lowered."""
+    """Weights load on a thread of their own while this one lowers every bucket from the
+    model's shapes (or loads it, program_cache.py) and then loads the tokenizer, and while
+    worker threads have XLA compile (or load from its cache) what was lowered."""
     from jaxserve.models.llama_config import LlamaConfig
     from jaxserve.models.loader import abstract_model, load_weights
     from jaxserve.pull import resolve_model
@@ -109,24 +110,30 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxserve-weights") as loader:
         loading = loader.submit(load)
-        tokenizer = load_tokenizer(model_dir, config.model.chat_template)
         sched = config.scheduler
         runner = ModelRunner(abstract, num_pages=config.cache.num_pages,
                              page_size=config.cache.page_size, max_num_seqs=sched.max_num_seqs,
                              max_rows=sched.seq_buckets[-1], num_decode_steps=sched.num_decode_steps,
                              layers_per_call=config.model.layers_per_call,
                              program_dir=None if xla_cache is None else xla_cache / "programs")
+        # the buckets' shapes need no tokenizer: lower them now, and load the tokenizer while
+        # XLA compiles (or loads) them on worker threads
+        shapes = StepInputBuilder.for_config(config, max_model_len=max_model_len,
+                                             vocab_size=model_cfg.vocab_size,
+                                             eos_token_ids=model_cfg.eos_token_ids)
+        buckets = all_buckets(sched.token_buckets, sched.seq_buckets)
+        padding = [shapes.padding_inputs(b) for b in buckets]
+        if sched.num_decode_steps > 1:
+            widest = min(sched.max_num_seqs, sched.multi_step_max_seqs or sched.max_num_seqs)
+            padding += [shapes.padding_inputs(b, sched.num_decode_steps)
+                        for b in decode_buckets(sched.token_buckets, sched.seq_buckets, widest)]
+        runner.start_warmup(padding, progress)
+        tokenizer = load_tokenizer(model_dir, config.model.chat_template)
         eos = eos_ids(model_dir, tokenizer, model_cfg.eos_token_ids)
         engine = LLMEngine(config, runner, tokenizer, max_model_len=max_model_len,
                            vocab_size=model_cfg.vocab_size, eos_token_ids=eos,
                            constraint_factory=GrammarBackend(tokenizer, model_cfg.vocab_size, eos))
-        buckets = all_buckets(sched.token_buckets, sched.seq_buckets)
-        padding = [engine.inputs.padding_inputs(b) for b in buckets]
-        if sched.num_decode_steps > 1:
-            widest = min(sched.max_num_seqs, sched.multi_step_max_seqs or sched.max_num_seqs)
-            padding += [engine.inputs.padding_inputs(b, sched.num_decode_steps)
-                        for b in decode_buckets(sched.token_buckets, sched.seq_buckets, widest)]
-        compile_seconds = runner.warmup(padding, progress, weights=loading.result)
+        compile_seconds = runner.finish_warmup(weights=loading.result)
     _log(f"{len(buckets)} buckets ready in {time.perf_counter() - start:.1f}s from the start", progress)
     info = EngineInfo(model_dir, config.model.model_name, max_model_len, model_cfg.vocab_size,
                       eos, backend.name, load_seconds, compile_seconds)

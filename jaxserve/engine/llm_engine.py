@@ -96,15 +96,8 @@ class LLMEngine:
         self.allocator = PageAllocator(cache.num_pages, cache.page_size,
                                        cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.allocator, max_model_len)
-        self.inputs = StepInputBuilder(
-            token_buckets=config.scheduler.token_buckets,
-            seq_buckets=config.scheduler.seq_buckets,
-            page_size=cache.page_size,
-            max_pages_per_seq=-(-max_model_len // cache.page_size),
-            max_model_len=max_model_len,
-            eos_token_ids=eos_token_ids,
-            vocab_size=vocab_size,
-        )
+        self.inputs = StepInputBuilder.for_config(config, max_model_len=max_model_len,
+                                                  vocab_size=vocab_size, eos_token_ids=eos_token_ids)
         self.outputs = OutputProcessor(tokenizer, eos_token_ids, max_model_len)
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()

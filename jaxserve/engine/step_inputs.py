@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jaxserve.config import Config
 from jaxserve.engine.buckets import pick_pair
 from jaxserve.engine.constraints import bitmask_words
 from jaxserve.engine.scheduler import ScheduledSeq, SchedulerOutput
@@ -53,6 +54,16 @@ class StepInputBuilder:
         self.max_model_len = max_model_len
         self.eos_token_ids = eos_token_ids
         self.bitmask_words = bitmask_words(vocab_size)
+
+    @classmethod
+    def for_config(cls, config: Config, *, max_model_len: int, vocab_size: int,
+                   eos_token_ids: tuple[int, ...]) -> StepInputBuilder:
+        """The engine's builder for a config (eos ids change values, never shapes)."""
+        page_size = config.cache.page_size
+        return cls(token_buckets=config.scheduler.token_buckets,
+                   seq_buckets=config.scheduler.seq_buckets, page_size=page_size,
+                   max_pages_per_seq=-(-max_model_len // page_size), max_model_len=max_model_len,
+                   eos_token_ids=eos_token_ids, vocab_size=vocab_size)
 
     def padding_inputs(self, bucket: tuple[int, int], num_steps: int = 1) -> StepInputs:
         """All-padding inputs of one bucket: the shapes to compile it ahead of time."""

@@ -181,15 +181,20 @@ class ModelRunner:
 
     def warmup(self, padding_inputs: list[StepInputs], progress: bool = True,
                weights: Callable[[], LlamaForCausalLM] | None = None) -> float:
-        """Compile every bucket ahead of time; returns the seconds it took.
+        """Compile every bucket ahead of time; returns the seconds it took."""
+        self.start_warmup(padding_inputs, progress)
+        return self.finish_warmup(weights)
+
+    def start_warmup(self, padding_inputs: list[StepInputs], progress: bool = True) -> None:
+        """Lower every bucket here, then return while worker threads compile them.
 
         Tracing and lowering hold the GIL; XLA's compilation (or, with a warm persistent cache,
-        its loading of the executable) does not. So buckets are lowered here, one after another,
-        while worker threads compile the ones lowered before. A runner built on an abstract
-        model is lowered from shapes alone; ``weights`` (e.g. a loading future's ``result``)
-        then gives it its weights once every bucket is lowered.
+        its loading of the executable) does not. So buckets are lowered one after another
+        while the workers compile the ones lowered before, and once all are lowered the calling
+        thread is free (the builder loads the tokenizer) until ``finish_warmup``. A runner built
+        on an abstract model is lowered from shapes alone.
         """
-        start = time.perf_counter()
+        start = self._warmup_start = time.perf_counter()
         done = itertools.count(1)
 
         def compile_one(inputs: StepInputs, lowered) -> None:  # on a worker thread
@@ -201,18 +206,32 @@ class ModelRunner:
                       f"tokens={inputs.bucket[0]} seqs={inputs.bucket[1]}{steps} "
                       f"({time.perf_counter() - start:.1f}s)", file=sys.stderr, flush=True)
 
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxserve-compile") as pool:
-            jobs = [pool.submit(compile_one, inputs, self._lower(inputs)) for inputs in padding_inputs]
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxserve-compile")
+        self._jobs = []
+        try:
+            for inputs in padding_inputs:
+                self._jobs.append(self._pool.submit(compile_one, inputs, self._lower(inputs)))
+        except BaseException:
+            self._pool.shutdown(cancel_futures=True)
+            raise
+
+    def finish_warmup(self, weights: Callable[[], LlamaForCausalLM] | None = None) -> float:
+        """Wait for every compilation ``start_warmup`` began; ``weights`` (e.g. a loading
+        future's ``result``) gives a runner built on an abstract model its weights. Returns the
+        seconds since ``start_warmup``."""
+        try:
             if weights is not None:
                 self.attach_weights(weights())
-            for job in jobs:
+            for job in self._jobs:
                 job.result()  # re-raises a failed compilation here
+        finally:
+            self._pool.shutdown(cancel_futures=True)
         src = np.full(self.max_copies, 0, np.int32)
         dst = np.full(self.max_copies, self.num_pages, np.int32)
         self.kv_caches = self._copy_pages(self.kv_caches, src, dst)  # compiles the copy too
         self._warm = True
         self.compile_count_at_warmup = backend_compile_count()
-        return time.perf_counter() - start
+        return time.perf_counter() - self._warmup_start
 
     # ---- the step ----------------------------------------------------------------------------
     def launch(self, inputs: StepInputs) -> tuple:
