@@ -72,6 +72,16 @@ def is_abstract(state) -> bool:
     return any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(state))
 
 
+def _aligned_empty(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
+    """An uninitialized C-contiguous array at an ``align``-byte boundary: XLA:CPU adopts such a
+    host buffer without copying it (numpy's own are 16-byte aligned, so each weight would be
+    converted into one buffer and copied into another, whose freed remains glibc keeps)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
 def load_weights(folder: str | Path, abstract: LlamaForCausalLM) -> LlamaForCausalLM:
     """Fill every parameter of an abstract model from the folder's checkpoint tensors."""
     folder = Path(folder)
@@ -87,7 +97,9 @@ def load_weights(folder: str | Path, abstract: LlamaForCausalLM) -> LlamaForCaus
             array = array.T
         if tuple(array.shape) != tuple(spec.shape):
             raise ValueError(f"{name}: checkpoint shape {array.shape}, model expects {spec.shape}")
-        return jax.device_put(np.ascontiguousarray(array, dtype=spec.dtype))
+        host = _aligned_empty(spec.shape, spec.dtype)
+        np.copyto(host, array, casting="unsafe")  # converts and lays out in one pass
+        return jax.device_put(host)  # on CPU an aligned array is taken as is, not copied
 
     state = jax.tree_util.tree_map_with_path(fill, abstract_state)
     return nnx.merge(graphdef, state)
