@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import jax
 from jax import export
+
+log = logging.getLogger("jaxserve.program_cache")
 
 
 @functools.cache
@@ -40,8 +43,10 @@ def _source_fingerprint() -> str:
         for file in sorted(root.rglob("*.py")):
             digest.update(str(file.relative_to(root)).encode())
             digest.update(file.read_bytes())
+    flags = ("jax_enable_x64", "jax_default_matmul_precision", "jax_default_prng_impl",
+             "jax_threefry_partitionable")  # the settings that change what a trace emits
     for part in (jax.__version__, jaxlib.__version__, flax.__version__, jax.default_backend(),
-                 str(jax.config.jax_enable_x64), str(jax.config.jax_default_matmul_precision)):
+                 *(f"{flag}={getattr(jax.config, flag, None)}" for flag in flags)):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()
 
@@ -107,7 +112,10 @@ class ProgramCache:
             self.misses += 1
             flat = jax.jit(lambda *flat_args: fn(*jax.tree.unflatten(tree, flat_args)))
             exported = export.export(flat)(*leaves)
-            self._store(path, exported.serialize())
+            try:
+                self._store(path, exported.serialize())
+            except OSError as e:  # a full or read-only disk costs the next start a trace, no more
+                log.warning("program cache: could not store %s: %s", path.name, e)
         else:
             self.hits += 1
         starts = [0]

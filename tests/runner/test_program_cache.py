@@ -112,3 +112,16 @@ def test_runner_from_stored_programs_matches_a_traced_one(tiny_model_dir, tmp_pa
         np.testing.assert_array_equal(result.tokens, results[0].tokens)
         np.testing.assert_allclose(result.logprobs, results[0].logprobs, rtol=1e-6, atol=1e-6)
     assert all(runner.compilations_after_warmup == 0 for runner in runners)
+
+
+def test_a_full_disk_still_lowers(tmp_path, monkeypatch):
+    from jaxserve.runner import program_cache
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(program_cache.tempfile, "mkstemp", no_space)
+    cache = ProgramCache(tmp_path, "ctx")
+    exe = cache.lower("update", _update, _args()).compile()  # runs, stores nothing
+    np.testing.assert_array_equal(exe(*_args())[0]["a"], np.arange(4) * 2 + 1)
+    assert not list(tmp_path.glob("*.exported")) and cache.misses == 1
