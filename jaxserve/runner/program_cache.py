@@ -137,6 +137,10 @@ class ProgramCache:
     @staticmethod
     def _store(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # atomic: a concurrent start reads a whole file or none
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)  # atomic: a concurrent start reads a whole file or none
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)  # no half-written file left behind
+            raise

@@ -125,3 +125,15 @@ def test_a_full_disk_still_lowers(tmp_path, monkeypatch):
     exe = cache.lower("update", _update, _args()).compile()  # runs, stores nothing
     np.testing.assert_array_equal(exe(*_args())[0]["a"], np.arange(4) * 2 + 1)
     assert not list(tmp_path.glob("*.exported")) and cache.misses == 1
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    from jaxserve.runner import program_cache
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(program_cache.os, "replace", fail)
+    cache = ProgramCache(tmp_path, "ctx")
+    cache.lower("update", _update, _args()).compile()
+    assert list(tmp_path.iterdir()) == []  # neither the program nor its temporary file
