@@ -40,6 +40,7 @@ class LayerGroups:
         self.per_call = layers_per_call
         self.programs = programs
         layer_def, first = nnx.split(model.layers[0])
+        self._layer_def = layer_def  # what every layer's (and every attached layer's) weights fit
         treedef = jax.tree.structure(first)
         embed_def, norm_def = nnx.graphdef(model.embed_tokens), nnx.graphdef(model.norm)
         head_def = None if model.lm_head is None else nnx.graphdef(model.lm_head)
@@ -68,11 +69,10 @@ class LayerGroups:
 
     def attach_weights(self, model: LlamaForCausalLM) -> None:
         """Take the model's arrays (or, for lowering only, its ShapeDtypeStructs)."""
-        layer_def = nnx.graphdef(model.layers[0])
         flat = []  # per layer: its weights as a flat tuple (cheap to pass at every call)
         for layer in model.layers:
             graphdef, state = nnx.split(layer)
-            assert graphdef == layer_def, "every decoder layer must have the same structure"
+            assert graphdef == self._layer_def, "every decoder layer must have the same structure"
             flat.append(tuple(jax.tree.leaves(state)))
         self.groups = [tuple(flat[i:i + self.per_call]) for i in range(0, len(flat), self.per_call)]
         self.embed_state = nnx.state(model.embed_tokens)

@@ -93,6 +93,9 @@ class ProgramCache:
 
     def key(self, name: str, args: tuple) -> str:
         leaves, tree = jax.tree.flatten(args)
+        return self._key(name, leaves, tree)
+
+    def _key(self, name: str, leaves: list, tree) -> str:
         digest = hashlib.sha256()
         for part in (_source_fingerprint(), self.context, name, str(tree)):
             digest.update(part.encode() + b"\0")
@@ -106,7 +109,7 @@ class ProgramCache:
         if self.directory is None:
             return fn.lower(*args)
         leaves, tree = jax.tree.flatten(args)
-        path = self.directory / f"{name}-{self.key(name, args)}.exported"
+        path = self.directory / f"{name}-{self._key(name, leaves, tree)}.exported"
         exported = self._load(path)
         if exported is None:
             self.misses += 1
@@ -118,9 +121,9 @@ class ProgramCache:
                 log.warning("program cache: could not store %s: %s", path.name, e)
         else:
             self.hits += 1
-        starts = [0]
-        for arg in args:
-            starts.append(starts[-1] + len(jax.tree.leaves(arg)))
+        starts = [0]  # where each argument's leaves begin among all the leaves
+        for arg_tree in tree.children():
+            starts.append(starts[-1] + arg_tree.num_leaves)
         donated = tuple(i for a in donate_argnums for i in range(starts[a], starts[a + 1]))
         return _FlatLowered(jax.jit(exported.call, donate_argnums=donated).lower(*leaves))
 
