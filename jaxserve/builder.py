@@ -13,6 +13,7 @@ from jaxserve.config import Config, ConfigError
 from jaxserve.engine.buckets import all_buckets, decode_buckets
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.engine.step_inputs import StepInputBuilder
+from jaxserve.gc_policy import collector_paused
 
 
 @dataclass
@@ -76,7 +77,13 @@ def eos_ids(model_dir: Path, tokenizer, config_eos: tuple[int, ...]) -> tuple[in
 def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, EngineInfo]:
     """Weights load on a thread of their own while this one lowers every bucket from the
     model's shapes (or loads it, program_cache.py) and then loads the tokenizer, and while
-    worker threads have XLA compile (or load from its cache) what was lowered."""
+    worker threads have XLA compile (or load from its cache) what was lowered. No garbage
+    collection runs meanwhile, and what the build leaves is frozen (gc_policy.py)."""
+    with collector_paused():
+        return _build_engine(config, progress)
+
+
+def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo]:
     from jaxserve.models.llama_config import LlamaConfig
     from jaxserve.models.loader import abstract_model, load_weights
     from jaxserve.pull import resolve_model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "generate":
             _generate(args)
         elif args.command == "run":
+            # no garbage collection until the engine is built, imports included; the server
+            # turns it back on once the build has frozen its heap (gc_policy.py)
+            gc.disable()
             from jaxserve.entrypoints.server import serve
 
             serve(config_from_args(args))

@@ -9,6 +9,7 @@ forces the exit.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -34,6 +35,8 @@ def _build_in_background(config: Config, state: ServerState, server: uvicorn.Ser
             failed.set()
             server.should_exit = True
             return
+        finally:
+            gc.enable()  # `jaxserve run` paused it for the start (gc_policy.py)
         state.attach_threadsafe(engine, info)
         log.info("ready: serving %s on http://%s:%d", info.model_name, config.server.host,
                  config.server.port)

@@ -1,0 +1,36 @@
+"""Python's cyclic garbage collector while an engine starts, and after.
+
+A start allocates millions of objects that live as long as the process: jax's and transformers'
+modules, the tokenizer's vocabulary, traced programs. Python collects whenever allocations
+outrun deallocations by a threshold, and every full collection walks all of them again: with the
+collector on, a warm server start spent ~0.7 s of its ~3.4 s collecting (measured with
+``gc.disable()`` around the build: imports 0.85-1.34 -> 0.68-0.72 s, engine built 3.4-5.1 ->
+2.8-3.3 s). So no collection runs during a start; at its end one collection frees what the start
+left in cycles, and ``gc.freeze()`` moves the survivors to a generation no later collection
+walks: a full collection while serving then looks at the request objects only, not at the whole
+heap (vLLM freezes its engine's startup heap the same way).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No automatic collection inside; on success, collect once and freeze what survives.
+
+    The collector's on/off state is restored on leaving, so a caller that paused it earlier
+    (``jaxserve run`` pauses it before its imports) keeps it paused.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+        gc.collect()
+        gc.freeze()
+    finally:
+        if was_enabled:
+            gc.enable()
