@@ -56,6 +56,12 @@ _MASK_VALUE = -1e30  # finite, so a fully masked row gives exp(...) == 0 rather 
 ROWS_PER_WALK = 8  # rows (sequences or query blocks) that walk the pages together
 ROW_BLOCK = 128  # token rows per dense product of a prefill chunk (a causal block, a window)
 WALK_IN_BRANCHES_UP_TO = 4  # tokens: smaller steps hold the decode walk in each cond branch
+# pages per walk iteration: 128 keys with 16-token pages; a lone decode walks 256 keys at a time,
+# half the loop iterations (SmolLM2's full step, bench_attention_ab.py, 60 alternating rounds:
+# one decode at 400 keys 0.96x against 8 pages, at 192 keys 0.96x and 1.005x in two runs; 32
+# pages no better up to 540 keys; 4 decodes at 540 keys 1.05x, so wider steps keep 8)
+PAGES_PER_ITER = 8
+LONE_DECODE_PAGES_PER_ITER = 16
 
 
 def sanitize_cu_q_lens(
@@ -469,12 +475,15 @@ def ref_ragged_paged_attention(
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
     block_q: int = 16,  # queries per page walk in steps longer than max_dense_tokens
-    pages_per_iter: int = 8,  # pages gathered per loop iteration (128 keys with 16-token pages)
+    pages_per_iter: int | None = None,  # pages per walk iteration; None: PAGES_PER_ITER, or
+                                        # LONE_DECODE_PAGES_PER_ITER for a one-token step
     max_dense_tokens: int = 512,  # steps of up to this many tokens attend to their own keys densely
     key_block: int = 256,  # earlier keys per gather for a prefill chunk
 ) -> jax.Array:  # [T, Hq, D]
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = kv_pages.shape[2]
+    if pages_per_iter is None:
+        pages_per_iter = LONE_DECODE_PAGES_PER_ITER if num_tokens == 1 else PAGES_PER_ITER
     group = num_q_heads // num_kv_heads
     # [T, Hkv, G, D]: query heads grouped under the KV head they share (GQA)
     qg = (q.astype(jnp.float32) * sm_scale).reshape(num_tokens, num_kv_heads, group, head_dim)
