@@ -1,6 +1,6 @@
 """Python's cyclic garbage collector while an engine starts, and after.
 
-A start allocates millions of objects that live as long as the process: jax's and transformers'
+A start allocates ~250k container objects that live as long as the process: jax's and transformers'
 modules, the tokenizer's vocabulary, traced programs. Python collects whenever allocations
 outrun deallocations by a threshold, and every full collection walks all of them again: with the
 collector on, a warm server start spent ~0.7 s of its ~3.4 s collecting (measured with
@@ -8,7 +8,9 @@ collector on, a warm server start spent ~0.7 s of its ~3.4 s collecting (measure
 2.8-3.3 s). So no collection runs during a start; at its end one collection frees what the start
 left in cycles, and ``gc.freeze()`` moves the survivors to a generation no later collection
 walks: a full collection while serving then looks at the request objects only, not at the whole
-heap (vLLM freezes its engine's startup heap the same way).
+heap (measured after a SmolLM2 build: 189 ms for a full collection, against none with the
+start frozen). Younger collections still run as before, so cycles among request objects are
+freed as promptly as ever.
 """
 
 from __future__ import annotations

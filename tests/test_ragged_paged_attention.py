@@ -385,3 +385,26 @@ def test_reference_row_blocks_match_naive_loop(monkeypatch, request, row_block):
             ref = np.asarray(ref_ragged_paged_attention(*args, **kw, key_block=16))
             assert rel_err(ref[:num_real], naive_attention(args, **kw)[:num_real]) < 1e-5
             assert (ref[num_real:] == 0).all()
+
+
+@pytest.mark.parametrize("kv_len", [1, 256, 300], ids=["first-key", "one-walk", "two-walks"])
+@pytest.mark.parametrize("pages_per_iter", [None, 8], ids=["lone-default", "eight"])
+def test_one_token_step_walks_its_pages_like_the_naive_loop(kv_len, pages_per_iter):
+    """A one-token step (the lone-decode bucket) walks LONE_DECODE_PAGES_PER_ITER pages per loop
+    iteration by default: its answer is the naive one whether the keys end inside the first
+    walk, on its last slot or in a second one, with NaN in every slot it must not read and a
+    page-table row that is not a multiple of the walk's width."""
+    rng, ps, hkv, d, pages_per_row, num_pages = np.random.default_rng(21), 16, 2, 16, 24, 40
+    page_table = np.full((1, pages_per_row), 10**6, np.int32)  # garbage past the used pages
+    used = -(-kv_len // ps)
+    page_table[0, :used] = rng.permutation(num_pages)[:used]
+    kv_pages = np.full((num_pages, 2, hkv, ps, d), np.nan)
+    for j in range(kv_len):
+        kv_pages[page_table[0, j // ps], :, :, j % ps] = rng.standard_normal((2, hkv, d))
+    args = (jnp.asarray(rng.standard_normal((1, 6, d)), jnp.float32),
+            jnp.asarray(kv_pages, jnp.float32), jnp.asarray([kv_len], jnp.int32),
+            jnp.asarray(page_table), jnp.asarray([0, 1], jnp.int32), jnp.asarray([1], jnp.int32))
+    for window, cap in [(None, None), (37, 3.0)]:
+        kw = {"sm_scale": 0.3, "sliding_window": window, "logits_soft_cap": cap}
+        out = np.asarray(ref_ragged_paged_attention(*args, **kw, pages_per_iter=pages_per_iter))
+        assert rel_err(out, naive_attention(args, **kw)) < 1e-5
