@@ -325,26 +325,18 @@ def _in_step(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap
 def _single_queries(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
                     pages_per_iter):
     """Sequences with exactly one query (decodes) walk all their keys, their own included, one
-    row per sequence. Returns the walking rows' online-softmax states, [W, Hkv, G(, D)] with
-    W = min(S, T), and each one's token (T for a row without a single query)."""
-    num_tokens, num_rows = qg.shape[0], kv_lens.shape[0]
+    row per sequence. Returns the rows' online-softmax states, [S, Hkv, G(, D)], and each row's
+    token (T for a row without a single query)."""
+    num_tokens = qg.shape[0]
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
     one_query = (cu[1:] - cu[:-1]) == 1  # bool[S]
-    # Each such row owns a token, so at most min(S, T) rows walk: those rows first, in order,
-    # and no more of them. A 4-token step of a 16-row bucket walks 4 rows, not a walk's 8 with 4
-    # of padding, and without the loop over walks (bench_attention_ab.py, SmolLM2's full step:
-    # 4 decodes at 540 / 192 keys 0.725x / 0.825x, 2 decodes 0.88x; 16 decodes 0.998-1.036x,
-    # 5 of 16 0.964x, a lone decode 0.99x, steps with a chunk 1.004-1.015x).
-    walkers = min(num_rows, num_tokens)
-    rows = jnp.argsort(~one_query, stable=True)[:walkers]  # i32[W]: single-query rows first
-    walks = one_query[rows]  # bool[W]
-    token = jnp.where(walks, cu[:-1][rows], 0)  # i32[W]
-    walk_len = jnp.where(walks, kv_lens[rows], 0)  # i32[W]
+    token = jnp.where(one_query, cu[:-1], 0)  # i32[S]
+    walk_len = jnp.where(one_query, kv_lens, 0)  # i32[S]
     state = _online_softmax_over_pages(
-        qg[token][:, None], (kv_lens[rows] - 1)[:, None], page_table[rows], walk_len, kv_pages,
-        window, cap, pages_per_iter,
-    )  # [W, 1, Hkv, G(, D)] each
-    return tuple(x[:, 0] for x in state), jnp.where(walks, token, num_tokens)
+        qg[token][:, None], (kv_lens - 1)[:, None], page_table, walk_len, kv_pages, window, cap,
+        pages_per_iter,
+    )  # [S, 1, Hkv, G(, D)] each
+    return tuple(x[:, 0] for x in state), jnp.where(one_query, token, num_tokens)
 
 
 def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
