@@ -408,3 +408,31 @@ def test_one_token_step_walks_its_pages_like_the_naive_loop(kv_len, pages_per_it
         kw = {"sm_scale": 0.3, "sliding_window": window, "logits_soft_cap": cap}
         out = np.asarray(ref_ragged_paged_attention(*args, **kw, pages_per_iter=pages_per_iter))
         assert rel_err(out, naive_attention(args, **kw)) < 1e-5
+
+
+@pytest.mark.parametrize("lens", [
+    ([0, 0, 0, 0, 0, 1, 1], [4, 9, 1, 3, 7, 40, 17]),  # the decodes sit past row T - 1
+    ([0, 1, 2, 0, 1, 1, 1], [5, 33, 6, 2, 16, 1, 50]),  # decodes around a chunk and empty rows
+], ids=["decodes-last", "interleaved"])
+def test_single_query_rows_past_the_token_count_still_walk(lens):
+    """A step with fewer tokens than sequence rows (the engine's buckets never have one, but the
+    reference takes any): single-query rows past row T - 1, among rows without queries, a chunk
+    and a padding row, still get the naive answer."""
+    q_lens, kv_lens = lens
+    rng, ps, hkv, d, pages_per_row, num_pages = np.random.default_rng(22), 16, 2, 16, 4, 40
+    s_rows, t = len(q_lens) + 1, sum(q_lens)  # one padding row; T < S
+    page_table = np.full((s_rows, pages_per_row), 10**6, np.int32)
+    kv_pages = np.full((num_pages, 2, hkv, ps, d), np.nan)
+    free = list(rng.permutation(num_pages))
+    for s, kv_len in enumerate(kv_lens):
+        for j in range(-(-kv_len // ps)):
+            page_table[s, j] = free.pop()
+        for j in range(kv_len):
+            kv_pages[page_table[s, j // ps], :, :, j % ps] = rng.standard_normal((2, hkv, d))
+    cu = np.concatenate([[0], np.cumsum(q_lens), [t]]).astype(np.int32)  # padding row: no query
+    args = (jnp.asarray(rng.standard_normal((t, 6, d)), jnp.float32),
+            jnp.asarray(kv_pages, jnp.float32), jnp.asarray(kv_lens + [0], jnp.int32),
+            jnp.asarray(page_table), jnp.asarray(cu), jnp.asarray([len(q_lens)], jnp.int32))
+    kw = {"sm_scale": 0.3}
+    out = np.asarray(ref_ragged_paged_attention(*args, **kw))
+    assert rel_err(out, naive_attention(args, **kw)) < 1e-5
