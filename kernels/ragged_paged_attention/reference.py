@@ -59,7 +59,8 @@ WALK_IN_BRANCHES_UP_TO = 4  # tokens: smaller steps hold the decode walk in each
 # pages per walk iteration: 128 keys with 16-token pages; a lone decode walks 256 keys at a time,
 # half the loop iterations (SmolLM2's full step, bench_attention_ab.py, 60 alternating rounds:
 # one decode at 400 keys 0.96x against 8 pages, at 192 keys 0.96x and 1.005x in two runs; 32
-# pages no better up to 540 keys; 4 decodes at 540 keys 1.05x, so wider steps keep 8)
+# pages no better up to 540 keys; wider steps keep 8: the (4, 4) bucket's 4 decodes at 540 /
+# 192 keys 1.038x / 0.972x with 16, 16 decodes 1.025x)
 PAGES_PER_ITER = 8
 LONE_DECODE_PAGES_PER_ITER = 16
 
