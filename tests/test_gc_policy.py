@@ -1,6 +1,8 @@
 """The collector stays off through a start and its survivors are frozen (jaxserve/gc_policy.py)."""
 
 import gc
+import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -41,3 +43,37 @@ def test_a_failed_start_turns_it_back_on_without_freezing():
         raise RuntimeError("the build failed")
     assert gc.isenabled()
     assert gc.get_freeze_count() == 0
+
+
+def _build_like_jaxserve_run(overrides: dict) -> tuple[list, threading.Event]:
+    from jaxserve.config import load_config
+    from jaxserve.entrypoints.server import _build_in_background
+    from tests.conftest import TINY_CONFIG
+
+    attached: list = []
+
+    class State:  # the part of ServerState the build thread calls
+        def attach_threadsafe(self, engine, info):
+            attached.append(engine)
+
+    failed = threading.Event()
+    gc.disable()  # as `jaxserve run` does before its imports
+    thread = _build_in_background(load_config(TINY_CONFIG, overrides), State(),
+                                  SimpleNamespace(should_exit=False), failed)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    return attached, failed
+
+
+def test_jaxserve_run_turns_the_collector_back_on_once_built():
+    gc.unfreeze()
+    attached, failed = _build_like_jaxserve_run({})
+    assert attached and not failed.is_set()
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+
+
+def test_jaxserve_run_turns_the_collector_back_on_when_the_build_fails(tmp_path):
+    gc.unfreeze()
+    attached, failed = _build_like_jaxserve_run({"model.path": str(tmp_path / "no-model")})
+    assert failed.is_set() and not attached
+    assert gc.isenabled() and gc.get_freeze_count() == 0
