@@ -30,6 +30,10 @@ from jaxserve.runner.handover import keep_last, resolve
 from jaxserve.runner.program_cache import ProgramCache
 from jaxserve.runner.sampler import sample
 
+# the layer program's donated argument: its layers' K/V caches, updated in place; named once for
+# the jitted program and its stored copy (program_cache.py re-jits it)
+LAYERS_KV_ARG = (1,)
+
 
 class LayerGroups:
     """Lowers and runs one bucket's step as ``embed``, ``num_groups`` x ``layers``, ``head``."""
@@ -64,7 +68,7 @@ class LayerGroups:
             return out, keep_last(out[0], max_rows)
 
         self._embed = jax.jit(embed)
-        self._layers = jax.jit(group_layers, donate_argnums=(1,))
+        self._layers = jax.jit(group_layers, donate_argnums=LAYERS_KV_ARG)
         self._head = jax.jit(head)
 
     def attach_weights(self, model: LlamaForCausalLM) -> None:
@@ -89,7 +93,8 @@ class LayerGroups:
         return _Lowered(self, (
             embed,
             lower("group_layers", self._layers,
-                  (self.groups[0], kv_caches[:self.per_call], x, rope, md), donate_argnums=(1,)),
+                  (self.groups[0], kv_caches[:self.per_call], x, rope, md),
+                  donate_argnums=LAYERS_KV_ARG),
             lower("head", self._head,
                   (self.embed_state, self.norm_state, self.head_state, x, logits_indices, sm)),
         ))

@@ -42,6 +42,10 @@ from jaxserve.runner.program_cache import ProgramCache, describe_function
 from jaxserve.runner.sampler import sample
 from jaxserve.runner.sampling_metadata import SamplingMetadata
 
+# a step program's donated argument: the K/V caches, which XLA then updates in place; named once
+# for the jitted programs and for their stored copies (program_cache.py re-jits those)
+KV_CACHES_ARG = (1,)
+
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, *, num_pages: int, page_size: int,
@@ -81,7 +85,7 @@ class ModelRunner:
                                   *args)
             return out, kv_caches, keep_last(out[0], max_rows)
 
-        self.step_fn = jax.jit(one_step, donate_argnums=(1,))
+        self.step_fn = jax.jit(one_step, donate_argnums=KV_CACHES_ARG)
 
         def decode_steps(state, kv_caches, last_tokens, input_ids, prev_rows, positions, md,
                          logits_indices, sm):
@@ -116,7 +120,7 @@ class ModelRunner:
             return outs, kv_caches, keep_last(outs[0][-1], max_rows)  # outputs gain a [K] axis
 
         self.num_decode_steps = num_decode_steps
-        self.decode_steps_fn = jax.jit(decode_steps, donate_argnums=(1,))
+        self.decode_steps_fn = jax.jit(decode_steps, donate_argnums=KV_CACHES_ARG)
 
         def copy_pages(kv_caches, src, dst):  # src, dst: i32[C]; dst == num_pages pads
             return [kv.at[dst].set(kv[src], mode="drop") for kv in kv_caches]
@@ -168,7 +172,7 @@ class ModelRunner:
         name, fn = (("step", self.step_fn) if inputs.num_steps == 1
                     else ("decode_steps", self.decode_steps_fn))
         return self.programs.lower(name, fn, (self.state, kv, self.last_tokens, *specs),
-                                   donate_argnums=(1,))
+                                   donate_argnums=KV_CACHES_ARG)
 
     def _bind(self, compiled):
         """A compiled step as a call of (kv_caches, last_tokens, *device_args)."""
