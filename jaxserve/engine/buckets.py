@@ -31,6 +31,20 @@ def pick_pair(token_ladder: list[int], seq_ladder: list[int], num_tokens: int, n
     return t, s
 
 
+SNAP_FRACTION = 8  # a step may fall back to the rung below by at most an eighth of that rung
+
+
+def snap_down(ladder: list[int], n: int) -> int:
+    """The tokens a step that wants n should take: n, or the rung just below n when n passes it
+    by at most an eighth of it. Those few tokens then wait a step, where padding n up to the
+    next rung would compute a whole gap of nothing (387 tokens run as 512, 270 as 384)."""
+    i = bisect.bisect_left(ladder, n)
+    if i == 0 or (i < len(ladder) and ladder[i] == n):
+        return n
+    below = ladder[i - 1]
+    return below if n - below <= below // SNAP_FRACTION else n
+
+
 def decode_buckets(token_ladder: list[int], seq_ladder: list[int], max_num_seqs: int,
                    ) -> list[tuple[int, int]]:
     """The buckets a decode-only batch (one token per sequence) can land in."""

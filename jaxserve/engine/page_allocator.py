@@ -78,18 +78,29 @@ class PageAllocator:
     def page_key(self, previous: PageKey | None, tokens: list[int]) -> PageKey:
         return (hash(previous) if previous is not None else None, tuple(tokens))
 
+    def _cached_prefix(self, token_ids: list[int]):
+        """(key, page) of each full page of token_ids' longest cached prefix, in order."""
+        keys: list[PageKey] = []
+        if not self.enable_prefix_caching:
+            return
+        for start in range(0, len(token_ids) - self.page_size + 1, self.page_size):
+            key = self.page_key(keys[-1] if keys else None, token_ids[start:start + self.page_size])
+            page = self.cached.get(key)
+            if page is None:
+                return
+            keys.append(key)
+            yield key, page
+
+    def cached_prefix_len(self, token_ids: list[int]) -> int:
+        """Tokens of token_ids' longest cached prefix, taking nothing (what lookup would find)."""
+        return self.page_size * sum(1 for _ in self._cached_prefix(token_ids))
+
     def lookup(self, token_ids: list[int]) -> tuple[list[int], list[PageKey]]:
         """Take the pages of the longest cached prefix of token_ids (full pages only); returns
         them with their keys."""
         pages: list[int] = []
         keys: list[PageKey] = []
-        if not self.enable_prefix_caching:
-            return pages, keys
-        for start in range(0, len(token_ids) - self.page_size + 1, self.page_size):
-            key = self.page_key(keys[-1] if keys else None, token_ids[start:start + self.page_size])
-            page = self.cached.get(key)
-            if page is None:
-                break
+        for key, page in self._cached_prefix(token_ids):
             if self.ref_counts[page] == 0:
                 del self.free_pages[page]
             self.ref_counts[page] += 1

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 
 from jaxserve.config import SchedulerConfig
+from jaxserve.engine.buckets import snap_down
 from jaxserve.engine.page_allocator import PageAllocator
 from jaxserve.engine.sequence import Sequence, Status
 
@@ -89,13 +91,13 @@ class Scheduler:
     def schedule(self, look_ahead: bool = False) -> SchedulerOutput:
         out = SchedulerOutput(scheduled=[], page_copies=self.pending_copies)
         self.pending_copies = []
-        budget = self.config.max_num_batched_tokens
         scheduled_ids: set[int] = set()
         short_of_pages = False
 
         running = [s for s in self.running if not (look_ahead and self._surely_done(s))]
         decodes = [s for s in running if s.num_uncomputed_tokens == 1]
         prefills = [s for s in running if s.num_uncomputed_tokens > 1]
+        budget = self._budget(decodes + prefills)
         for seq in decodes + prefills:
             if budget == 0:
                 break
@@ -129,6 +131,25 @@ class Scheduler:
             budget -= num_new
         self._extend_decodes(out)
         return out
+
+    def _budget(self, running: list[Sequence]) -> int:
+        """This step's token budget: max_num_batched_tokens, or the rung just below the tokens
+        the step would take when it passes that rung by a few (``snap_down``) and the last
+        prefill chunk can give them up; they wait one step instead of padding this one."""
+        budget = self.config.max_num_batched_tokens
+        wants = [s.num_uncomputed_tokens for s in running]  # in the order they get scheduled
+        seats = self.config.max_num_seqs - len(self.running) - self._reserved_slots()
+        for seq in islice(self.waiting, max(seats, 0)):
+            if sum(wants) >= budget:
+                break
+            cached = 0 if seq.pages else self.allocator.cached_prefix_len(seq.token_ids[:-1])
+            wants.append(seq.num_uncomputed_tokens - cached)
+        if not wants:
+            return budget
+        total = min(sum(wants), budget)
+        last_chunk = wants[-1] - (sum(wants) - total)  # what the budget leaves the last one
+        target = snap_down(self.config.token_buckets, total)
+        return target if total - target < last_chunk else budget
 
     def _surely_done(self, seq: Sequence) -> bool:
         """A token on the device is this sequence's last: no step after it is worth running."""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from jaxserve.engine.buckets import all_buckets, decode_buckets, pick_bucket, pick_pair
+from jaxserve.engine.buckets import all_buckets, decode_buckets, pick_bucket, pick_pair, snap_down
 
 LADDERS = [([1, 16, 64, 256], [4, 16]), ([16, 64, 256], [4, 16]), ([16, 64], [8]), ([8, 16], [4])]
 
@@ -33,3 +33,14 @@ def test_pick_bucket_rejects_overflow():
     assert pick_bucket([4, 16], 5) == 16
     with pytest.raises(ValueError, match="exceeds the largest bucket 16"):
         pick_bucket([4, 16], 17)
+
+
+@pytest.mark.parametrize("n,expected", [
+    (387, 384),  # 3 past 384: those 3 wait a step rather than pad 387 up to 512
+    (270, 256), (288, 256),  # up to an eighth of the rung below (32 of 256)
+    (289, 289), (300, 300),  # further: padding up wins
+    (17, 16), (18, 16), (19, 19), (28, 28),  # 16 // 8 = 2
+    (384, 384), (1, 1), (3, 3),  # a rung, and nothing below the first rung
+])
+def test_snap_down_takes_the_rung_below_only_when_just_past_it(n, expected):
+    assert snap_down([1, 4, 16, 64, 160, 256, 384, 512], n) == expected

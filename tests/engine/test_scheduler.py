@@ -176,6 +176,52 @@ def test_prefix_caching_can_be_turned_off(tiny_tokenizer):
     assert int(engine.runner.steps[-1].cu_q_lens[1]) == 13
 
 
+SNAP = {"scheduler.max_num_batched_tokens": 32, "scheduler.token_buckets": [8, 16, 32],
+        "scheduler.num_decode_steps": 1}
+
+
+def step_tokens(engine) -> list[int]:
+    return [int(s.cu_q_lens[s.num_seqs[0]]) for s in engine.runner.steps]
+
+
+def test_a_step_just_past_a_rung_fills_it_and_the_rest_waits(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **SYNC, **SNAP)
+    engine.add_request("a", [5, 6, 7], SamplingParams(max_tokens=4, temperature=0))
+    engine.step()
+    engine.add_request("b", list(range(30, 46)), SamplingParams(max_tokens=2, temperature=0))
+    out = run_all(engine)
+    # a's decode and b's 16 tokens would make 17, padded to 32: b gives up one token instead
+    assert step_tokens(engine)[1:3] == [16, 2]
+    assert out == {"a": [[9, 10, 11]], "b": [[46, 47]]}
+    engine.allocator.check_all_free()
+
+
+def test_the_rung_below_counts_a_waiting_prompt_by_its_uncached_tokens(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **SYNC, **SNAP)
+    prefix = list(range(100, 120))  # five full pages of 4
+    engine.add_request("p", prefix + [1], SamplingParams(max_tokens=1, temperature=0))
+    run_all(engine)
+    engine.add_request("a", [5, 6, 7], SamplingParams(max_tokens=4, temperature=0))
+    engine.step()
+    engine.add_request("q", prefix + list(range(60, 76)), SamplingParams(max_tokens=1,
+                                                                         temperature=0))
+    run_all(engine)
+    # q has 36 tokens but 20 cached: a's decode + 16 would be 17; 16 it is, then 1 + 1
+    assert step_tokens(engine)[-3:-1] == [16, 2]
+    engine.allocator.check_all_free()
+
+
+def test_a_decode_or_a_last_token_is_never_held_back(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **SYNC, **SNAP, **{"scheduler.max_num_seqs": 17,
+                                                            "scheduler.seq_buckets": [32]})
+    for i in range(16):
+        engine.add_request(f"r{i}", [40 + i], SamplingParams(max_tokens=3, temperature=0))
+    engine.step()
+    engine.add_request("z", [9], SamplingParams(max_tokens=1, temperature=0))
+    engine.step()
+    assert step_tokens(engine) == [16, 17]  # 16 decodes and z's one token: padded, not delayed
+
+
 class OnlyThenStop:
     """A hand-made constraint: allows exactly the given tokens in order, then is done."""
 
