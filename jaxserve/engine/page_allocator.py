@@ -12,7 +12,7 @@ takes it back instead of recomputing it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable
+from collections.abc import Hashable, Iterator
 
 PageKey = tuple[Hashable, tuple[int, ...]]  # (key of the previous page or None, this page's tokens)
 
@@ -78,7 +78,7 @@ class PageAllocator:
     def page_key(self, previous: PageKey | None, tokens: list[int]) -> PageKey:
         return (hash(previous) if previous is not None else None, tuple(tokens))
 
-    def _cached_prefix(self, token_ids: list[int]):
+    def _cached_prefix(self, token_ids: list[int]) -> Iterator[tuple[PageKey, int]]:
         """(key, page) of each full page of token_ids' longest cached prefix, in order."""
         keys: list[PageKey] = []
         if not self.enable_prefix_caching:
