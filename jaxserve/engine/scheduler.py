@@ -5,7 +5,8 @@ Each step has a token budget (``max_num_batched_tokens``) and a sequence budget
 never stalls the tokens already streaming; then waiting sequences are admitted in arrival order
 while budget and pages last. When a running sequence needs a page and none is free, the most
 recently admitted running sequence is preempted: its pages are freed and it will recompute its
-prompt and output so far when readmitted.
+prompt and output so far when readmitted. A step whose tokens pass a bucket rung by a few takes
+that rung's worth instead (``_budget``): the few wait a step rather than pad it up a whole rung.
 
 With async scheduling the engine asks for step N+1 while step N still runs (``look_ahead``): the
 tokens step N samples are then ``num_pending`` on their sequences, counted here but not yet known,
@@ -138,16 +139,18 @@ class Scheduler:
         prefill chunk can give them up; they wait one step instead of padding this one."""
         budget = self.config.max_num_batched_tokens
         wants = [s.num_uncomputed_tokens for s in running]  # in the order they get scheduled
+        wanted = sum(wants)
         seats = self.config.max_num_seqs - len(self.running) - self._reserved_slots()
         for seq in islice(self.waiting, max(seats, 0)):
-            if sum(wants) >= budget:
+            if wanted >= budget:
                 break
             cached = 0 if seq.pages else self.allocator.cached_prefix_len(seq.token_ids[:-1])
             wants.append(seq.num_uncomputed_tokens - cached)
+            wanted += wants[-1]
         if not wants:
             return budget
-        total = min(sum(wants), budget)
-        last_chunk = wants[-1] - (sum(wants) - total)  # what the budget leaves the last one
+        total = min(wanted, budget)
+        last_chunk = wants[-1] - (wanted - total)  # what the budget leaves the last one
         target = snap_down(self.config.token_buckets, total)
         return target if total - target < last_chunk else budget
 
