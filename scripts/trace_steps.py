@@ -27,23 +27,34 @@ def serve(trace: str, jaxserve_args: list[str]) -> None:
 
     out = open(trace, "w")  # noqa: SIM115 (open for the server's whole life)
     postprocess = llm_engine.LLMEngine.postprocess
+    add_request = llm_engine.LLMEngine.add_request
 
     def traced(self, sched, inputs, result):
         decodes = sum(1 for s in sched.scheduled if s.num_new_tokens == 1)
         prefill = sum(s.num_new_tokens for s in sched.scheduled if s.num_new_tokens > 1)
+        outputs = postprocess(self, sched, inputs, result)
         out.write(json.dumps({"t": time.perf_counter(), "bucket": list(inputs.bucket),
                               "decodes": decodes, "prefill": prefill,
-                              "waiting": len(self.scheduler.waiting)}) + "\n")
+                              "waiting": len(self.scheduler.waiting),
+                              "finished": sum(o.finished for o in outputs)}) + "\n")
         out.flush()
-        return postprocess(self, sched, inputs, result)
+        return outputs
+
+    def traced_add(self, *args, **kwargs):  # when the engine thread took a request in
+        out.write(json.dumps({"t": time.perf_counter(), "added": 1}) + "\n")
+        return add_request(self, *args, **kwargs)
 
     llm_engine.LLMEngine.postprocess = traced
+    llm_engine.LLMEngine.add_request = traced_add
     jaxserve_main(["run", *jaxserve_args])
 
 
 def summary(trace: str) -> None:
     with open(trace) as f:
-        steps = [json.loads(line) for line in f]
+        events = [json.loads(line) for line in f]
+    steps = [e for e in events if "bucket" in e]
+    added = [e["t"] for e in events if e.get("added")]
+    finished = [e["t"] for e in steps for _ in range(e.get("finished", 0))]
     groups: dict[tuple, list[float]] = defaultdict(list)
     for prev, step in itertools.pairwise(steps):
         kind = "prefill" if step["prefill"] else "decode"
@@ -54,6 +65,12 @@ def summary(trace: str) -> None:
         print(f"{bucket[0]:>5}:{bucket[1]:<4} {kind:>8} {decodes:>7} {len(ms):>6} {sum(ms):>9.0f} "
               f"{sum(ms) / len(ms):>8.1f} {sum(ms) / total:>6.1%}")
     print(f"{len(steps) - 1} steps, {total / 1e3:.2f} s (gaps with no request in flight included)")
+    # in a closed loop each finished request is replaced: how long until the engine takes one in
+    gaps = [1e3 * (next((a for a in added if a > t), t) - t) for t in finished]
+    gaps = [g for g in gaps if g > 0]
+    if gaps:
+        print(f"{len(gaps)} requests finished with another taken in after them: "
+              f"{sum(gaps) / len(gaps):.0f} ms on average until it was (max {max(gaps):.0f})")
 
 
 def main() -> None:
