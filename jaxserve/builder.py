@@ -104,7 +104,7 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
     backend = make_attention_backend(config.model.attention_backend)
     weights = config.model.weight_dtype or config.model.dtype
     _log(f"loading {model_dir} ({config.model.dtype}, {weights} weights, "
-         f"attention={backend.name})", progress)
+         f"{config.cache.kv_dtype(config.model.dtype)} K/V, attention={backend.name})", progress)
     abstract = abstract_model(model_dir, backend, config.model.dtype, config.model.weight_dtype)
     load_seconds = 0.0
 
@@ -122,7 +122,8 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
                              page_size=config.cache.page_size, max_num_seqs=sched.max_num_seqs,
                              max_rows=sched.seq_buckets[-1], num_decode_steps=sched.num_decode_steps,
                              layers_per_call=config.model.layers_per_call,
-                             program_dir=None if xla_cache is None else xla_cache / "programs")
+                             program_dir=None if xla_cache is None else xla_cache / "programs",
+                             kv_dtype=config.cache.kv_dtype(config.model.dtype))
         # the buckets' shapes need no tokenizer: lower them now, and load the tokenizer while
         # XLA compiles (or loads) them on worker threads
         shapes = StepInputBuilder.for_config(config, max_model_len=max_model_len,

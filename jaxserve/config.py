@@ -65,6 +65,12 @@ class CacheConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     page_size: int = 16  # tokens per KV page
     num_pages: int = 1024  # pages in the whole cache, shared by all sequences
     enable_prefix_caching: bool = True  # reuse the K/V of full pages of a prompt seen before
+    # K/V as stored (vLLM's --kv-cache-dtype); auto: model.dtype. bfloat16 under float32
+    # activations halves the cache and the bytes each attention step reads
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+    def kv_dtype(self, model_dtype: str) -> str:
+        return model_dtype if self.dtype == "auto" else self.dtype
 
     def __post_init__(self) -> None:
         _check(self.page_size >= 1 and self.page_size & (self.page_size - 1) == 0,

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import jax.numpy as jnp
 from bench_step import fill, synthetic_step
 
 from jaxserve.config import load_config
@@ -76,6 +77,8 @@ def main() -> None:
                    default=parse_cases("1:1:1:1:192,16:4:4:1:192,16:16:16:1:192,256:4:1:256:256"))
     p.add_argument("--config", default="configs/smollm2.yaml")
     p.add_argument("--rounds", type=int, default=20, help="alternating calls per variant and case")
+    p.add_argument("--kv-dtypes", default=None,
+                   help="A's and B's K/V cache dtype, e.g. float32,bfloat16 (default: the config's)")
     args = p.parse_args()
 
     from jaxserve.models.attention_metadata import AttentionBackend
@@ -85,20 +88,23 @@ def main() -> None:
     from jaxserve.runner.compile_cache import enable_persistent_cache
 
     config = load_config(args.config)
+    kv_dtypes = (args.kv_dtypes or f"{config.cache.dtype},{config.cache.dtype}").split(",")
     enable_persistent_cache()
     model_dir = resolve_model(config.model.path)
     cfg = LlamaConfig.from_hf(model_dir)
     max_seqs = max(seqs for _, seqs, _ in args.cases)
     runners = []
-    for i, path in enumerate((args.a, args.b)):
+    for i, (path, kv_dtype) in enumerate(zip((args.a, args.b), kv_dtypes, strict=True)):
         variant = load_variant(path, f"attention_variant_{i}")
         backend = AttentionBackend("reference", variant.ref_ragged_paged_attention,
-                                   variant.ref_update_kv_pages)
+                                   variant.ref_update_kv_pages,
+                                   getattr(variant, "kv_storage_dtype", jnp.dtype))
         model = load_model(model_dir, backend, config.model.dtype, config.model.weight_dtype)
-        runner, builder, pages_per_seq = synthetic_step(config, cfg, model, max_seqs)
+        variant_config = load_config(args.config, {"cache.dtype": kv_dtype})
+        runner, builder, pages_per_seq = synthetic_step(variant_config, cfg, model, max_seqs)
         runners.append(runner)
     page_size = config.cache.page_size
-    print(f"A = {args.a}\nB = {args.b}")
+    print(f"A = {args.a} ({kv_dtypes[0]} K/V)\nB = {args.b} ({kv_dtypes[1]} K/V)")
     print(f"{'bucket':>7} {'batch':<28} {'A ms':>7} {'B ms':>7} {'B/A':>6}")
     for tokens, seqs, groups in args.cases:
         inputs = builder.build(SchedulerOutput(scheduled=[], num_steps=1), (tokens, seqs))

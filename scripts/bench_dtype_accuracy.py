@@ -1,8 +1,12 @@
-"""What bfloat16 weights cost in accuracy: teacher-forced next-token distributions of a model in
-float32 and in another dtype, over this repository's own docs as natural English text.
+"""What bfloat16 weights or K/V cost in accuracy: teacher-forced next-token distributions of a
+model in float32 and in another dtype, over this repository's own docs as natural English text.
 
     python scripts/bench_dtype_accuracy.py --config configs/smollm2.yaml --dtype bfloat16
     python scripts/bench_dtype_accuracy.py --dtype float32 --weight-dtype bfloat16  # mixed
+    python scripts/bench_dtype_accuracy.py --dtype float32 --kv-dtype bfloat16 --walk-all
+
+--walk-all sends every key through the page walk, the path decode steps take (with bfloat16 K/V
+its products take bfloat16 inputs), instead of a prefill's dense product over its own keys.
 
 Reports, over every predicted position: perplexity in each dtype, top-1 agreement, mean and
 p99 KL(float32 || dtype), and the largest logit difference. Speed is bench_engine_options.py's
@@ -12,6 +16,8 @@ concern ("dtype=bfloat16").
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -38,6 +44,9 @@ def main() -> None:
     p.add_argument("--config", default="configs/smollm2.yaml")
     p.add_argument("--dtype", default="bfloat16", help="activations and K/V")
     p.add_argument("--weight-dtype", default=None, help="stored weights (default: --dtype)")
+    p.add_argument("--kv-dtype", default=None, help="K/V cache of the variant (default: --dtype)")
+    p.add_argument("--walk-all", action="store_true",
+                   help="attend through the page walk (the decode path), in both runs")
     p.add_argument("--tokens", type=int, default=256, help="tokens per text window")
     p.add_argument("--result-json", type=Path)
     args = p.parse_args()
@@ -49,12 +58,18 @@ def main() -> None:
     windows = [tokenizer((ROOT / name).read_text(), add_special_tokens=False).input_ids[:args.tokens]
                for name in TEXTS]
     backend = make_attention_backend("reference")
+    if args.walk_all:  # no dense in-step product: every key through _walk_rows
+        backend = dataclasses.replace(backend, attention=functools.partial(
+            backend.attention, max_dense_tokens=0, block_q=1))
     label = args.dtype if args.weight_dtype in (None, args.dtype) else \
         f"{args.dtype}+{args.weight_dtype}-weights"
+    if args.kv_dtype not in (None, args.dtype):
+        label += f"+{args.kv_dtype}-kv"
     runs = []  # [float32, variant]: each its own load and forward, even when both are float32
-    for dtype, weight_dtype in (("float32", None), (args.dtype, args.weight_dtype)):
+    for dtype, weight_dtype, kv_dtype in (("float32", None, None),
+                                          (args.dtype, args.weight_dtype, args.kv_dtype)):
         model = load_model(model_dir, backend, dtype, weight_dtype)
-        runs.append([log_softmax(prompt_logits(model, ids)) for ids in windows])
+        runs.append([log_softmax(prompt_logits(model, ids, kv_dtype=kv_dtype)) for ids in windows])
         del model
     nll, agree, kl, max_diff = ([], []), [], [], 0.0
     for i, ids in enumerate(windows):

@@ -73,7 +73,8 @@ def synthetic_step(config, cfg, model, max_seqs: int, num_decode_steps: int = 1)
     runner = ModelRunner(model, num_pages=max(config.cache.num_pages, max_seqs * pages_per_seq),
                          page_size=page_size, max_num_seqs=max_seqs, max_rows=max_seqs,
                          num_decode_steps=num_decode_steps,
-                         layers_per_call=config.model.layers_per_call if num_decode_steps == 1 else None)
+                         layers_per_call=config.model.layers_per_call if num_decode_steps == 1 else None,
+                         kv_dtype=config.cache.kv_dtype(model.dtype))
     builder = StepInputBuilder(token_buckets=[], seq_buckets=[], page_size=page_size,
                                max_pages_per_seq=pages_per_seq, max_model_len=max_len,
                                eos_token_ids=cfg.eos_token_ids, vocab_size=cfg.vocab_size)
@@ -109,6 +110,7 @@ def main() -> None:
                    help="earlier tokens of the sequence before the timed chunk")
     p.add_argument("--dtype", default=None, help="override model.dtype")
     p.add_argument("--weight-dtype", default=None, help="override model.weight_dtype")
+    p.add_argument("--kv-dtype", default=None, help="override cache.dtype")
     p.add_argument("--layers-per-call", type=int, default=None,
                    help="override model.layers_per_call (0: the whole model in one program)")
     p.add_argument("--repeats", type=int, default=5)
@@ -124,6 +126,8 @@ def main() -> None:
     if args.layers_per_call is not None:
         overrides["model.layers_per_call"] = args.layers_per_call or None
         overrides["scheduler.num_decode_steps"] = 1
+    if args.kv_dtype is not None:
+        overrides["cache.dtype"] = args.kv_dtype
     config = load_config(args.config, overrides)
     enable_persistent_cache()
     model_dir = resolve_model(config.model.path)
@@ -137,8 +141,8 @@ def main() -> None:
     max_seqs = max([s for _, s in args.decode + args.prefill] + [sched.max_num_seqs])
     runner, builder, pages_per_seq = synthetic_step(config, cfg, model, max_seqs, multi)
     rows = []
-    print(f"{config.model.path} {dtype} ({weight_dtype} weights) attention={backend.name}",
-          flush=True)
+    print(f"{config.model.path} {dtype} ({weight_dtype} weights, "
+          f"{cache.kv_dtype(dtype)} K/V) attention={backend.name}", flush=True)
     print(f"{'kind':8} {'bucket':>9} {'seqs':>4} {'q/seq':>5} {'context':>7} {'steps':>5} "
           f"{'ms/call':>8} {'ms/step':>8} {'tok/s':>8}", flush=True)
 

@@ -249,7 +249,7 @@ def test_report_gives_each_jaxserve_variant_its_ratio_and_never_counts_it_as_a_p
     write_report(run, doc, tmp_path)
     lines = doc.read_text().splitlines()
     header = next(line for line in lines if line.startswith("| workload |"))
-    assert header.endswith("| jaxserve / best peer | jaxserve, float32 weights / best peer |")
+    assert header.endswith("| jaxserve / best peer | jaxserve, float32 weights and K/V / best peer |")
     row = next(line for line in lines if line.startswith("| c=1 |"))
     # 120 / 60 and 90 / 60: the float32 variant is not the bf16 one's "best peer"
     assert "**2.00×** (vs vLLM CPU)" in row and "**1.50×** (vs vLLM CPU)" in row

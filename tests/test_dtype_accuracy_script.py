@@ -41,3 +41,15 @@ def test_bfloat16_weights_under_float32_differ_less_than_bfloat16(monkeypatch, t
     assert set(mixed["perplexity"]) == {"float32", "float32+bfloat16-weights"}
     # bfloat16 weights round the model; float32 activations and K/V round nothing else
     assert 0.0 < mixed["kl_mean"] < bf16["kl_mean"]
+
+
+def test_bfloat16_kv_through_the_page_walk_differs_but_little(monkeypatch, tmp_path,
+                                                              tiny_model_dir):
+    """--kv-dtype bfloat16 rounds only the cache: a nonzero difference, smaller than rounding
+    every activation too; --walk-all alone changes the path, not the answer."""
+    walk = run(monkeypatch, tmp_path, "float32", "--walk-all")
+    assert walk["kl_mean"] < 1e-9 and walk["top1_agreement"] == 1.0
+    kv = run(monkeypatch, tmp_path, "float32", "--kv-dtype", "bfloat16", "--walk-all")
+    assert set(kv["perplexity"]) == {"float32", "float32+bfloat16-kv"}
+    bf16 = run(monkeypatch, tmp_path, "bfloat16", "--walk-all")
+    assert 0.0 < kv["kl_mean"] < bf16["kl_mean"]

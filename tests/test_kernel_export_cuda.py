@@ -41,6 +41,22 @@ def test_attention_lowers_to_triton(dtype, num_q_heads, num_kv_heads, head_dim):
     assert 'name = "ragged_paged_attention"' in text
 
 
+def test_attention_on_a_bf16_cache_under_f32_queries_lowers_to_triton():
+    """cache.dtype bfloat16 under float32 activations: the kernel casts its queries for the
+    products, so the mixed inputs lower too."""
+    attention = functools.partial(ragged_paged_attention, sm_scale=0.125, interpret=False)
+    text = export_for_cuda(
+        attention,
+        spec((T, 8, 64), jnp.float32),
+        spec((NUM_PAGES, 2, 2, PAGE_SIZE, 64), jnp.bfloat16),
+        spec((S,), jnp.int32),
+        spec((S, P), jnp.int32),
+        spec((S + 1,), jnp.int32),
+        spec((1,), jnp.int32),
+    )
+    assert text.count(f"stablehlo.custom_call @{TRITON_CUSTOM_CALL}(") == 1
+
+
 def test_kv_write_lowers_to_triton_in_place():
     text = export_for_cuda(
         jax.jit(functools.partial(update_kv_pages, interpret=False), donate_argnums=0),

@@ -12,13 +12,15 @@ from jaxserve.models.attention_metadata import AttentionMetadata
 from jaxserve.models.llama import LlamaForCausalLM
 
 
-def prompt_logits(model: LlamaForCausalLM, token_ids: list[int],
-                  page_size: int = 16) -> np.ndarray:  # f32[T, V]
-    """Logits at every position of token_ids, the sequence laid out on its own fresh pages."""
+def prompt_logits(model: LlamaForCausalLM, token_ids: list[int], page_size: int = 16,
+                  kv_dtype=None) -> np.ndarray:  # f32[T, V]
+    """Logits at every position of token_ids, the sequence laid out on its own fresh pages;
+    K/V in kv_dtype (None: the activations' dtype)."""
     cfg = model.cfg
     t = len(token_ids)
     num_pages = -(-t // page_size)
-    dtype = model.dtype  # K/V in the activations' dtype
+    backend = model.layers[0].self_attn.backend
+    dtype = backend.kv_storage_dtype(model.dtype if kv_dtype is None else kv_dtype)
     # [num_pages, 2, Hkv, page_size, D] per layer
     kv = [jnp.zeros((num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim), dtype)
           for _ in range(cfg.num_hidden_layers)]

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from jaxserve.models.attention_metadata import AttentionBackend
 
 
 def make_attention_backend(name: str) -> AttentionBackend:
     if name == "reference":  # the pure-jnp fallback needs no kernel machinery
         from kernels.ragged_paged_attention.reference import (
+            kv_storage_dtype,
             ref_ragged_paged_attention,
             ref_update_kv_pages,
         )
 
-        return AttentionBackend("reference", ref_ragged_paged_attention, ref_update_kv_pages)
+        return AttentionBackend("reference", ref_ragged_paged_attention, ref_update_kv_pages,
+                                kv_storage_dtype)
+    from kernels.ragged_paged_attention.reference import kv_storage_dtype
     from kernels.ragged_paged_attention.select import get_attention_fns, resolve_backend
 
     resolved = resolve_backend(name)
     attention, update_kv = get_attention_fns(resolved)
-    return AttentionBackend(name=resolved, attention=attention, update_kv=update_kv)
+    storage = kv_storage_dtype if resolved == "reference" else jnp.dtype
+    return AttentionBackend(name=resolved, attention=attention, update_kv=update_kv,
+                            kv_storage_dtype=storage)

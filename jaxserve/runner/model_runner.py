@@ -50,21 +50,23 @@ KV_CACHES_ARG = (1,)
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, *, num_pages: int, page_size: int,
                  max_num_seqs: int, max_rows: int, num_decode_steps: int = 1,
-                 layers_per_call: int | None = None, program_dir: Path | None = None):
+                 layers_per_call: int | None = None, program_dir: Path | None = None,
+                 kv_dtype=None):
         """program_dir: where lowered programs are kept between starts (program_cache.py);
-        None: every start traces them."""
+        None: every start traces them. kv_dtype: the K/V cache's (None: the activations')."""
         cfg = model.cfg
         self.cfg = cfg
         backend = model.layers[0].self_attn.backend
+        kv_storage = backend.kv_storage_dtype(model.dtype if kv_dtype is None else kv_dtype)
         self.programs = ProgramCache(program_dir, "|".join(map(str, (
-            repr(cfg), model.dtype, describe_function(backend.attention),
+            repr(cfg), model.dtype, kv_storage, describe_function(backend.attention),
             describe_function(backend.update_kv), page_size, max_rows, num_decode_steps,
             layers_per_call))))
         self.graphdef, self.state = nnx.split(model)
-        # [num_pages, 2, Hkv, page_size, D] per layer, K/V in the activations' dtype; allocated
-        # with the weights (attach_weights), lowered from this spec before
+        # [num_pages, 2, Hkv, page_size, D] per layer, in the backend's storage dtype for the
+        # cache's dtype; allocated with the weights (attach_weights), lowered from this spec before
         self.kv_spec = jax.ShapeDtypeStruct(
-            (num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim), model.dtype)
+            (num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim), kv_storage)
         self.kv_caches: list[jax.Array] | None = None
         # i32[R]: the last token each sample row of the latest step drew; R = the widest bucket
         self.last_tokens = jnp.zeros(max_rows, jnp.int32)

@@ -115,8 +115,11 @@ def _attention_kernel(
     max_pages = page_table_ref.shape[1]
     rows = block_q * group_pad
     block_k = pages_per_block * page_size
-    # f32 tiles would otherwise be multiplied in TF32 on GPU, far from the 1e-5 the tests ask
-    precision = lax.Precision.HIGHEST if q_ref.dtype == jnp.float32 else None
+    # the products run in the cache's dtype (bf16 K/V under f32 queries: bf16 tensor-core dots
+    # accumulating in f32); f32 tiles would otherwise be multiplied in TF32 on GPU, far from the
+    # 1e-5 the tests ask
+    dot_dtype = kv_ref.dtype
+    precision = lax.Precision.HIGHEST if dot_dtype == jnp.float32 else None
 
     # row r holds token r // group_pad of the item and query head r % group_pad of the group
     r = lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
@@ -125,7 +128,7 @@ def _attention_kernel(
     head = kv_head * group + g  # i32[rows, 1]
     row_ok = (token < q_end) & (g < group)  # bool[rows, 1]; padded group heads are never real
     d = lax.broadcasted_iota(jnp.int32, (1, head_dim), 1)  # i32[1, D]
-    q = pltriton.load(q_ref.at[token, head, d], mask=row_ok, other=0)  # [rows, D]
+    q = pltriton.load(q_ref.at[token, head, d], mask=row_ok, other=0).astype(dot_dtype)  # [rows, D]
     q_pos = pos0 + r // group_pad  # i32[rows, 1]
 
     # causality: no query of this item sees past its last position; the window hides the front

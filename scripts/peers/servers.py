@@ -44,11 +44,12 @@ def server_specs(model_dir: Path, port: int) -> dict[str, ServerSpec]:
     return {
         "jaxserve": ServerSpec(
             "jaxserve", jaxserve,
-            note="configs/smollm2.yaml: bfloat16 weights, float32 activations and K/V"),
+            note="configs/smollm2.yaml: bfloat16 weights and K/V, float32 activations"),
         # the peers' precision: every weight in float32
         "jaxserve-f32": ServerSpec(
-            "jaxserve-f32", [*jaxserve, "--weight-dtype", "float32"],
-            note="configs/smollm2.yaml with --weight-dtype float32 (all float32, like the peers)"),
+            "jaxserve-f32", [*jaxserve, "--weight-dtype", "float32", "--kv-cache-dtype", "float32"],
+            note="configs/smollm2.yaml with --weight-dtype float32 --kv-cache-dtype float32 "
+                 "(all float32, like the peers)"),
         "vllm": ServerSpec(
             "vllm", [str(vllm_venv / "bin/vllm"), "serve", str(model_dir),
                      "--served-model-name", SERVED_NAME, "--dtype", "float32",
