@@ -14,7 +14,7 @@ from kernels.ragged_paged_attention import (
     ref_ragged_paged_attention,
     ref_update_kv_pages,
 )
-from kernels.ragged_paged_attention.reference import kv_storage_dtype
+from kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
 from tests.test_ragged_paged_attention import Config, make_inputs, naive_attention, rel_err
 
 CFG = Config(jnp.float32, 6, 2, 64)

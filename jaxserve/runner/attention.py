@@ -9,15 +9,15 @@ from jaxserve.models.attention_metadata import AttentionBackend
 
 def make_attention_backend(name: str) -> AttentionBackend:
     if name == "reference":  # the pure-jnp fallback needs no kernel machinery
+        from kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
         from kernels.ragged_paged_attention.reference import (
-            kv_storage_dtype,
             ref_ragged_paged_attention,
             ref_update_kv_pages,
         )
 
         return AttentionBackend("reference", ref_ragged_paged_attention, ref_update_kv_pages,
                                 kv_storage_dtype)
-    from kernels.ragged_paged_attention.reference import kv_storage_dtype
+    from kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
     from kernels.ragged_paged_attention.select import get_attention_fns, resolve_backend
 
     resolved = resolve_backend(name)

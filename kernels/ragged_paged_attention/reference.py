@@ -5,7 +5,7 @@ Layout shared with the Pallas kernel (``kernel.py``) and the model:
     q            f32|bf16[T, Hq, D]                       tokens of all sequences, concatenated
     kv_pages     f32|bf16|u16[num_pages, 2, Hkv, page_size, D] one layer's cache; [:, 0] is K, [:, 1]
                                                            is V; u16 holds bfloat16 K/V as their bit
-                                                           patterns (``kv_storage_dtype``)
+                                                           patterns (``kv_storage.py``)
     kv_lens      i32[S]                                    tokens in the cache for each sequence,
                                                            counting this step's new ones
     page_table   i32[S, P]                                 page ids of each sequence, in order
@@ -46,12 +46,9 @@ decode 0.96x). A step of up to ``max_dense_tokens`` tokens (``_mixed``):
 Longer steps that hold a chunk send every key through a walk in blocks of ``block_q`` queries
 (``_blocked``).
 
-bfloat16 K/V (``cache.dtype``) are stored as uint16 bit patterns: XLA:CPU computes a bfloat16
-gather or scatter in float32, converting the whole operand, i.e. the layer's entire cache, on
-every call (a walk of 4 sequences over 540 keys, 30 layers: 120 ms with a bfloat16 cache against
-11 ms through uint16). Gathered bits are reinterpreted as bfloat16 for free, and the page walk's
-two products take them as they are (bfloat16 inputs, float32 accumulation, XLA:CPU's fast GEMM
-path); the dense products of prefill chunks widen them to float32 exactly, by a shift.
+bfloat16 K/V come as uint16 bit patterns (``kv_storage.py``): the page walk's two products take
+the gathered keys and values as bfloat16 inputs with float32 accumulation; the dense products of
+prefill chunks widen them to float32 exactly.
 """
 
 from __future__ import annotations
@@ -60,6 +57,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from kernels.ragged_paged_attention.kv_storage import for_products, to_storage, widen
 
 _MASK_VALUE = -1e30  # finite, so a fully masked row gives exp(...) == 0 rather than NaN
 ROWS_PER_WALK = 8  # rows (sequences or query blocks) that walk the pages together
@@ -72,31 +71,6 @@ WALK_IN_BRANCHES_UP_TO = 4  # tokens: smaller steps hold the decode walk in each
 # 192 keys 1.038x / 0.972x with 16, 16 decodes 1.025x)
 PAGES_PER_ITER = 8
 LONE_DECODE_PAGES_PER_ITER = 16
-
-
-def kv_storage_dtype(dtype) -> jnp.dtype:
-    """The dtype a K/V cache of ``dtype`` is allocated in for these functions: bfloat16 is kept
-    as its 16-bit patterns (uint16), see the module docstring; float32 as itself."""
-    dtype = jnp.dtype(dtype)
-    return jnp.dtype(jnp.uint16) if dtype == jnp.bfloat16 else dtype
-
-
-def _read(x: jax.Array) -> jax.Array:  # K/V as gathered -> bf16 (from u16 bits) or f32
-    if x.dtype == jnp.uint16:
-        return jax.lax.bitcast_convert_type(x, jnp.bfloat16)
-    return x.astype(jnp.float32)
-
-
-def _widen(x: jax.Array) -> jax.Array:  # K/V as gathered -> f32; bf16 bits exactly, by a shift
-    if x.dtype == jnp.uint16:
-        return jax.lax.bitcast_convert_type(x.astype(jnp.uint32) << 16, jnp.float32)
-    return x.astype(jnp.float32)
-
-
-def _store(kv: jax.Array, dtype) -> jax.Array:  # f32|bf16 K/V -> the cache's storage dtype
-    if dtype == jnp.uint16:  # round to bfloat16, keep its bits
-        return jax.lax.bitcast_convert_type(kv.astype(jnp.bfloat16), jnp.uint16)
-    return kv.astype(dtype)
 
 
 def sanitize_cu_q_lens(
@@ -160,7 +134,7 @@ def _gather_head_major(kv_pages, ids, which):
         offset_dims=(1, 3, 4),  # output [N, Hkv, p, K, D]: the slice's (Hkv, K, D) around p
         collapsed_slice_dims=(0, 1), start_index_map=(0, 1))
     x = jax.lax.gather(kv_pages, idx, dims, slice_sizes=(1, 1, hkv, page_size, d), mode="clip")
-    return _read(x.reshape(n, hkv, p * page_size, d))
+    return for_products(x.reshape(n, hkv, p * page_size, d))
 
 
 def _walk_rows(qg, pos, pages, kv_len, kv_pages, sliding_window, logits_soft_cap, pages_per_iter):
@@ -317,7 +291,7 @@ def _in_step(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap
     seq_ids, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)  # [T] each
     safe_pos = jnp.maximum(pos, 0)
     page = page_table[seq_ids, safe_pos // page_size]  # i32[T]
-    kv = _widen(kv_pages[page, :, :, safe_pos % page_size])  # f32[T, 2, Hkv, D]
+    kv = widen(kv_pages[page, :, :, safe_pos % page_size])  # f32[T, 2, Hkv, D]
     # a padding token's slot may hold anything (NaN included): zero it rather than weigh it 0
     kv = jnp.where(valid[:, None, None, None], kv, 0.0)
     # a sequence's tokens are contiguous and in position order, so query t sees exactly the
@@ -411,7 +385,7 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
         def one_block(j, state):
             key_pos = j * key_block + offsets  # i32[KB]
             page = page_table[row, jnp.minimum(key_pos // page_size, max_pages - 1)]  # i32[KB]
-            kv = _widen(kv_pages[page, :, :, key_pos % page_size])  # f32[KB, 2, Hkv, D]
+            kv = widen(kv_pages[page, :, :, key_pos % page_size])  # f32[KB, 2, Hkv, D]
             in_cache = key_pos < num_prior[row]  # bool[KB]
             kv = jnp.where(in_cache[:, None, None, None], kv, 0.0)  # never-written slots: 0
 
@@ -549,5 +523,5 @@ def ref_update_kv_pages(
     # padding slots point past the cache and are dropped by the scatter
     slots = jnp.where(slot_mapping < 0, num_pages * page_size, slot_mapping)
     page, offset = slots // page_size, slots % page_size  # i32[T], i32[T]
-    kv = _store(jnp.stack([k, v], axis=1), kv_pages.dtype)  # [T, 2, Hkv, D]
+    kv = to_storage(jnp.stack([k, v], axis=1), kv_pages.dtype)  # [T, 2, Hkv, D]
     return kv_pages.at[page, :, :, offset, :].set(kv, mode="drop")
