@@ -6,7 +6,8 @@ weights, same inputs, each its own compiled step) and their calls alternate, so 
 alike and the ratio B/A is what to read.
 
 A variant is a Python file defining ``ref_ragged_paged_attention`` and ``ref_update_kv_pages``
-with the reference's signatures, e.g. the reference of another commit:
+with the reference's signatures (and, optionally, ``kv_storage_dtype``; by default the
+reference's: bfloat16 K/V as uint16 bits), e.g. the reference of another commit:
 
     git show HEAD~1:kernels/ragged_paged_attention/reference.py > /tmp/old.py
     python scripts/bench_attention_ab.py /tmp/old.py kernels/ragged_paged_attention/reference.py \
@@ -24,11 +25,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import jax.numpy as jnp
 from bench_step import fill, synthetic_step
 
 from jaxserve.config import load_config
 from jaxserve.engine.scheduler import SchedulerOutput
+from kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
 
 
 def load_variant(path: str, name: str):
@@ -98,7 +99,7 @@ def main() -> None:
         variant = load_variant(path, f"attention_variant_{i}")
         backend = AttentionBackend("reference", variant.ref_ragged_paged_attention,
                                    variant.ref_update_kv_pages,
-                                   getattr(variant, "kv_storage_dtype", jnp.dtype))
+                                   getattr(variant, "kv_storage_dtype", kv_storage_dtype))
         model = load_model(model_dir, backend, config.model.dtype, config.model.weight_dtype)
         variant_config = load_config(args.config, {"cache.dtype": kv_dtype})
         runner, builder, pages_per_seq = synthetic_step(variant_config, cfg, model, max_seqs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxserve.config import load_config
@@ -27,6 +28,7 @@ def test_full_model_step_exports_for_cuda(tiny_model_dir):
         "pallas",
         functools.partial(ragged_paged_attention, interpret=False),  # the real GPU kernels
         functools.partial(update_kv_pages, interpret=False),
+        jnp.dtype,  # the kernels keep a cache in its own dtype
     )
     config = load_config(TINY_CONFIG)
     model = load_model(tiny_model_dir, backend)
