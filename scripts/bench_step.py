@@ -74,7 +74,7 @@ def synthetic_step(config, cfg, model, max_seqs: int, num_decode_steps: int = 1)
                          page_size=page_size, max_num_seqs=max_seqs, max_rows=max_seqs,
                          num_decode_steps=num_decode_steps,
                          layers_per_call=config.model.layers_per_call if num_decode_steps == 1 else None,
-                         kv_dtype=config.cache.kv_dtype(model.dtype))
+                         kv_dtype=config.cache.kv_dtype(str(model.dtype)))
     builder = StepInputBuilder(token_buckets=[], seq_buckets=[], page_size=page_size,
                                max_pages_per_seq=pages_per_seq, max_model_len=max_len,
                                eos_token_ids=cfg.eos_token_ids, vocab_size=cfg.vocab_size)

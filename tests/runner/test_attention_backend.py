@@ -36,3 +36,12 @@ def test_reference_attention_is_traced_once_for_every_layer(monkeypatch):
     assert one > 0
     assert traces_for(5) == one
     backend.attention.clear_cache()
+
+
+def test_each_backend_names_its_k_v_storage():
+    """The reference keeps a bfloat16 cache as uint16 bits; the Pallas kernels keep it as is."""
+    reference_backend, kernels = make_attention_backend("reference"), make_attention_backend("pallas")
+    assert reference_backend.kv_storage_dtype("bfloat16") == jnp.uint16
+    assert kernels.kv_storage_dtype("bfloat16") == jnp.bfloat16
+    for backend in (reference_backend, kernels):
+        assert backend.kv_storage_dtype("float32") == jnp.float32
