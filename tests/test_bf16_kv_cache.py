@@ -128,6 +128,14 @@ def test_engine_serves_with_a_bf16_cache():
                 break
         same += a.token_ids == b.token_ids
     assert same >= len(batch) - 1
+    # forks copy their leader's last page and a repeated prompt reads cached pages: through the
+    # uint16 cache both must give the lone greedy answer
+    greedy = SamplingParams(temperature=0, max_tokens=8)
+    alone = bf16.generate([LONG], greedy)[0].outputs[0].token_ids
+    forked = bf16.generate([LONG], SamplingParams(n=3, temperature=0, max_tokens=8))[0]
+    assert [c.token_ids for c in forked.outputs] == [alone] * 3
+    again = bf16.generate([LONG], greedy)[0]
+    assert again.num_cached_tokens > 0 and again.outputs[0].token_ids == alone
     bf16.engine.allocator.check_all_free()
 
 
