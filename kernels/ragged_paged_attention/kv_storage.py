@@ -20,7 +20,13 @@ def kv_storage_dtype(dtype) -> jnp.dtype:
     return jnp.dtype(jnp.uint16) if dtype == jnp.bfloat16 else dtype
 
 
-def for_products(x: jax.Array) -> jax.Array:  # gathered K/V -> bf16 (from u16 bits), else f32
+def product_dtype(storage) -> jnp.dtype:
+    """The dtype the attention's products take K/V (and the queries) in, for a cache stored in
+    ``storage``: bfloat16 for uint16 bits, float32 otherwise."""
+    return jnp.dtype(jnp.bfloat16 if jnp.dtype(storage) == jnp.uint16 else jnp.float32)
+
+
+def for_products(x: jax.Array) -> jax.Array:  # gathered K/V -> product_dtype(x.dtype)
     if x.dtype == jnp.uint16:
         return jax.lax.bitcast_convert_type(x, jnp.bfloat16)
     return x.astype(jnp.float32)

@@ -59,7 +59,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kernels.ragged_paged_attention.kv_storage import for_products, to_storage
+from kernels.ragged_paged_attention.kv_storage import for_products, product_dtype, to_storage
 
 _MASK_VALUE = -1e30  # finite, so a fully masked row gives exp(...) == 0 rather than NaN
 ROWS_PER_WALK = 8  # rows (sequences or query blocks) that walk the pages together
@@ -154,8 +154,8 @@ def _walk_rows(qg, pos, pages, kv_len, kv_pages, sliding_window, logits_soft_cap
     in_iter = (jnp.arange(pages_per_iter, dtype=jnp.int32)[:, None] * page_size
                + jnp.arange(page_size, dtype=jnp.int32)[None, :])  # i32[p, K]
 
-    # queries of a group side by side under their KV head: [N, Hkv, B * G, D]
-    qh = qg.transpose(0, 2, 1, 3, 4).reshape(n, hkv, b * g, d)
+    # queries of a group side by side under their KV head, in the products' dtype: [N, Hkv, B * G, D]
+    qh = qg.transpose(0, 2, 1, 3, 4).reshape(n, hkv, b * g, d).astype(product_dtype(kv_pages.dtype))
     key_in_iter = in_iter.reshape(-1)  # i32[p * K]
 
     def body(j, carry):
@@ -170,7 +170,7 @@ def _walk_rows(qg, pos, pages, kv_len, kv_pages, sliding_window, logits_soft_cap
         # scores per (sequence, head) over all keys of the iteration: one [B*G, D] x [D, p*K]
         # product each, and one plain [B*G, pK] x [pK, D] product for the output; with bf16 K/V
         # the queries and weights go in as bf16 too, accumulating in f32
-        s = jnp.einsum("nhqd,nhkd->nhqk", qh.astype(k.dtype), k, preferred_element_type=jnp.float32
+        s = jnp.einsum("nhqd,nhkd->nhqk", qh, k, preferred_element_type=jnp.float32
                        ).reshape(n, hkv, b, g, keys_per_iter)
         v = jnp.where(in_cache[:, None, :, None], v, jnp.zeros((), v.dtype))
         if logits_soft_cap is not None:
@@ -374,6 +374,7 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
     rb = max(d for d in range(1, min(row_block, num_tokens) + 1) if num_tokens % d == 0)
     _, pos, valid = token_metadata(cu_q_lens, kv_lens, num_seqs, num_tokens)  # [T] each
     qg = jnp.where(valid[:, None, None, None], qg, 0.0)  # a padding query may be NaN garbage
+    qg = qg.astype(product_dtype(kv_pages.dtype))  # once, not per chunk, key block and window
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]: each chunk's first token row
     q_lens = _q_lens(cu_q_lens, num_seqs)  # i32[S]
     num_prior = jnp.where(q_lens > 1, kv_lens - q_lens, 0)  # i32[S]: 0 unless a chunk
@@ -409,7 +410,7 @@ def _prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, win
                 heads = []
                 for h in range(num_kv_heads):  # plain 2-D products: see _in_step
                     k, v = kv[:, 0, h], kv[:, 1, h]  # [KB, D]
-                    sc = jnp.dot(q[:, h].reshape(rb * group, head_dim).astype(k.dtype), k.T,
+                    sc = jnp.dot(q[:, h].reshape(rb * group, head_dim), k.T,
                                  preferred_element_type=jnp.float32).reshape(
                         rb, group, key_block)  # f32[RB, G, KB]
                     if cap is not None:
