@@ -13,7 +13,7 @@ from jaxserve.config import Config, ConfigError
 from jaxserve.engine.buckets import all_buckets, decode_buckets
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.engine.step_inputs import StepInputBuilder
-from jaxserve.gc_policy import collector_paused
+from jaxserve.gc_policy import collector_paused, freeze_imports
 
 
 @dataclass
@@ -92,6 +92,7 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
     from jaxserve.runner.model_runner import ModelRunner
     from jaxserve.structured import GrammarBackend
 
+    freeze_imports()
     xla_cache = enable_persistent_cache()
     backend_compile_count()  # install the listener before the first compilation
     start = time.perf_counter()

@@ -11,6 +11,12 @@ walks: a full collection while serving then looks at the request objects only, n
 heap (measured after a SmolLM2 build: 189 ms for a full collection, against none with the
 start frozen). Younger collections still run as before, so cycles among request objects are
 freed as promptly as ever.
+
+The modules a build imports (jax, flax, the engine's own) are ~200k of the ~260k objects that
+final collection would walk, for 0.23 s of a start; they live as long as the process, so they are
+frozen as soon as they are imported (``freeze_imports``) and the collection at the end walks the
+build's own objects only: 0.03 s. The price is the few thousand cyclic leftovers of those
+imports (3.7k objects, measured), frozen instead of freed.
 """
 
 from __future__ import annotations
@@ -36,3 +42,9 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def freeze_imports() -> None:
+    """Freeze what exists now (inside ``collector_paused``, once the heavy imports are done), so
+    no later collection walks it."""
+    gc.freeze()

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from jaxserve.gc_policy import collector_paused
+from jaxserve.gc_policy import collector_paused, freeze_imports
 
 
 @pytest.fixture(autouse=True)
@@ -72,8 +72,32 @@ def test_jaxserve_run_turns_the_collector_back_on_once_built():
     assert gc.isenabled() and gc.get_freeze_count() > 0
 
 
-def test_jaxserve_run_turns_the_collector_back_on_when_the_build_fails(tmp_path):
+def test_jaxserve_run_turns_the_collector_back_on_when_the_build_fails(tmp_path, monkeypatch):
+    import jaxserve.pull
+
+    made_by_the_build = []
+
+    def resolve_then_fail(path):  # the build's first step after its imports
+        made_by_the_build.append([path])  # a container the collector tracks
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(jaxserve.pull, "resolve_model", resolve_then_fail)
     gc.unfreeze()
     attached, failed = _build_like_jaxserve_run({"model.path": str(tmp_path / "no-model")})
     assert failed.is_set() and not attached
-    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert gc.isenabled()
+    # the imports were frozen (freeze_imports); what the failed build made afterwards was not
+    assert gc.get_freeze_count() > 0
+    assert any(o is made_by_the_build[0] for o in gc.get_objects())
+
+
+def test_imports_are_frozen_before_the_final_collection():
+    gc.enable()
+    gc.unfreeze()
+    with collector_paused():
+        imported = [[i] for i in range(100)]  # stand-ins for module objects
+        freeze_imports()
+        assert not any(o is imported[0] for o in gc.get_objects())
+        built = [[i] for i in range(100)]
+        assert any(o is built[0] for o in gc.get_objects())
+    assert not any(o is built[0] for o in gc.get_objects())  # frozen at the end
