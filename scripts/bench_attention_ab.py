@@ -9,8 +9,8 @@ A variant is a Python file defining ``ref_ragged_paged_attention`` and ``ref_upd
 with the reference's signatures (and, optionally, ``kv_storage_dtype``; by default the
 reference's: bfloat16 K/V as uint16 bits), e.g. the reference of another commit:
 
-    git show HEAD~1:kernels/ragged_paged_attention/reference.py > /tmp/old.py
-    python scripts/bench_attention_ab.py /tmp/old.py kernels/ragged_paged_attention/reference.py \
+    git show HEAD~1:jaxserve/kernels/ragged_paged_attention/reference.py > /tmp/old.py
+    python scripts/bench_attention_ab.py /tmp/old.py jaxserve/kernels/ragged_paged_attention/reference.py \
         --cases 1:1:1:1:192,16:16:16:1:448,256:4:1:256:256
 """
 
@@ -29,7 +29,7 @@ from bench_step import fill, synthetic_step
 
 from jaxserve.config import load_config
 from jaxserve.engine.scheduler import SchedulerOutput
-from kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
+from jaxserve.kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
 
 
 def load_variant(path: str, name: str):

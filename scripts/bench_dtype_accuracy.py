@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxserve.config import load_config
 from jaxserve.models.loader import load_model
-from jaxserve.models.scoring import prompt_logits
+from jaxserve.scoring import prompt_logits
 from jaxserve.pull import resolve_model
 from jaxserve.runner.attention import make_attention_backend
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.ragged_paged_attention import (
+from jaxserve.kernels.ragged_paged_attention import (
     ragged_paged_attention,
     ref_ragged_paged_attention,
     ref_update_kv_pages,

@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.ragged_paged_attention import (
+from jaxserve.kernels.ragged_paged_attention import (
     ragged_paged_attention,
     ref_ragged_paged_attention,
     ref_update_kv_pages,
 )
-from kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
+from jaxserve.kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
 from tests.test_ragged_paged_attention import Config, make_inputs, naive_attention, rel_err
 
 CFG = Config(jnp.float32, 6, 2, 64)

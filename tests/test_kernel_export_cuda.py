@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from kernels.ragged_paged_attention import ragged_paged_attention, update_kv_pages
-from kernels.ragged_paged_attention.export_check import TRITON_CUSTOM_CALL, export_for_cuda
+from jaxserve.kernels.ragged_paged_attention import ragged_paged_attention, update_kv_pages
+from jaxserve.kernels.ragged_paged_attention.export_check import TRITON_CUSTOM_CALL, export_for_cuda
 
 T, S, P, NUM_PAGES, PAGE_SIZE = 40, 5, 8, 64, 16
 

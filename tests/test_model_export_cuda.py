@@ -18,8 +18,8 @@ from jaxserve.models.attention_metadata import AttentionBackend
 from jaxserve.models.llama_config import LlamaConfig
 from jaxserve.models.loader import load_model
 from jaxserve.runner.model_runner import ModelRunner
-from kernels.ragged_paged_attention import ragged_paged_attention, update_kv_pages
-from kernels.ragged_paged_attention.export_check import TRITON_CUSTOM_CALL, export_for_cuda
+from jaxserve.kernels.ragged_paged_attention import ragged_paged_attention, update_kv_pages
+from jaxserve.kernels.ragged_paged_attention.export_check import TRITON_CUSTOM_CALL, export_for_cuda
 from tests.conftest import TINY_CONFIG
 
 

@@ -1,4 +1,4 @@
-"""jaxserve.pull and jaxserve.models.tiny: models reach disk as HF folders transformers can load.
+"""jaxserve.pull and jaxserve.checkpoints.tiny: models reach disk as HF folders transformers can load.
 
 Fast tests use the tiny random models and a synthetic GGUF; the slow ones pull the real
 SmolLM2-135M-Instruct once per machine (into models_dir()) and ask it a question.
@@ -16,9 +16,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from jaxserve import pull as pull_module
-from jaxserve.models import gguf_convert
-from jaxserve.models.gguf_convert import undo_gguf_rope_permute, write_hf_from_gguf
-from jaxserve.models.tiny import CHATML_TEMPLATE, byte_tokenizer, write_tiny_model
+from jaxserve.checkpoints import gguf_convert
+from jaxserve.checkpoints.gguf_convert import undo_gguf_rope_permute, write_hf_from_gguf
+from jaxserve.checkpoints.tiny import CHATML_TEMPLATE, byte_tokenizer, write_tiny_model
 from jaxserve.pull import KNOWN_MODELS, models_dir, pull, resolve_model
 
 CHATML_PROMPT = (

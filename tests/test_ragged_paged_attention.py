@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 from jax.experimental import pallas as pl
 
-from kernels.ragged_paged_attention import (
+from jaxserve.kernels.ragged_paged_attention import (
     ragged_paged_attention,
     ref_ragged_paged_attention,
     ref_update_kv_pages,
     update_kv_pages,
 )
-from kernels.ragged_paged_attention.select import get_attention_fns, resolve_backend
+from jaxserve.kernels.ragged_paged_attention.select import get_attention_fns, resolve_backend
 
 T_PAD = 48  # padded token count; not a power of two on purpose
 S_PAD = 6  # sequence rows; the cases use at most 4, the rest are padding rows
@@ -329,7 +329,7 @@ def test_reference_rows_walk_the_pages_a_few_at_a_time(monkeypatch, request, row
     """Decode rows and single-query rows beside a chunk walk the pages ROWS_PER_WALK at a time,
     each walk to its own furthest key; a row count that is not a multiple, walks that stop at
     different pages, and padding rows with garbage page tables all give the naive answer."""
-    from kernels.ragged_paged_attention import reference
+    from jaxserve.kernels.ragged_paged_attention import reference
 
     monkeypatch.setattr(reference, "ROWS_PER_WALK", rows_per_walk)
     # the reference is jitted: drop traces made with another ROWS_PER_WALK, and ours after
@@ -370,7 +370,7 @@ def test_reference_row_blocks_match_naive_loop(monkeypatch, request, row_block):
     product gives each block of ROW_BLOCK rows only the keys up to its last row. Chunks spanning
     several windows, a chunk that ends the step, windows straddling two chunks, decodes between
     them, a sliding window and a soft cap all give the naive answer."""
-    from kernels.ragged_paged_attention import reference
+    from jaxserve.kernels.ragged_paged_attention import reference
 
     monkeypatch.setattr(reference, "ROW_BLOCK", row_block)
     ref_ragged_paged_attention.clear_cache()

@@ -21,7 +21,7 @@ class AttentionMetadata:
 
 @dataclasses.dataclass(frozen=True)
 class AttentionBackend:
-    """The two functions a layer calls; both follow kernels.ragged_paged_attention.reference."""
+    """The two functions a layer calls; both follow jaxserve.kernels.ragged_paged_attention.reference."""
 
     name: str
     attention: Callable[..., jax.Array]  # ragged_paged_attention(q, kv_pages, kv_lens, ...)

@@ -7,7 +7,7 @@ program (~50 KB for a 3-layer group); on a later start ``jax.jit(exported.call)`
 executable as it did without this.
 
 A program is stored under a key of everything its trace depends on: the source of the
-``jaxserve`` and ``kernels`` packages, the versions of jax, jaxlib and flax, the caller's context
+``jaxserve`` package (its kernels included), the versions of jax, jaxlib and flax, the caller's context
 (model config, runner settings, attention functions, platform), the program's name, and its
 argument tree with each leaf's shape and dtype. A program is exported flat (a list of leaves in,
 built-in containers out), so no custom pytree needs serializing; the caller's arguments are
@@ -35,14 +35,12 @@ def _source_fingerprint() -> str:
     import jaxlib
 
     import jaxserve
-    import kernels
 
     digest = hashlib.sha256()
-    for package in (jaxserve, kernels):
-        root = Path(package.__file__).parent
-        for file in sorted(root.rglob("*.py")):
-            digest.update(str(file.relative_to(root)).encode())
-            digest.update(file.read_bytes())
+    root = Path(jaxserve.__file__).parent
+    for file in sorted(root.rglob("*.py")):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file.read_bytes())
     flags = ("jax_enable_x64", "jax_default_matmul_precision", "jax_default_prng_impl",
              "jax_threefry_partitionable")  # the settings that change what a trace emits
     for part in (jax.__version__, jaxlib.__version__, flax.__version__, jax.default_backend(),

@@ -11,10 +11,10 @@ import pytest
 
 from jaxserve.models.attention_metadata import AttentionBackend
 from jaxserve.models.loader import load_model
-from jaxserve.models.scoring import prompt_logits
+from jaxserve.scoring import prompt_logits
 from jaxserve.sampling_params import SamplingParams
-from kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
-from kernels.ragged_paged_attention.reference import (
+from jaxserve.kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
+from jaxserve.kernels.ragged_paged_attention.reference import (
     ref_ragged_paged_attention,
     ref_update_kv_pages,
 )

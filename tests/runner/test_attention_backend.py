@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxserve.runner.attention import make_attention_backend
-from kernels.ragged_paged_attention import reference
+from jaxserve.kernels.ragged_paged_attention import reference
 
 
 def test_reference_attention_is_traced_once_for_every_layer(monkeypatch):

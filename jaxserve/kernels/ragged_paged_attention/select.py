@@ -15,9 +15,9 @@ from typing import Literal, get_args
 
 import jax
 
-from kernels.ragged_paged_attention.kernel import ragged_paged_attention
-from kernels.ragged_paged_attention.kv_write import update_kv_pages
-from kernels.ragged_paged_attention.reference import (
+from jaxserve.kernels.ragged_paged_attention.kernel import ragged_paged_attention
+from jaxserve.kernels.ragged_paged_attention.kv_write import update_kv_pages
+from jaxserve.kernels.ragged_paged_attention.reference import (
     ref_ragged_paged_attention,
     ref_update_kv_pages,
 )

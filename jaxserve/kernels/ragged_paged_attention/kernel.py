@@ -32,7 +32,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from kernels.ragged_paged_attention.reference import sanitize_cu_q_lens
+from jaxserve.kernels.ragged_paged_attention.reference import sanitize_cu_q_lens
 
 _MASK_VALUE = -1e30  # same finite mask as the reference, so fully masked rows give 0 not NaN
 

@@ -59,7 +59,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kernels.ragged_paged_attention.kv_storage import for_products, product_dtype, to_storage
+from jaxserve.kernels.ragged_paged_attention.kv_storage import for_products, product_dtype, to_storage
 
 _MASK_VALUE = -1e30  # finite, so a fully masked row gives exp(...) == 0 rather than NaN
 ROWS_PER_WALK = 8  # rows (sequences or query blocks) that walk the pages together

@@ -21,7 +21,7 @@ import numpy as np
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from jaxserve.models.tiny import special_tokens_map
+from jaxserve.checkpoints.tiny import special_tokens_map
 
 
 @contextmanager
