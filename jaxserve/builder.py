@@ -6,7 +6,6 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from jaxserve.config import Config, ConfigError
@@ -14,18 +13,7 @@ from jaxserve.engine.buckets import all_buckets, decode_buckets
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.engine.step_inputs import StepInputBuilder
 from jaxserve.gc_policy import collector_paused, freeze_imports
-
-
-@dataclass
-class EngineInfo:
-    model_dir: Path
-    model_name: str
-    max_model_len: int
-    vocab_size: int
-    eos_token_ids: tuple[int, ...]
-    attention_backend: str
-    load_seconds: float
-    compile_seconds: float
+from jaxserve.interfaces import EngineInfo
 
 
 def _log(message: str, progress: bool) -> None:

@@ -7,32 +7,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from jaxserve.config import Config, load_config
-from jaxserve.outputs import CompletionOutput, RequestOutput
+from jaxserve.outputs import RequestOutput, merge_delta
 from jaxserve.sampling_params import SamplingParams
-
-
-def merge_delta(total: RequestOutput | None, delta: RequestOutput) -> RequestOutput:
-    """Fold an engine delta into the running total of a request."""
-    if total is None:
-        total = RequestOutput(request_id=delta.request_id, prompt_token_ids=delta.prompt_token_ids,
-                              outputs=[], finished=False)
-    by_index = {c.index: c for c in total.outputs}
-    for c in delta.outputs:
-        acc = by_index.get(c.index)
-        if acc is None:
-            acc = by_index[c.index] = CompletionOutput(
-                index=c.index, text="", token_ids=[], logprobs=[] if c.logprobs is not None else None)
-        acc.text += c.text
-        acc.token_ids += c.token_ids
-        if c.logprobs is not None:
-            acc.logprobs = (acc.logprobs or []) + c.logprobs
-        acc.finish_reason = c.finish_reason or acc.finish_reason
-        acc.stop_reason = c.stop_reason if c.finish_reason else acc.stop_reason
-        acc.num_output_tokens = c.num_output_tokens
-    total.outputs = [by_index[i] for i in sorted(by_index)]
-    total.finished = delta.finished
-    total.num_cached_tokens = delta.num_cached_tokens
-    return total
 
 
 class LLM:

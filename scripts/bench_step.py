@@ -27,7 +27,8 @@ from bench_serving import int_list
 
 from jaxserve.config import load_config
 from jaxserve.engine.scheduler import SchedulerOutput
-from jaxserve.engine.step_inputs import StepInputBuilder, StepInputs
+from jaxserve.engine.step_inputs import StepInputBuilder
+from jaxserve.interfaces import StepInputs
 
 
 def bucket_list(text: str) -> list[tuple[int, int]]:

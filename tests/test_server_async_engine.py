@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from litestar.testing import TestClient
 
-from jaxserve.builder import EngineInfo
+from jaxserve.interfaces import EngineInfo
 from jaxserve.config import load_config
 from jaxserve.engine.llm_engine import LLMEngine, RequestError
 from jaxserve.entrypoints.app import create_app

@@ -2,9 +2,9 @@
 
     step = schedule -> launch on the device -> fetch the sampled tokens -> postprocess
 
-The device side is a ``Runner`` (``jaxserve.runner.model_runner.ModelRunner`` for a real model, a
-fake one in tests): ``launch`` takes the padded numpy inputs of one step and returns at once,
-``fetch`` waits for the step's sampled tokens.
+The device side is a ``Runner`` (``jaxserve/interfaces.py``): ``launch`` takes the padded numpy
+inputs of one step and returns at once, ``fetch`` waits for the step's sampled tokens. Which
+sequence owns which row stays here, in the ``SchedulerOutput`` kept beside the launched step.
 
 With async scheduling, a step is launched before the previous one is fetched, so the host's
 scheduling, input building and output processing overlap the device's work:
@@ -23,8 +23,6 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
-
 import numpy as np
 
 from jaxserve.config import Config
@@ -33,7 +31,8 @@ from jaxserve.engine.output_processor import OutputProcessor
 from jaxserve.engine.page_allocator import PageAllocator
 from jaxserve.engine.scheduler import Scheduler, SchedulerOutput
 from jaxserve.engine.sequence import Request, Sequence, Status
-from jaxserve.engine.step_inputs import MAX_BIAS_ENTRIES, StepInputBuilder, StepInputs
+from jaxserve.engine.step_inputs import MAX_BIAS_ENTRIES, StepInputBuilder
+from jaxserve.interfaces import Runner, StepInputs, StepResult
 from jaxserve.outputs import RequestOutput, StepLogprobs, TokenLogprob
 from jaxserve.sampling_params import SamplingParams
 
@@ -45,22 +44,6 @@ class RequestError(ValueError):
         super().__init__(message)
         self.code = code
         self.param = param
-
-
-@dataclass
-class StepResult:
-    tokens: np.ndarray  # i32[K, S]: K = the step's num_steps
-    logprobs: np.ndarray  # f32[K, S]
-    top_ids: np.ndarray  # i32[K, S, 20]
-    top_logprobs: np.ndarray  # f32[K, S, 20]
-
-
-class Runner(Protocol):
-    def launch(self, inputs: StepInputs) -> object:
-        """Start the step; returns a handle for fetch. Steps run in launch order."""
-
-    def fetch(self, handle: object) -> StepResult:
-        """Wait for a launched step's sampled tokens."""
 
 
 @dataclass
@@ -192,8 +175,8 @@ class LLMEngine:
             step = self._launch(self.scheduler.schedule(), {})
             if step is None:
                 return []
-        if self.config.scheduler.async_scheduling and self._can_look_ahead(step.inputs):
-            rows = {s.seq.seq_id: row for row, s in enumerate(step.inputs.sample_rows)}
+        if self.config.scheduler.async_scheduling and self._can_look_ahead(step.sched):
+            rows = {s.seq.seq_id: row for row, s in enumerate(step.sched.sample_rows)}
             self._in_flight = self._launch(self.scheduler.schedule(look_ahead=True), rows)
         result = self.runner.fetch(step.handle)
         self.stats.step_time_s += time.perf_counter() - step.start
@@ -205,21 +188,21 @@ class LLMEngine:
             return None
         start = time.perf_counter()
         inputs = self.inputs.build(sched, prev_rows=prev_rows)
-        for s in inputs.sample_rows:
+        for s in sched.sample_rows:
             s.seq.num_pending += inputs.num_steps
         return _Launched(sched, inputs, self.runner.launch(inputs), start)
 
     @staticmethod
-    def _can_look_ahead(inputs: StepInputs) -> bool:
+    def _can_look_ahead(sched: SchedulerOutput) -> bool:
         """Whether the step after this one can be built before this one's tokens are known."""
         return not any(s.logits_from is not None or s.seq.host_feeds_each_step
-                       for s in inputs.sample_rows)
+                       for s in sched.sample_rows)
 
     def postprocess(self, sched: SchedulerOutput, inputs: StepInputs,
                     result: StepResult) -> list[RequestOutput]:
         touched: dict[str, Request] = {}
         now = time.monotonic()
-        for row, s in enumerate(inputs.sample_rows):
+        for row, s in enumerate(sched.sample_rows):
             seq = s.seq
             seq.num_pending -= inputs.num_steps
             if seq.is_finished:  # aborted or stopped while the step ran

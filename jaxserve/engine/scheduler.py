@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import islice
 
 from jaxserve.config import SchedulerConfig
@@ -50,6 +51,16 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         return not self.scheduled
+
+    @cached_property
+    def attention_rows(self) -> list[ScheduledSeq]:
+        """The rows that compute tokens this step, in the step's attention row order."""
+        return [s for s in self.scheduled if s.num_new_tokens > 0]
+
+    @cached_property
+    def sample_rows(self) -> list[ScheduledSeq]:
+        """The rows that get a next token, in the step's sample row order."""
+        return [s for s in self.scheduled if s.sample]
 
 
 class Scheduler:

@@ -12,35 +12,16 @@ there itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from jaxserve.config import Config
 from jaxserve.engine.buckets import pick_pair
 from jaxserve.engine.constraints import bitmask_words
 from jaxserve.engine.scheduler import ScheduledSeq, SchedulerOutput
+from jaxserve.interfaces import SamplingArrays, StepInputs
 
 MAX_BIAS_ENTRIES = 384  # logit_bias (<= 300) plus eos/stop ids suppressed for min_tokens
 _SUPPRESS = -1e9
-
-
-@dataclass
-class StepInputs:
-    bucket: tuple[int, int]  # (T, S)
-    input_ids: np.ndarray  # i32[T]
-    prev_rows: np.ndarray  # i32[T]: -1, or the previous step's sample row holding this token
-    positions: np.ndarray  # i32[T]
-    slot_mapping: np.ndarray  # i32[T]; -1 pads
-    kv_lens: np.ndarray  # i32[S]
-    page_table: np.ndarray  # i32[S, P]
-    cu_q_lens: np.ndarray  # i32[S + 1]
-    num_seqs: np.ndarray  # i32[1]
-    logits_indices: np.ndarray  # i32[S]: token row feeding each sample row
-    sampling: dict[str, np.ndarray]  # the fields of runner.SamplingMetadata, [S, ...] each
-    page_copies: np.ndarray  # i32[C, 2]: (src, dst) pages to copy before the step
-    sample_rows: list[ScheduledSeq]  # which sequence each sample row belongs to
-    num_steps: int = 1  # decode steps the device runs before returning (decode-only batches)
 
 
 class StepInputBuilder:
@@ -73,8 +54,7 @@ class StepInputBuilder:
               prev_rows: dict[int, int] | None = None) -> StepInputs:
         """prev_rows: seq_id -> sample row in the step still running, for sequences whose
         last token that step samples."""
-        attn_rows = [s for s in sched.scheduled if s.num_new_tokens > 0]
-        sample_rows = [s for s in sched.scheduled if s.sample]
+        attn_rows, sample_rows = sched.attention_rows, sched.sample_rows
         num_tokens = sum(s.num_new_tokens for s in attn_rows)
         t_pad, s_pad = bucket or pick_pair(self.token_buckets, self.seq_buckets, num_tokens,
                                            max(len(attn_rows), len(sample_rows), 1))
@@ -118,10 +98,10 @@ class StepInputBuilder:
             positions=positions, slot_mapping=slot_mapping, kv_lens=kv_lens, page_table=page_table,
             cu_q_lens=cu_q_lens, num_seqs=np.array([len(attn_rows)], np.int32),
             logits_indices=logits_indices, sampling=self._sampling(sample_rows, s_pad),
-            page_copies=copies, sample_rows=sample_rows, num_steps=sched.num_steps,
+            page_copies=copies, num_sample_rows=len(sample_rows), num_steps=sched.num_steps,
         )
 
-    def _sampling(self, rows: list[ScheduledSeq], s_pad: int) -> dict[str, np.ndarray]:
+    def _sampling(self, rows: list[ScheduledSeq], s_pad: int) -> SamplingArrays:
         temperature = np.zeros(s_pad, np.float32)
         top_p = np.ones(s_pad, np.float32)
         top_k = np.zeros(s_pad, np.int32)
@@ -170,7 +150,7 @@ class StepInputBuilder:
         history = np.full((s_pad, self.max_model_len), -1, np.int32)
         for row, seq in penalty_rows:
             history[row, :seq.num_tokens] = seq.token_ids
-        return dict(
+        return SamplingArrays(
             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
             presence_penalty=presence, frequency_penalty=frequency, repetition_penalty=repetition,
             bias_ids=bias_ids, bias_values=bias_values, rng_keys=rng_keys, rng_steps=rng_steps,

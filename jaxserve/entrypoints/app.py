@@ -14,7 +14,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 
-from jaxserve.builder import EngineInfo
+from jaxserve.interfaces import EngineInfo
 from jaxserve.config import Config
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.entrypoints import serving_misc

@@ -22,8 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from jaxserve.engine.llm_engine import LLMEngine
-from jaxserve.llm import merge_delta
-from jaxserve.outputs import RequestOutput
+from jaxserve.outputs import RequestOutput, merge_delta
 from jaxserve.sampling_params import SamplingParams
 
 log = logging.getLogger("jaxserve.engine")

@@ -48,8 +48,7 @@ from jaxserve.entrypoints.responses import (
 from jaxserve.entrypoints.sampling import chat_params, validate
 from jaxserve.entrypoints.state import ServerState, random_id
 from jaxserve.entrypoints.structured import compile_constraint, request_structure
-from jaxserve.llm import merge_delta
-from jaxserve.outputs import RequestOutput
+from jaxserve.outputs import RequestOutput, merge_delta
 from jaxserve.structured.tool_parser import ToolCallDelta, ToolCallParser
 from jaxserve.structured.tool_prompt import prompt_messages, template_supports_tools
 

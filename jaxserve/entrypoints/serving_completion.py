@@ -34,8 +34,7 @@ from jaxserve.entrypoints.responses import (
 from jaxserve.entrypoints.sampling import completion_params, validate
 from jaxserve.entrypoints.state import ServerState, random_id
 from jaxserve.entrypoints.structured import compile_constraint, request_structure
-from jaxserve.llm import merge_delta
-from jaxserve.outputs import CompletionOutput, RequestOutput
+from jaxserve.outputs import CompletionOutput, RequestOutput, merge_delta
 
 log = logging.getLogger("jaxserve.server")
 

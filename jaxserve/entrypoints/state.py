@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 
-from jaxserve.builder import EngineInfo
+from jaxserve.interfaces import EngineInfo
 from jaxserve.config import Config
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.entrypoints.async_engine import AsyncEngine, EngineDeadError, RequestStream

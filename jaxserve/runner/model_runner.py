@@ -30,8 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jaxserve.config import ConfigError
-from jaxserve.engine.llm_engine import StepResult
-from jaxserve.engine.step_inputs import StepInputs
+from jaxserve.interfaces import StepInputs, StepResult
 from jaxserve.models.attention_metadata import AttentionMetadata
 from jaxserve.models.llama import LlamaForCausalLM
 from jaxserve.models.loader import is_abstract
@@ -40,7 +39,6 @@ from jaxserve.runner.handover import keep_last, resolve
 from jaxserve.runner.layer_groups import LayerGroups
 from jaxserve.runner.program_cache import ProgramCache, describe_function
 from jaxserve.runner.sampler import sample
-from jaxserve.runner.sampling_metadata import SamplingMetadata
 
 # a step program's donated argument: the K/V caches, which XLA then updates in place; named once
 # for the jitted programs and for their stored copies (program_cache.py re-jits those)
@@ -159,9 +157,8 @@ class ModelRunner:
             slot_mapping=inputs.slot_mapping, kv_lens=inputs.kv_lens,
             page_table=inputs.page_table, cu_q_lens=inputs.cu_q_lens, num_seqs=inputs.num_seqs,
         )
-        sm = SamplingMetadata(**inputs.sampling)
         return (inputs.input_ids, inputs.prev_rows, inputs.positions, md, inputs.logits_indices,
-                sm)
+                inputs.sampling)
 
     def _lower(self, inputs: StepInputs):
         specs = jax.tree_util.tree_map(

@@ -11,13 +11,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxserve.runner.sampling_metadata import SamplingMetadata
+from jaxserve.runner.sampling_metadata import SamplingArrays
 
 NUM_TOP_LOGPROBS = 20  # always computed; the host keeps as many as each request asked for
 _NEG_INF = -1e30
 
 
-def _apply_penalties(logits: jax.Array, sm: SamplingMetadata) -> jax.Array:  # f32[R, V]
+def _apply_penalties(logits: jax.Array, sm: SamplingArrays) -> jax.Array:  # f32[R, V]
     rows, vocab = logits.shape
     hist = sm.history  # i32[R, L]
     is_output = jnp.arange(hist.shape[1])[None, :] >= sm.num_prompt_tokens[:, None]  # bool[R, L]
@@ -33,7 +33,7 @@ def _apply_penalties(logits: jax.Array, sm: SamplingMetadata) -> jax.Array:  # f
     return logits
 
 
-def _apply_bitmask(logits: jax.Array, sm: SamplingMetadata) -> jax.Array:  # f32[R, V]
+def _apply_bitmask(logits: jax.Array, sm: SamplingArrays) -> jax.Array:  # f32[R, V]
     vocab = logits.shape[1]
     ids = jnp.arange(vocab, dtype=jnp.int32)
     words = sm.token_bitmask[:, ids // 32]  # i32[R, V]
@@ -41,7 +41,7 @@ def _apply_bitmask(logits: jax.Array, sm: SamplingMetadata) -> jax.Array:  # f32
     return jnp.where(allowed, logits, _NEG_INF)
 
 
-def _top_k_top_p_mask(logits: jax.Array, sm: SamplingMetadata) -> jax.Array:  # f32[R, V]
+def _top_k_top_p_mask(logits: jax.Array, sm: SamplingArrays) -> jax.Array:  # f32[R, V]
     vocab = logits.shape[1]
     sorted_desc = -jnp.sort(-logits, axis=-1)  # f32[R, V]
     k = jnp.where(sm.top_k <= 0, vocab, jnp.minimum(sm.top_k, vocab))  # i32[R]
@@ -67,7 +67,7 @@ def argmax(x: jax.Array) -> jax.Array:  # f32[R, V] -> i32[R]
     return jnp.min(jnp.where(hit, ids, vocab), axis=-1)
 
 
-def _gumbel_noise(sm: SamplingMetadata, vocab: int) -> jax.Array:  # f32[R, V]
+def _gumbel_noise(sm: SamplingArrays, vocab: int) -> jax.Array:  # f32[R, V]
     def one_row(key_data, step):
         key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl="threefry2x32"), step)
         return jax.random.gumbel(key, (vocab,), jnp.float32)
@@ -77,7 +77,7 @@ def _gumbel_noise(sm: SamplingMetadata, vocab: int) -> jax.Array:  # f32[R, V]
 
 def sample(
     logits: jax.Array,  # f32[R, V]: the model's next-token logits
-    sm: SamplingMetadata,
+    sm: SamplingArrays,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Returns token i32[R], its logprob f32[R], top ids i32[R, 20] and top logprobs f32[R, 20]."""
     rows, vocab = logits.shape

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxserve.engine.llm_engine import StepResult
-from jaxserve.engine.step_inputs import StepInputs
+from jaxserve.interfaces import StepInputs, StepResult
 
 
 class FakeRunner:
@@ -46,7 +45,7 @@ class ScriptedRunner(FakeRunner):
 
     def execute(self, inputs: StepInputs) -> StepResult:
         result = super().execute(inputs)
-        if any(s.sample for s in inputs.sample_rows):
+        if inputs.num_sample_rows:
             for k in range(inputs.num_steps):
                 result.tokens[k] = self.script.pop(0) if self.script else 0
             self.last_tokens[:inputs.bucket[1]] = result.tokens[-1]

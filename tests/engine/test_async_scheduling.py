@@ -10,6 +10,21 @@ from tests.engine.test_scheduler import make_engine, run_all
 ASYNC = {"scheduler.async_scheduling": True, "scheduler.num_decode_steps": 1}
 
 
+def record_launches(engine) -> list:
+    """The SchedulerOutput of every step the engine launches, in launch order."""
+    launched = []
+    launch = engine._launch
+
+    def recording(sched, prev_rows):
+        step = launch(sched, prev_rows)
+        if step is not None:
+            launched.append(sched)
+        return step
+
+    engine._launch = recording
+    return launched
+
+
 def test_next_step_is_launched_before_this_one_is_read(tiny_tokenizer):
     engine = make_engine(tiny_tokenizer, **ASYNC)
     engine.add_request("a", [5, 6], SamplingParams(max_tokens=3, temperature=0))
@@ -27,12 +42,13 @@ def test_next_step_is_launched_before_this_one_is_read(tiny_tokenizer):
 
 def test_a_stop_in_step_n_drops_the_token_of_step_n_plus_1(tiny_tokenizer):
     engine = make_engine(tiny_tokenizer, **ASYNC)
+    launched = record_launches(engine)
     # the fake runner counts up mod 200: 199 -> 0 -> 1 -> 2, the eos id
     engine.add_request("a", [198, 199], SamplingParams(max_tokens=20, temperature=0))
     engine.add_request("b", [40], SamplingParams(max_tokens=6, temperature=0))
     out = run_all(engine)
     assert out == {"a": [[0, 1, 2]], "b": [[41, 42, 43, 44, 45, 46]]}
-    a_rows = [s for s in engine.runner.steps if any(r.seq.request.request_id == "a" for r in s.sample_rows)]
+    a_rows = [s for s in launched if any(r.seq.request.request_id == "a" for r in s.sample_rows)]
     assert len(a_rows) == 4  # prefill, 2 decodes, and one launched before the eos was seen
     engine.allocator.check_all_free()
 

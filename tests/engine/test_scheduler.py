@@ -93,7 +93,7 @@ def test_n_samples_share_prompt_pages_then_copy_the_partial_page(tiny_tokenizer)
     engine.add_request("n", list(range(10, 16)), SamplingParams(n=3, max_tokens=3, temperature=0))
     seen = engine.step()  # prefill once; all three samples take their first token from it
     step = engine.runner.steps[0]
-    assert int(step.num_seqs[0]) == 1 and len(step.sample_rows) == 3
+    assert int(step.num_seqs[0]) == 1 and step.num_sample_rows == 3
     seqs = engine.requests["n"].seqs
     assert seqs[1].pages[0] == seqs[0].pages[0]  # the full page is shared
     assert seqs[1].pages[1] != seqs[0].pages[1]  # the partial page is copied
@@ -134,7 +134,7 @@ def test_min_tokens_puts_eos_in_the_bias(tiny_tokenizer):
     engine = make_engine(tiny_tokenizer)
     engine.add_request("m", [0, 1], SamplingParams(max_tokens=5, temperature=0, min_tokens=2))
     engine.step()
-    bias_ids = engine.runner.steps[0].sampling["bias_ids"][0]
+    bias_ids = engine.runner.steps[0].sampling.bias_ids[0]
     assert EOS in bias_ids.tolist()
 
 
@@ -251,8 +251,8 @@ def test_constraint_masks_rows_and_finishes_the_sequence(tiny_tokenizer):
     out = run_all(engine)
     assert out == {"c": [[13, 14]], "free": [[51, 52, 53]]}
     first = engine.runner.steps[0].sampling
-    assert bool(first["any_mask"])
-    assert first["token_bitmask"][0, 0] == 1 << 13 and (first["token_bitmask"][1] == -1).all()
+    assert bool(first.any_mask)
+    assert first.token_bitmask[0, 0] == 1 << 13 and (first.token_bitmask[1] == -1).all()
 
 
 def test_structured_outputs_without_a_factory_is_a_clear_error(tiny_tokenizer):

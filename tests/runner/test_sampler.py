@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from jaxserve.runner.sampler import sample
-from jaxserve.runner.sampling_metadata import SamplingMetadata
+from jaxserve.runner.sampling_metadata import SamplingArrays
 
 V = 64
 
 
-def metadata(rows: int, **fields) -> SamplingMetadata:
+def metadata(rows: int, **fields) -> SamplingArrays:
     base = dict(
         temperature=np.zeros(rows, np.float32), top_p=np.ones(rows, np.float32),
         top_k=np.zeros(rows, np.int32), min_p=np.zeros(rows, np.float32),
@@ -32,7 +32,7 @@ def metadata(rows: int, **fields) -> SamplingMetadata:
                                         or (base["repetition_penalty"] != 1).any()))
     base["any_mask"] = np.array(bool((base["token_bitmask"] != -1).any()))
     base["any_logprobs"] = np.array(True)
-    return SamplingMetadata(**base)
+    return SamplingArrays(**base)
 
 
 _sample = jax.jit(sample)
@@ -138,7 +138,7 @@ def test_grammar_bitmask_allows_only_its_tokens(temperature):
 def test_logprobs_are_skipped_when_no_row_wants_them():
     logits = random_logits(2, seed=7)
     sm = metadata(2)
-    sm = SamplingMetadata(**{**sm.__dict__, "any_logprobs": np.array(False)})
+    sm = SamplingArrays(**{**sm.__dict__, "any_logprobs": np.array(False)})
     tokens, lp, top_ids, top_lp = jax.device_get(_sample(logits, sm))
     np.testing.assert_array_equal(tokens, logits.argmax(-1))
     assert not lp.any() and not top_ids.any() and not top_lp.any()
