@@ -114,7 +114,8 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
                              program_dir=None if xla_cache is None else xla_cache / "programs",
                              kv_dtype=config.cache.kv_dtype(config.model.dtype))
         # the buckets' shapes need no tokenizer: lower them now, and load the tokenizer while
-        # XLA compiles (or loads) them on worker threads
+        # XLA compiles (or loads) them on worker threads; the engine then builds its steps with
+        # the same builder, its eos ids (values, never shapes) from the tokenizer too
         shapes = StepInputBuilder.for_config(config, max_model_len=max_model_len,
                                              vocab_size=model_cfg.vocab_size,
                                              eos_token_ids=model_cfg.eos_token_ids)
@@ -129,7 +130,8 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
         eos = eos_ids(model_dir, tokenizer, model_cfg.eos_token_ids)
         engine = LLMEngine(config, runner, tokenizer, max_model_len=max_model_len,
                            vocab_size=model_cfg.vocab_size, eos_token_ids=eos,
-                           constraint_factory=GrammarBackend(tokenizer, model_cfg.vocab_size, eos))
+                           constraint_factory=GrammarBackend(tokenizer, model_cfg.vocab_size, eos),
+                           inputs=shapes)
         compile_seconds = runner.finish_warmup(weights=loading.result)
     _log(f"{len(buckets)} buckets ready in {time.perf_counter() - start:.1f}s from the start", progress)
     info = EngineInfo(model_dir, config.model.model_name, max_model_len, model_cfg.vocab_size,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from jaxserve.config import Config
@@ -67,7 +68,9 @@ class EngineStats:
 class LLMEngine:
     def __init__(self, config: Config, runner: Runner, tokenizer, *, max_model_len: int,
                  vocab_size: int, eos_token_ids: tuple[int, ...],
-                 constraint_factory: ConstraintFactory | None = None):
+                 constraint_factory: ConstraintFactory | None = None,
+                 inputs: StepInputBuilder | None = None):
+        """inputs: the step input builder the runner's buckets were lowered from, if any."""
         self.config = config
         self.runner = runner
         self.tokenizer = tokenizer
@@ -79,8 +82,10 @@ class LLMEngine:
         self.allocator = PageAllocator(cache.num_pages, cache.page_size,
                                        cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.allocator, max_model_len)
-        self.inputs = StepInputBuilder.for_config(config, max_model_len=max_model_len,
-                                                  vocab_size=vocab_size, eos_token_ids=eos_token_ids)
+        self.inputs = inputs or StepInputBuilder.for_config(
+            config, max_model_len=max_model_len, vocab_size=vocab_size,
+            eos_token_ids=eos_token_ids)
+        self.inputs.eos_token_ids = eos_token_ids
         self.outputs = OutputProcessor(tokenizer, eos_token_ids, max_model_len)
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()

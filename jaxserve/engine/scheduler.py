@@ -5,8 +5,8 @@ Each step has a token budget (``max_num_batched_tokens``) and a sequence budget
 never stalls the tokens already streaming; then waiting sequences are admitted in arrival order
 while budget and pages last. When a running sequence needs a page and none is free, the most
 recently admitted running sequence is preempted: its pages are freed and it will recompute its
-prompt and output so far when readmitted. A step whose tokens pass a bucket rung by a few takes
-that rung's worth instead (``_budget``): the few wait a step rather than pad it up a whole rung.
+prompt and output so far when readmitted. How a step fits the compiled buckets (the rung-below
+budget, multi-step decode) is ``step_fit.py``'s.
 
 With async scheduling the engine asks for step N+1 while step N still runs (``look_ahead``): the
 tokens step N samples are then ``num_pending`` on their sequences, counted here but not yet known,
@@ -18,49 +18,15 @@ finishes (their max_tokens reached).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from functools import cached_property
 from itertools import islice
 
 from jaxserve.config import SchedulerConfig
-from jaxserve.engine.buckets import snap_down
 from jaxserve.engine.page_allocator import PageAllocator
+from jaxserve.engine.scheduler_output import ScheduledSeq, SchedulerOutput
 from jaxserve.engine.sequence import Sequence, Status
+from jaxserve.engine.step_fit import extend_decodes, token_budget
 
-
-@dataclass
-class ScheduledSeq:
-    seq: Sequence
-    start: int  # num_computed_tokens before this step
-    num_new_tokens: int  # tokens computed this step; 0 for a fork row
-    sample: bool  # this row yields the sequence's next token
-    logits_from: Sequence | None = None  # a fork row samples from its leader's last-token logits
-
-
-@dataclass
-class SchedulerOutput:
-    scheduled: list[ScheduledSeq]
-    page_copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst), run first
-    preempted: list[Sequence] = field(default_factory=list)
-    num_steps: int = 1  # > 1: a decode-only batch runs this many steps in one device call
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
-
-    @cached_property
-    def attention_rows(self) -> list[ScheduledSeq]:
-        """The rows that compute tokens this step, in the step's attention row order."""
-        return [s for s in self.scheduled if s.num_new_tokens > 0]
-
-    @cached_property
-    def sample_rows(self) -> list[ScheduledSeq]:
-        """The rows that get a next token, in the step's sample row order."""
-        return [s for s in self.scheduled if s.sample]
+__all__ = ["ScheduledSeq", "Scheduler", "SchedulerOutput"]
 
 
 class Scheduler:
@@ -141,15 +107,14 @@ class Scheduler:
             seq.pages += self.allocator.allocate(needed)
             self._schedule(seq, num_new, out, scheduled_ids)
             budget -= num_new
-        self._extend_decodes(out)
+        extend_decodes(out, self.config, self.allocator, self.max_model_len)
         return out
 
     def _budget(self, running: list[Sequence]) -> int:
-        """This step's token budget: max_num_batched_tokens, or the rung just below the tokens
-        the step would take when it passes that rung by a few (``snap_down``) and the last
-        prefill chunk can give them up; they wait one step instead of padding this one."""
+        """This step's token budget (``step_fit.token_budget``), from what the running
+        sequences and then the waiting ones that have a seat want, in scheduling order."""
         budget = self.config.max_num_batched_tokens
-        wants = [s.num_uncomputed_tokens for s in running]  # in the order they get scheduled
+        wants = [s.num_uncomputed_tokens for s in running]
         wanted = sum(wants)
         seats = self.config.max_num_seqs - len(self.running) - self._reserved_slots()
         for seq in islice(self.waiting, max(seats, 0)):
@@ -158,40 +123,12 @@ class Scheduler:
             cached = 0 if seq.pages else self.allocator.cached_prefix_len(seq.token_ids[:-1])
             wants.append(seq.num_uncomputed_tokens - cached)
             wanted += wants[-1]
-        if not wants:
-            return budget
-        total = min(wanted, budget)
-        last_chunk = wants[-1] - (wanted - total)  # what the budget leaves the last one
-        target = snap_down(self.config.token_buckets, total)
-        return target if total - target < last_chunk else budget
+        return token_budget(self.config.token_buckets, budget, wants)
 
     def _surely_done(self, seq: Sequence) -> bool:
         """A token on the device is this sequence's last: no step after it is worth running."""
         return seq.num_pending > 0 and (seq.num_sampled_tokens >= seq.request.max_tokens
                                         or seq.num_scheduled_tokens >= self.max_model_len)
-
-    def _extend_decodes(self, out: SchedulerOutput) -> None:
-        """Let a decode-only batch run num_decode_steps steps per device call, when every
-        sequence can: no grammar or penalty (the host sets those between steps), no pending
-        min_tokens, room in its context and pages for the extra tokens."""
-        k, limit = self.config.num_decode_steps, self.config.multi_step_max_seqs
-        if k == 1 or not out.scheduled or out.page_copies or (
-                limit is not None and len(out.scheduled) > limit):
-            return
-        for s in out.scheduled:
-            seq, p = s.seq, s.seq.params
-            if (s.num_new_tokens != 1 or not s.sample or s.logits_from is not None
-                    or seq.host_feeds_each_step or seq.num_sampled_tokens < p.min_tokens
-                    or seq.num_scheduled_tokens + k - 1 > self.max_model_len):
-                return
-        extra = [self.allocator.pages_needed(s.seq.num_computed_tokens + k - 1) - len(s.seq.pages)
-                 for s in out.scheduled]
-        if not self.allocator.can_allocate(sum(extra)):
-            return
-        for s, n in zip(out.scheduled, extra):
-            s.seq.pages += self.allocator.allocate(n)
-            s.seq.num_computed_tokens += k - 1  # the k - 1 tokens sampled inside the call
-        out.num_steps = k
 
     def _take_cached_prefix(self, seq: Sequence) -> None:
         # the last token is always computed: its logits are what the step is for

@@ -17,7 +17,7 @@ import numpy as np
 from jaxserve.config import Config
 from jaxserve.engine.buckets import pick_pair
 from jaxserve.engine.constraints import bitmask_words
-from jaxserve.engine.scheduler import ScheduledSeq, SchedulerOutput
+from jaxserve.engine.scheduler_output import ScheduledSeq, SchedulerOutput
 from jaxserve.interfaces import SamplingArrays, StepInputs
 
 MAX_BIAS_ENTRIES = 384  # logit_bias (<= 300) plus eos/stop ids suppressed for min_tokens

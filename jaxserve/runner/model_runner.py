@@ -16,7 +16,6 @@ tokens from there, so that hand-over never visits the host.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import sys
 import time
@@ -35,14 +34,14 @@ from jaxserve.models.attention_metadata import AttentionMetadata
 from jaxserve.models.llama import LlamaForCausalLM
 from jaxserve.models.loader import is_abstract
 from jaxserve.runner.compile_cache import backend_compile_count, release_free_memory
-from jaxserve.runner.handover import keep_last, resolve
 from jaxserve.runner.layer_groups import LayerGroups
 from jaxserve.runner.program_cache import ProgramCache, describe_function
-from jaxserve.runner.sampler import sample
-
-# a step program's donated argument: the K/V caches, which XLA then updates in place; named once
-# for the jitted programs and for their stored copies (program_cache.py re-jits those)
-KV_CACHES_ARG = (1,)
+from jaxserve.runner.step_programs import (
+    KV_CACHES_ARG,
+    copy_pages_program,
+    decode_steps_program,
+    one_step_program,
+)
 
 
 class ModelRunner:
@@ -73,59 +72,11 @@ class ModelRunner:
         self.executables: dict[tuple[int, int], object] = {}
         self.compilations_after_warmup = 0
         self._warm = False
-        graphdef = self.graphdef
-
-        def step(state, kv_caches, input_ids, positions, md, logits_indices, sm):
-            model = nnx.merge(graphdef, state)
-            logits, kv_caches = model(input_ids, positions, kv_caches, md, logits_indices)
-            return sample(logits, sm), kv_caches
-
-        def one_step(state, kv_caches, last_tokens, input_ids, prev_rows, *args):
-            out, kv_caches = step(state, kv_caches, resolve(last_tokens, input_ids, prev_rows),
-                                  *args)
-            return out, kv_caches, keep_last(out[0], max_rows)
-
-        self.step_fn = jax.jit(one_step, donate_argnums=KV_CACHES_ARG)
-
-        def decode_steps(state, kv_caches, last_tokens, input_ids, prev_rows, positions, md,
-                         logits_indices, sm):
-            input_ids = resolve(last_tokens, input_ids, prev_rows)
-            # decode-only: token i is row i's one query and its sample row
-            t_pad, s_pad = input_ids.shape[0], logits_indices.shape[0]
-            num_seqs = md.num_seqs[0]
-            tok = jnp.arange(t_pad, dtype=jnp.int32)
-            tok_row = jnp.minimum(tok, s_pad - 1)
-            max_page = md.page_table.shape[1] - 1
-
-            # only what changes from step to step rides in the loop carry; the page table,
-            # sampling parameters and the rest stay loop-invariant operands
-            def one(carry, _):
-                kv_caches, ids, pos, kv_lens, rng_steps = carry
-                page = md.page_table[tok_row, jnp.minimum(pos // page_size, max_page)]
-                slots = jnp.where(tok < num_seqs, page * page_size + pos % page_size, -1)
-                step_md = dataclasses.replace(md, slot_mapping=slots, kv_lens=kv_lens)
-                step_sm = dataclasses.replace(sm, rng_steps=rng_steps)
-                out, kv_caches = step(state, kv_caches, ids, pos, step_md, logits_indices, step_sm)
-                ids = ids.at[jnp.arange(s_pad)].set(out[0], mode="drop")
-                kv_lens = kv_lens + (tok_row[:s_pad] < num_seqs)
-                return (kv_caches, ids, pos + 1, kv_lens, rng_steps + 1), out
-
-            carry = (kv_caches, input_ids, positions, md.kv_lens, sm.rng_steps)
-            # A lone sequence's steps are unrolled: XLA:CPU runs a while-loop body without the
-            # concurrent scheduling a top-level program gets (a lone decode step: 22 ms in the
-            # loop, 17.2 unrolled, 17.6 alone); wider batches measured slower unrolled (16
-            # sequences: 62.7 ms per step against ~50 in the loop), and bigger executables.
-            (kv_caches, *_), outs = jax.lax.scan(one, carry, length=num_decode_steps,
-                                                 unroll=s_pad == 1)
-            return outs, kv_caches, keep_last(outs[0][-1], max_rows)  # outputs gain a [K] axis
-
         self.num_decode_steps = num_decode_steps
-        self.decode_steps_fn = jax.jit(decode_steps, donate_argnums=KV_CACHES_ARG)
-
-        def copy_pages(kv_caches, src, dst):  # src, dst: i32[C]; dst == num_pages pads
-            return [kv.at[dst].set(kv[src], mode="drop") for kv in kv_caches]
-
-        self._copy_pages = jax.jit(copy_pages, donate_argnums=(0,))
+        self.step_fn = one_step_program(self.graphdef, max_rows)
+        self.decode_steps_fn = decode_steps_program(self.graphdef, max_rows, page_size,
+                                                    num_decode_steps)
+        self._copy_pages = copy_pages_program()
 
         # one-step buckets as embed + layer-group + head programs (runner/layer_groups.py)
         self.layer_groups = None

@@ -25,14 +25,14 @@ from __future__ import annotations
 import json
 import secrets
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from jaxserve.structured.json_scanner import WS, InvalidJSON, ObjectScan, scan_object, skip_ws
 from jaxserve.structured.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 _ARGUMENT_KEYS = ("arguments", "parameters")
 _CALL_KEYS = frozenset({"name", *_ARGUMENT_KEYS, "id", "type"})
 _ID_ALPHABET = string.ascii_letters + string.digits
-_WS = " \t\n\r"
 
 
 def new_call_id() -> str:
@@ -54,110 +54,6 @@ class ToolCallDelta:
     arguments: str = ""
 
 
-# ---- a scanner for one JSON object that may still be arriving ------------------------------------
-class _Invalid(Exception):
-    pass
-
-
-@dataclass
-class _ObjectScan:
-    """The top-level members of a possibly incomplete JSON object."""
-
-    values: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # key -> value span
-    end: int | None = None  # index just past the closing brace, once it arrived
-
-
-def _skip_ws(s: str, i: int) -> int:
-    while i < len(s) and s[i] in _WS:
-        i += 1
-    return i
-
-
-def _string_end(s: str, i: int) -> int | None:
-    """s[i] is a quote; the index past the closing quote, or None when it has not arrived."""
-    i += 1
-    while i < len(s):
-        c = s[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == '"':
-            return i + 1
-        i += 1
-    return None
-
-
-def _value_end(s: str, i: int) -> int | None:
-    """The index past the JSON value starting at s[i], or None when it is incomplete."""
-    c = s[i]
-    if c == '"':
-        return _string_end(s, i)
-    if c in "{[":
-        depth = 0
-        while i < len(s):
-            c = s[i]
-            if c == '"':
-                end = _string_end(s, i)
-                if end is None:
-                    return None
-                i = end
-                continue
-            if c in "{[":
-                depth += 1
-            elif c in "}]":
-                depth -= 1
-                if depth == 0:
-                    return i + 1
-            i += 1
-        return None
-    start = i  # a number or a literal: ends at the first delimiter
-    while i < len(s) and s[i] not in _WS + ",}]":
-        i += 1
-    if i == start:
-        raise _Invalid
-    return i if i < len(s) else None
-
-
-def _scan_object(s: str, i: int) -> _ObjectScan:
-    """s[i] is '{'; raises _Invalid when the text cannot be a JSON object."""
-    scan = _ObjectScan()
-    i = _skip_ws(s, i + 1)
-    if i < len(s) and s[i] == "}":
-        scan.end = i + 1
-        return scan
-    while True:
-        if i >= len(s):
-            return scan
-        if s[i] != '"':
-            raise _Invalid
-        key_end = _string_end(s, i)
-        if key_end is None:
-            return scan
-        key = json.loads(s[i:key_end])
-        i = _skip_ws(s, key_end)
-        if i >= len(s):
-            return scan
-        if s[i] != ":":
-            raise _Invalid
-        i = _skip_ws(s, i + 1)
-        if i >= len(s):
-            return scan
-        value_end = _value_end(s, i)
-        scan.values[key] = (i, value_end)
-        if value_end is None:
-            return scan
-        i = _skip_ws(s, value_end)
-        if i >= len(s):
-            return scan
-        if s[i] == "}":
-            scan.end = i + 1
-            return scan
-        if s[i] != ",":
-            raise _Invalid
-        i = _skip_ws(s, i + 1)
-
-
-# ---- the parser ---------------------------------------------------------------------------------
 class ToolCallParser:
     def __init__(self, tool_names: frozenset[str] | set[str], parallel: bool = True):
         self.tool_names = frozenset(tool_names)
@@ -187,7 +83,7 @@ class ToolCallParser:
 
     # ---- modes: each consumes from the buffer and says whether it made progress -------------
     def _start(self, content, deltas, final) -> bool:
-        stripped = self._buffer.lstrip(_WS)
+        stripped = self._buffer.lstrip(WS)
         if not stripped:
             return False
         self._buffer = stripped
@@ -210,17 +106,17 @@ class ToolCallParser:
     def _call(self, content, deltas, final) -> bool:
         """Reading one call object (after <tool_call>, or bare at the start of the reply)."""
         tagged = self._mode == "tagged"
-        start = _skip_ws(self._buffer, 0)
+        start = skip_ws(self._buffer, 0)
         if start >= len(self._buffer):
             if final:
                 return self._cut_off(content, tagged)
             return False
         try:
             if self._buffer[start] != "{":
-                raise _Invalid
-            scan = _scan_object(self._buffer, start)
+                raise InvalidJSON
+            scan = scan_object(self._buffer, start)
             name = self._name(scan)
-        except (_Invalid, json.JSONDecodeError):
+        except (InvalidJSON, json.JSONDecodeError):
             return self._give_up(content, tagged)
         if not tagged and self._current is None and not _CALL_KEYS.issuperset(scan.values):
             return self._give_up(content, tagged)  # a key no call has: JSON content
@@ -245,7 +141,7 @@ class ToolCallParser:
             return self._give_up(content, tagged)
         rest = scan.end
         if tagged:
-            close = _skip_ws(self._buffer, rest)
+            close = skip_ws(self._buffer, rest)
             tail = self._buffer[close:]
             if tail.startswith(TOOL_CALL_CLOSE):
                 rest = close + len(TOOL_CALL_CLOSE)
@@ -255,22 +151,22 @@ class ToolCallParser:
         return True
 
     # ---- helpers -----------------------------------------------------------------------------
-    def _name(self, scan: _ObjectScan) -> str | None:
+    def _name(self, scan: ObjectScan) -> str | None:
         span = scan.values.get("name")
         if span is None or span[1] is None:
             return None
         name = json.loads(self._buffer[span[0]:span[1]])
         if not isinstance(name, str):
-            raise _Invalid
+            raise InvalidJSON
         return name
 
-    def _arguments_span(self, scan: _ObjectScan) -> tuple[int, int | None] | None:
+    def _arguments_span(self, scan: ObjectScan) -> tuple[int, int | None] | None:
         for key in _ARGUMENT_KEYS:
             if key in scan.values:
                 return scan.values[key]
         return None
 
-    def _say_arguments(self, scan: _ObjectScan, deltas: list[ToolCallDelta],
+    def _say_arguments(self, scan: ObjectScan, deltas: list[ToolCallDelta],
                        complete: bool) -> None:
         span = self._arguments_span(scan)
         if span is not None:
@@ -316,9 +212,9 @@ class ToolCallParser:
     def _content(self, text: str, final: bool) -> str:
         """Content with leading and trailing whitespace held back or dropped."""
         if not self.content:
-            text = text.lstrip(_WS)
+            text = text.lstrip(WS)
         text = self._pending_ws + text
-        kept = text.rstrip(_WS)
+        kept = text.rstrip(WS)
         self._pending_ws = "" if final else text[len(kept):]
         self.content += kept
         return kept
