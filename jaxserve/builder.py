@@ -31,8 +31,8 @@ def load_tokenizer(model_dir: Path, chat_template: str | None = None):
     """transformers' tokenizer for the folder, as AutoTokenizer loads it.
 
     AutoTokenizer goes through transformers' config machinery, which imports torch whenever torch
-    is installed: measured 2.3 s and ~250 MB of RSS at every server start, for a library the
-    server never calls. For a plain tokenizers-backend folder PreTrainedTokenizerFast is the very
+    is installed, a cost in seconds and RSS at every server start for a library the server never
+    calls. For a plain tokenizers-backend folder PreTrainedTokenizerFast is the very
     class AutoTokenizer returns, and it loads without that import; other tokenizer classes (their
     own post-processing rules) still go through AutoTokenizer.
     """

@@ -3,12 +3,11 @@
 ``weight_dtype`` is what the parameters are stored (and read from memory) in; ``dtype`` is what
 activations, norms and K/V are computed in. With bfloat16 weights and float32 activations a dot
 casts its activation input to bfloat16 and accumulates in float32 (``preferred_element_type``),
-the mixed precision GPUs use: weight bytes per decode step halve and XLA:CPU's bf16 GEMM path
-(AVX-512 BF16 here) runs about 1.3x to 2.5x faster than its float32 one at 2 to 256 rows.
+the mixed precision GPUs use: weight bytes per decode step halve, and on processors with bfloat16
+instructions XLA:CPU's bf16 GEMM runs faster than its float32 one (docs/performance.md).
 
 Flax's own ``nnx.Linear``/``nnx.Embed`` with ``param_dtype != dtype`` instead convert the whole
-weight to ``dtype`` on every call (measured: a float32 x bfloat16 LM head at 16 rows costs 34 ms
-against 3.3 ms this way), so these layers do the dot themselves. Parameter names (``kernel``,
+weight to ``dtype`` on every call, so these layers do the dot themselves. Parameter names (``kernel``,
 ``bias``, ``embedding``) match Flax's, which the loader maps to Hugging Face names.
 """
 
@@ -29,8 +28,8 @@ def mixed_dot(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
     t = x.shape[0]
     xw = x.astype(w.dtype)  # [T, in]
     if t == 1 and jax.default_backend() == "cpu":
-        # XLA:CPU's matrix-vector path for bfloat16 is ~10x slower than its GEMM path (28 ms
-        # against 2.4 ms for SmolLM2's LM head): a second, zero row sends it to the GEMM.
+        # XLA:CPU's matrix-vector path for bfloat16 is far slower than its GEMM path: a second,
+        # zero row sends it to the GEMM
         xw = jnp.pad(xw, ((0, 1), (0, 0)))  # [2, in]
     out = jnp.einsum(spec, xw, w, preferred_element_type=x.dtype)  # [T or 2, out]
     return out[:t]
@@ -38,7 +37,7 @@ def mixed_dot(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
 
 def initial(init, rngs: nnx.Rngs | None, shape: tuple[int, ...], dtype) -> jax.Array:
     """A random initial weight, or zeros when rngs is None: placeholders a loader overwrites
-    (building SmolLM2 abstractly traced ~200 random initializers: 1.6 s of every start)."""
+    (an abstract build would otherwise trace a random initializer per weight at every start)."""
     return jnp.zeros(shape, dtype) if rngs is None else init(rngs.params(), shape, dtype)
 
 
@@ -68,9 +67,8 @@ class Embed(nnx.Module):
         if table.dtype == self.dtype:
             return jnp.take(table, ids, axis=0, mode="clip")
         # Gather the rows as raw integers of the same width, then convert only them. XLA:CPU
-        # computes bfloat16 ops in float32 (a convert around each); a bfloat16 gather inside
-        # the multi-step decode loop thus became a float32 copy of the whole table (113 MB for
-        # SmolLM2) hoisted out of the loop and read every step: 18 -> 25 ms per lone decode.
+        # computes bfloat16 ops in float32 (a convert around each), so a bfloat16 gather inside
+        # the multi-step decode loop becomes a float32 copy of the whole table read every step.
         uint = jnp.dtype(f"uint{8 * table.dtype.itemsize}")
         bits = jax.lax.bitcast_convert_type(table, uint)  # u16[V, hidden] for bfloat16
         rows = jnp.take(bits, ids, axis=0, mode="clip")  # u16[T, hidden]

@@ -41,8 +41,8 @@ def rope_tables(
     inv_freq: jax.Array,  # f32[D/2]
 ) -> tuple[jax.Array, jax.Array]:  # cos, sin: f32[T, D/2] each
     """Inside one program XLA:CPU fuses these into every fusion that rotates q or k and evaluates
-    cos and sin per element, so per head and per layer (a 256-token step: ~0.45 ms in each of
-    30 layers; an optimization barrier does not stop it, XLA drops barriers before fusion). Layer
+    cos and sin per element, so per head and per layer (an optimization barrier does not stop
+    it: XLA drops barriers before fusion). Layer
     groups therefore compute them in the embedding program and pass them to every group call
     (runner/layer_groups.py)."""
     angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # f32[T, D/2]

@@ -1,9 +1,9 @@
 """One model step as several small executables: embedding, a group of layers, head and sampler.
 
 XLA compiles each bucket's step into one program with every layer unrolled, and on XLA:CPU every
-fusion of a program becomes a kernel of its own: a SmolLM2 step program holds ~5,000 of them
-(the paged attention, repeated in 30 layers, is ~90% of them). Each loaded executable costs RSS
-and start time in proportion (~300 MB and ~2.5 s per bucket). With ``model.layers_per_call`` = G
+fusion of a program becomes a kernel of its own, most of them the paged attention repeated in
+every layer. Each loaded executable costs RSS and start time in proportion to its kernels. With
+``model.layers_per_call`` = G
 below the layer count, a bucket compiles three programs instead:
 
 - ``embed``: the previous step's token hand-over and the embedding lookup, ``[T] -> [T, hidden]``,
@@ -13,10 +13,9 @@ below the layer count, a bucket compiles three programs instead:
   weights and K/V caches (donated, so the caches are still updated in place);
 - ``head``: the final norm, the LM head on the sampled rows, and the sampler.
 
-The weights are the model's own arrays (no copy). A call is cheap to dispatch (a few us); a step
-loses the overlap XLA finds across layer boundaries inside one program (1-4% for SmolLM2 in
-groups of 3) but gains the rotary tables computed once: measured 0.93-0.995x the one program's
-time, for a tenth of its size (docs/performance.md).
+The weights are the model's own arrays (no copy). A call is cheap to dispatch; a step loses the
+overlap XLA finds across layer boundaries inside one program but gains the rotary tables computed
+once, for a fraction of the program's size (docs/performance.md, ``model.layers_per_call``).
 """
 
 from __future__ import annotations
@@ -118,7 +117,7 @@ class GroupedStep:
                  md: AttentionMetadata, logits_indices, sm):
         g = self.g
         # what every layer call reads goes to the device once; the embedding's and the head's
-        # own inputs go with their one call (jax.device_put of every input cost ~0.4 ms a step)
+        # own inputs go with their one call, since a device_put per input is a cost every step
         md = jax.device_put(md)
         x, rope = self.embed(g.embed_state, last_tokens, input_ids, prev_rows, positions)
         new_caches = []

@@ -1,9 +1,8 @@
 """Step programs kept on disk as exported StableHLO, so a warm start does not trace the model.
 
-Lowering a bucket's programs means tracing the model in Python: 0.1-0.3 s per program, ~1.9 s for
-SmolLM2's 18, all of it holding the GIL at every start. ``jax.export`` serializes a lowered
-program (~50 KB for a 3-layer group); on a later start ``jax.jit(exported.call)`` lowers it in
-~0.02 s into the module XLA was given before, and XLA's persistent cache then finds the
+Lowering a bucket's programs means tracing the model in Python, holding the GIL, at every start.
+``jax.export`` serializes a lowered program; on a later start ``jax.jit(exported.call)`` lowers it,
+without tracing, into the module XLA was given before, and XLA's persistent cache then finds the
 executable as it did without this.
 
 A program is stored under a key of everything its trace depends on: the source of the
