@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     ensure_gguf(servers)
     run = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "loadavg_start": list(os.getloadavg()),
            "nice": args.nice,
-           "cpu": _cpu_name(), "nproc": os.cpu_count(), "workloads": [w[0] for w in WORKLOADS],
+           "cpu": _cpu_name(), "cpu_flags": _cpu_flags(), "nproc": os.cpu_count(),
+           "commit": _commit(), "command": _command(argv),
+           "workloads": [w[0] for w in WORKLOADS],
            "servers": {}}
     for name in servers:
         run["servers"][name] = run_server(name, args, args.out_dir)
@@ -187,6 +189,28 @@ def main(argv: list[str] | None = None) -> None:
     (args.out_dir / "compare_peers.json").write_text(json.dumps(run, indent=1))
     write_report(run, args.doc, args.out_dir)
     print(f"wrote {args.doc} and {args.out_dir}/compare_peers.json")
+
+
+# the instruction sets that change which dtypes and kernels run fast on XLA:CPU
+_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
+def _cpu_flags() -> list[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return [flag for flag in _CPU_FLAGS if flag in have]
+    return []
+
+
+def _command(argv: list[str] | None) -> str:
+    return " ".join(["python scripts/compare_peers.py", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
 
 
 def _cpu_name() -> str:

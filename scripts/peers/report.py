@@ -1,4 +1,5 @@
-"""The generated section of docs/performance.md: the side-by-side table and the raw numbers."""
+"""The generated section of docs/performance.md (the conditions and the side-by-side table) and
+the raw numbers beside the run's JSON (``raw.md`` in its results folder)."""
 
 from __future__ import annotations
 
@@ -126,17 +127,24 @@ def vllm_bench_check(run: dict[str, Any]) -> list[str]:
     return lines
 
 
+def conditions(run: dict[str, Any]) -> str:
+    """One paragraph: the machine, the date, the commit and the command of a run."""
+    flags = ", ".join(run.get("cpu_flags") or []) or "none of avx2/avx512/amx"
+    return (f"Run of {run['date']} on {run['nproc']} cores ({run['cpu']}; flags: {flags}), "
+            f"commit `{run.get('commit', '?')}`, command `{run.get('command', '?')}`. "
+            f"Load average (1/5/15 min) at start {_load(run['loadavg_start'])}, at end "
+            f"{_load(run.get('loadavg_end'))}: read every figure with that load in mind. Servers "
+            f"and load generator ran at nice {run.get('nice', 0)}.")
+
+
 def write_report(run: dict[str, Any], doc: Path, out_dir: Path) -> None:
-    block = [BEGIN, "", (f"Run of {run['date']} on {run['nproc']} cores ({run['cpu']}). "
-             f"Load average (1/5/15 min) at start {_load(run['loadavg_start'])}, at end "
-             f"{_load(run.get('loadavg_end'))}: the machine is shared with other engineers, so "
-             "read every figure with that load in mind. Servers and load generator ran at nice "
-             f"{run.get('nice', 0)}. Raw JSON: "
-             f"`{out_dir}/compare_peers.json`."), "", *summary_table(run), "",
+    raw = out_dir / "raw.md"
+    raw.write_text("\n".join(["# compare_peers raw numbers (latencies in ms)", "",
+                              conditions(run), *raw_tables(run), *vllm_bench_check(run), ""]))
+    block = [BEGIN, "", conditions(run), "", *summary_table(run), "",
              ("Throughput cells: output tok/s, TTFT p50, TPOT p50. Ratios above 1 mean jaxserve "
-             "is ahead on throughput; below 1 means it is ahead on time and memory."), "",
-             "### Raw numbers (latencies in ms)", *raw_tables(run), *vllm_bench_check(run), "",
-             END]
+             "is ahead on throughput; below 1 means it is ahead on time and memory. Raw numbers: "
+             f"`{raw}`, JSON: `{out_dir}/compare_peers.json`."), "", END]
     text = doc.read_text() if doc.exists() else "# Performance\n\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
