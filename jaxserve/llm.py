@@ -1,4 +1,9 @@
-"""Offline use without HTTP: ``jaxserve.LLM(config).generate(prompts, params)`` and ``.chat``."""
+"""Offline use without HTTP: ``jaxserve.LLM(config).generate(prompts, params)`` and ``.chat``.
+
+Requests go through the engine's admission in the caller's thread, as the server's do on its
+worker threads; a refused request raises ``ParamError`` (or ``GrammarError``) naming its field, and
+nothing of a refused batch reaches the engine.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ class LLM:
         self.config = config
         self.engine, self.info = build_engine(config, progress=progress)
         self.tokenizer = self.engine.tokenizer
+        self.admission = self.engine.admission
         self._ids = itertools.count()
 
     def encode_chat(self, messages: list[dict], **template_kwargs: Any) -> list[int]:
@@ -35,8 +41,9 @@ class LLM:
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[RequestOutput]:
         """Deltas of one request as the engine produces them (the engine runs in this thread)."""
+        admitted = self.admission.admit(prompt_ids, params)
         request_id = f"offline-{next(self._ids)}"
-        self.engine.add_request(request_id, prompt_ids, params)
+        self.engine.add_request(request_id, admitted)
         try:
             while self.engine.has_unfinished_requests():
                 for out in self.engine.step():
@@ -51,10 +58,11 @@ class LLM:
                      params: SamplingParams | list[SamplingParams] | None = None,
                      ) -> list[RequestOutput]:
         params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        admitted = [self.admission.admit(ids, p) for ids, p in zip(prompts, params_list)]
         ids = []
-        for prompt_ids, p in zip(prompts, params_list):
+        for request in admitted:
             request_id = f"offline-{next(self._ids)}"
-            self.engine.add_request(request_id, prompt_ids, p)
+            self.engine.add_request(request_id, request)
             ids.append(request_id)
         totals: dict[str, RequestOutput] = {}
         while self.engine.has_unfinished_requests():

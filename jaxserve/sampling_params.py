@@ -1,8 +1,8 @@
 """Per-request sampling and stopping parameters (host side, no jax).
 
 The names and meanings follow vLLM's ``SamplingParams`` so that values from an OpenAI request map
-one to one. ``validate`` raises ``ValueError`` naming the field and its allowed range; the HTTP
-layer turns that into a 400.
+one to one. ``validate`` raises ``ParamError``, which carries the field as ``param`` and says the
+allowed range in its message; the HTTP layer turns it into a 400 naming that field.
 """
 
 from __future__ import annotations
@@ -10,6 +10,16 @@ from __future__ import annotations
 import msgspec
 
 MAX_TOP_LOGPROBS = 20
+
+
+class ParamError(ValueError):
+    """A request value that cannot be served; ``param`` names its field and ``code`` follows
+    OpenAI (e.g. context_length_exceeded), so no caller reads them out of the message."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.code = code
 
 
 class StructuredOutputs(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -21,13 +31,15 @@ class StructuredOutputs(msgspec.Struct, kw_only=True, omit_defaults=True):
     choice: list[str] | None = None
     grammar: str | None = None  # Lark (or GBNF) grammar text
 
-    def validate(self) -> "StructuredOutputs":
+    def validate(self) -> StructuredOutputs:
         given = [name for name in ("json", "regex", "choice", "grammar")
                  if getattr(self, name) is not None] + (["json_object"] if self.json_object else [])
         if len(given) != 1:
-            raise ValueError(f"structured_outputs must set exactly one constraint, got {given or 'none'}")
+            raise ParamError(f"structured_outputs must set exactly one constraint, got "
+                             f"{given or 'none'}", param="structured_outputs")
         if self.choice is not None and not self.choice:
-            raise ValueError("structured_outputs.choice must not be empty")
+            raise ParamError("structured_outputs.choice must not be empty",
+                             param="structured_outputs.choice")
         return self
 
 
@@ -63,9 +75,9 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def validate(self, vocab_size: int | None = None) -> "SamplingParams":
-        def bad(field: str, why: str) -> ValueError:
-            return ValueError(f"{field} {why}")
+    def validate(self, vocab_size: int | None = None) -> SamplingParams:
+        def bad(field: str, why: str) -> ParamError:
+            return ParamError(f"{field} {why}", param=field)
 
         if self.n < 1:
             raise bad("n", f"must be at least 1, got {self.n}")

@@ -74,7 +74,7 @@ def run_batch(llm: LLM, prompts: list[list[int]], params: list[SamplingParams]) 
         cpu_start = time.process_time()
         start = time.perf_counter()
         for request_id, prompt, p in zip(ids, prompts, params):
-            engine.add_request(request_id, prompt, p)
+            engine.add_request(request_id, engine.admission.admit(prompt, p))
         tokens = dict.fromkeys(ids, 0)
         texts = dict.fromkeys(ids, "")
         done: dict[str, float] = {}

@@ -80,8 +80,8 @@ def test_pages_return_after_abort_and_preemption(tiny_llm):
     engine = tiny_llm.engine
     # overfill the cache: 256 pages of 8 tokens; 8 sequences of 400 tokens need 400 pages
     for i in range(8):
-        engine.add_request(f"big{i}", [5 + i] * 200, SamplingParams(max_tokens=200, temperature=0,
-                                                                   ignore_eos=True))
+        params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+        engine.add_request(f"big{i}", engine.admission.admit([5 + i] * 200, params))
     steps = 0
     while engine.has_unfinished_requests() and steps < 2000:
         engine.step()

@@ -14,10 +14,10 @@ from litestar.testing import TestClient
 
 from jaxserve.interfaces import EngineInfo
 from jaxserve.config import load_config
-from jaxserve.engine.llm_engine import LLMEngine, RequestError
+from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.entrypoints.app import create_app
 from jaxserve.entrypoints.async_engine import AsyncEngine, EngineDeadError
-from jaxserve.sampling_params import SamplingParams
+from jaxserve.sampling_params import ParamError, SamplingParams
 from tests.conftest import TINY_CONFIG
 from tests.engine.fake_runner import FakeRunner
 
@@ -73,10 +73,11 @@ def test_generate_streams_then_leaving_early_aborts(make_engine):
     async def main():
         async_engine = AsyncEngine(engine)
         async_engine.start()
-        params = SamplingParams(max_tokens=5, ignore_eos=True)
-        outs = [o async for o in async_engine.generate("whole", [5, 6, 7], params)]
-        async for _ in async_engine.generate("early", [5, 6, 7], SamplingParams(max_tokens=400,
-                                                                               ignore_eos=True)):
+        admit = engine.admission.admit
+        whole = admit([5, 6, 7], SamplingParams(max_tokens=5, ignore_eos=True))
+        outs = [o async for o in async_engine.generate("whole", whole)]
+        early = admit([5, 6, 7], SamplingParams(max_tokens=400, ignore_eos=True))
+        async for _ in async_engine.generate("early", early):
             break  # the consumer goes away after one delta
         for _ in range(100):
             if not engine.has_unfinished_requests():
@@ -91,22 +92,15 @@ def test_generate_streams_then_leaving_early_aborts(make_engine):
     engine.allocator.check_all_free()
 
 
-def test_refusals_raise_before_any_output(make_engine):
+def test_refusals_raise_at_admission_before_the_engine_sees_them(make_engine):
     engine, _ = make_engine()
-
-    async def main():
-        async_engine = AsyncEngine(engine)
-        async_engine.start()
-        try:
-            with pytest.raises(RequestError) as too_long:
-                await async_engine.add_request("a", [5] * 600, SamplingParams())
-            with pytest.raises(ValueError, match="^temperature"):
-                await async_engine.add_request("b", [5], SamplingParams(temperature=3))
-        finally:
-            await async_engine.stop()
-        return too_long.value.code
-
-    assert asyncio.run(main()) == "context_length_exceeded"
+    with pytest.raises(ParamError) as too_long:
+        engine.admission.admit([5] * 600, SamplingParams())
+    assert too_long.value.code == "context_length_exceeded"
+    with pytest.raises(ParamError, match="^temperature") as hot:
+        engine.admission.admit([5], SamplingParams(temperature=3))
+    assert hot.value.param == "temperature"
+    assert not engine.has_unfinished_requests()
 
 
 def test_slow_reader_gets_merged_deltas(make_engine):
@@ -115,8 +109,8 @@ def test_slow_reader_gets_merged_deltas(make_engine):
     async def main():
         async_engine = AsyncEngine(engine)
         async_engine.start()
-        stream = await async_engine.add_request("slow", [5], SamplingParams(max_tokens=6,
-                                                                            ignore_eos=True))
+        slow = engine.admission.admit([5], SamplingParams(max_tokens=6, ignore_eos=True))
+        stream = await async_engine.add_request("slow", slow)
         while engine.has_unfinished_requests():  # do not read until the engine is done
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
@@ -135,10 +129,11 @@ def test_crash_fails_waiting_callers(make_engine):
         async_engine = AsyncEngine(engine)
         async_engine.start()
         with pytest.raises(EngineDeadError):
-            async for _ in async_engine.generate("x", [5], SamplingParams(max_tokens=50)):
+            async for _ in async_engine.generate(
+                    "x", engine.admission.admit([5], SamplingParams(max_tokens=50))):
                 pass
         with pytest.raises(EngineDeadError):
-            await async_engine.add_request("y", [5], SamplingParams())
+            await async_engine.add_request("y", engine.admission.admit([5], SamplingParams()))
         await async_engine.stop()
 
     asyncio.run(asyncio.wait_for(main(), timeout=20))

@@ -96,7 +96,7 @@ def test_text_format_is_no_constraint(http):
 
 
 def test_a_repeated_schema_compiles_once(http, live_server):
-    backend = live_server.engine.constraint_factory
+    backend = live_server.engine.admission.constraint_factory
     schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 7,
                                                      "maximum": 7}},
               "required": ["n"], "additionalProperties": False}

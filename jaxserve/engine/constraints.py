@@ -4,15 +4,19 @@ A ``Constraint`` follows one sequence through a grammar: before each step it wri
 allows into that sequence's row of a packed bitmask (bit ``t % 32`` of word ``t // 32``), which the
 jitted sampler applies on the device; after the step it consumes the sampled token. The engine
 only needs this protocol; ``jaxserve.structured`` builds constraints with llguidance.
+
+A ``ConstraintFactory`` is used by admission (``admission.py``), on the caller's thread: it compiles
+a request's grammar once and hands out one fresh constraint per sample, which travel with the
+admitted request, so the engine thread never compiles.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from jaxserve.sampling_params import SamplingParams
+from jaxserve.sampling_params import StructuredOutputs
 
 
 class Constraint(Protocol):
@@ -26,9 +30,13 @@ class Constraint(Protocol):
         """The grammar is complete: nothing more may follow."""
 
 
-# SamplingParams -> a fresh constraint for one sequence, or None when it has no constraint;
-# raises ValueError (a 400) for a schema or grammar that does not compile
-ConstraintFactory = Callable[[SamplingParams], "Constraint | None"]
+class ConstraintFactory(Protocol):
+    def compile(self, so: StructuredOutputs) -> object:
+        """The compiled grammar (cached); raises ValueError naming the part at fault. Slow:
+        never on the event loop, never on the engine thread."""
+
+    def constraints(self, so: StructuredOutputs, n: int) -> list[Constraint]:
+        """n fresh constraints on one compiled grammar, compiling it first when needed."""
 
 
 def bitmask_words(vocab_size: int) -> int:

@@ -27,24 +27,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jaxserve.config import Config
+from jaxserve.engine.admission import Admission, AdmittedRequest, EngineLimits
 from jaxserve.engine.constraints import ConstraintFactory
 from jaxserve.engine.output_processor import OutputProcessor
 from jaxserve.engine.page_allocator import PageAllocator
 from jaxserve.engine.scheduler import Scheduler, SchedulerOutput
 from jaxserve.engine.sequence import Request, Sequence, Status
-from jaxserve.engine.step_inputs import MAX_BIAS_ENTRIES, StepInputBuilder
+from jaxserve.engine.step_inputs import StepInputBuilder
 from jaxserve.interfaces import Runner, StepInputs, StepResult
 from jaxserve.outputs import RequestOutput, StepLogprobs, TokenLogprob
-from jaxserve.sampling_params import SamplingParams
-
-
-class RequestError(ValueError):
-    """A request the engine cannot take; ``code`` follows OpenAI (e.g. context_length_exceeded)."""
-
-    def __init__(self, message: str, code: str | None = None, param: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.param = param
+from jaxserve.sampling_params import ParamError
 
 
 @dataclass
@@ -77,8 +69,12 @@ class LLMEngine:
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
         self.eos_token_ids = eos_token_ids
-        self.constraint_factory = constraint_factory
         cache = config.cache
+        # the checks a request passes before add_request, run by the caller on its own thread
+        self.admission = Admission(EngineLimits(
+            vocab_size=vocab_size, max_model_len=max_model_len,
+            max_num_seqs=config.scheduler.max_num_seqs, page_size=cache.page_size,
+            num_pages=cache.num_pages, eos_token_ids=tuple(eos_token_ids)), constraint_factory)
         self.allocator = PageAllocator(cache.num_pages, cache.page_size,
                                        cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.allocator, max_model_len)
@@ -94,62 +90,27 @@ class LLMEngine:
         self._in_flight: _Launched | None = None
 
     # ---- requests ----------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt_token_ids: list[int],
-                    params: SamplingParams) -> None:
+    def add_request(self, request_id: str, admitted: AdmittedRequest) -> None:
+        """Take a request that passed ``self.admission`` (on the caller's thread): its checks,
+        its grammar and its constraints are done, so only the id, which needs the engine's
+        state, is checked here."""
         if request_id in self.requests:
-            raise RequestError(f"request id {request_id!r} is already running", param="request_id")
-        params.validate(self.vocab_size)
-        if params.n > self.config.scheduler.max_num_seqs:
-            raise RequestError(f"n must be at most {self.config.scheduler.max_num_seqs} "
-                               f"(max_num_seqs), got {params.n}", param="n")
-        if len(params.logit_bias or {}) > 300:
-            raise RequestError("logit_bias may hold at most 300 entries", param="logit_bias")
-        if len(params.stop_token_ids) > MAX_BIAS_ENTRIES - 300 - len(self.eos_token_ids):
-            raise RequestError("too many stop_token_ids", param="stop_token_ids")
-        num_prompt = len(prompt_token_ids)
-        if num_prompt == 0:
-            raise RequestError("the prompt is empty", param="prompt")
-        if any(not 0 <= t < self.vocab_size for t in prompt_token_ids):
-            raise RequestError(f"prompt token ids must be in [0, {self.vocab_size})", param="prompt")
-        room = self.max_model_len - num_prompt
-        if room < 1 or (params.max_tokens is not None and params.max_tokens > room):
-            asked = num_prompt + (params.max_tokens or 1)
-            raise RequestError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, "
-                f"you requested {asked} tokens ({num_prompt} in the messages, "
-                f"{params.max_tokens or 1} in the completion). Please reduce the length of the "
-                "messages or completion.", code="context_length_exceeded", param="messages")
-        max_tokens = params.max_tokens if params.max_tokens is not None else room
-        pages = self.allocator.pages_needed(num_prompt + max_tokens)
-        if pages > self.config.cache.num_pages:
-            raise RequestError(f"the request needs {pages} KV pages but the cache has only "
-                               f"{self.config.cache.num_pages}", code="context_length_exceeded")
-
-        constraints = [self._constraint(params) for _ in range(params.n)]
-        request = Request(request_id, list(prompt_token_ids), params, max_tokens)
-        for index in range(params.n):
+            raise ParamError(f"request id {request_id!r} is already running", param="request_id")
+        params = admitted.params
+        prompt = admitted.prompt_token_ids
+        request = Request(request_id, list(prompt), params, admitted.max_tokens)
+        for index, constraint in enumerate(admitted.constraints):
             seq = Sequence(seq_id=next(self._seq_ids), request=request, index=index,
-                           token_ids=list(prompt_token_ids), num_prompt_tokens=num_prompt,
+                           token_ids=list(prompt), num_prompt_tokens=len(prompt),
                            rng_key=self._rng_key(params.seed, index),
                            logprobs=[] if params.logprobs is not None else None,
-                           constraint=constraints[index])
+                           constraint=constraint)
             request.seqs.append(seq)
         self.requests[request_id] = request
         self.scheduler.add(request.seqs[0])
         for fork in request.seqs[1:]:
             fork.status = Status.FORK_PENDING
-        self.stats.prompt_tokens += num_prompt
-
-    def _constraint(self, params: SamplingParams):
-        if params.structured_outputs is None:
-            return None
-        if self.constraint_factory is None:
-            raise RequestError("structured outputs are not available on this engine",
-                               param="structured_outputs")
-        try:
-            return self.constraint_factory(params)
-        except ValueError as exc:
-            raise RequestError(str(exc), param="response_format") from None
+        self.stats.prompt_tokens += len(prompt)
 
     def _rng_key(self, seed: int | None, index: int) -> np.ndarray:
         if seed is None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jaxserve.engine.constraints import Constraint
 from jaxserve.outputs import StepLogprobs
 from jaxserve.sampling_params import SamplingParams
 
@@ -27,7 +28,7 @@ class Status(enum.Enum):
 @dataclass(eq=False)
 class Sequence:
     seq_id: int
-    request: "Request"
+    request: Request
     index: int  # which of the request's n samples
     token_ids: list[int]  # prompt, then output
     num_prompt_tokens: int
@@ -45,7 +46,7 @@ class Sequence:
     stop_reason: str | int | None = None
     logprobs: list[StepLogprobs] | None = None
     num_preemptions: int = 0
-    constraint: object | None = None  # a constraints.Constraint when the output is constrained
+    constraint: Constraint | None = None  # built at admission, on the caller's thread
     # filled by the detokenizer
     output_text: str = ""
     num_emitted_tokens: int = 0

@@ -21,9 +21,9 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from jaxserve.engine.admission import AdmittedRequest
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.outputs import RequestOutput, merge_delta
-from jaxserve.sampling_params import SamplingParams
 
 log = logging.getLogger("jaxserve.engine")
 
@@ -118,16 +118,16 @@ class AsyncEngine:
         read from another thread, atomic under the GIL)."""
         return self._pending_adds + len(self.engine.scheduler.waiting)
 
-    async def add_request(self, request_id: str, prompt_token_ids: list[int],
-                          params: SamplingParams) -> RequestStream:
-        """Queue a request; raises the engine's RequestError/ValueError if it refuses it."""
+    async def add_request(self, request_id: str, admitted: AdmittedRequest) -> RequestStream:
+        """Queue an admitted request (``engine.admission``, checked off this loop); raises the
+        engine's ParamError if its id is already running."""
         if self.dead is not None:
             raise EngineDeadError(f"the engine is not running: {self.dead}")
         stream = RequestStream(request_id, self)
         self._streams[request_id] = stream
         accepted = self._loop.create_future()
         self._pending_adds += 1
-        self._commands.put(("add", request_id, prompt_token_ids, params, accepted))
+        self._commands.put(("add", request_id, admitted, accepted))
         try:
             await accepted
         except BaseException:
@@ -139,10 +139,10 @@ class AsyncEngine:
             self._pending_adds -= 1
         return stream
 
-    async def generate(self, request_id: str, prompt_token_ids: list[int],
-                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    async def generate(self, request_id: str, admitted: AdmittedRequest
+                       ) -> AsyncIterator[RequestOutput]:
         """The deltas of one request; leaving the loop early aborts the request."""
-        stream = await self.add_request(request_id, prompt_token_ids, params)
+        stream = await self.add_request(request_id, admitted)
         try:
             async for out in stream:
                 yield out
@@ -172,8 +172,8 @@ class AsyncEngine:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 break
-            if command[0] == "add" and not command[4].done():
-                command[4].set_exception(dead)
+            if command[0] == "add" and not command[3].done():
+                command[3].set_exception(dead)
 
     # ---- the engine thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -215,11 +215,10 @@ class AsyncEngine:
             elif kind == "add":
                 self._add(*command[1:])
 
-    def _add(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-             accepted: asyncio.Future) -> None:
+    def _add(self, request_id: str, admitted: AdmittedRequest, accepted: asyncio.Future) -> None:
         error = None
         try:
-            self.engine.add_request(request_id, prompt_token_ids, params)
+            self.engine.add_request(request_id, admitted)
             if self.observer is not None:
                 self.observer.request_added(request_id)
         except Exception as exc:  # noqa: BLE001 - the caller decides: a 400 or a 500

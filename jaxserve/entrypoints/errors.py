@@ -13,6 +13,7 @@ from typing import TypeVar
 import msgspec
 
 from jaxserve.entrypoints.protocol import ErrorInfo, ErrorResponse
+from jaxserve.sampling_params import ParamError
 
 T = TypeVar("T")
 
@@ -42,16 +43,9 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(message, status=400, param=param, code=code)
 
 
-def from_value_error(exc: ValueError) -> APIError:
-    """The engine's RequestError carries code and param; SamplingParams.validate's ValueError
-    starts with the field's name."""
-    param = getattr(exc, "param", None)
-    code = getattr(exc, "code", None)
-    message = str(exc)
-    if param is None:
-        first = message.split(" ", 1)[0]
-        param = first if re.fullmatch(r"[a-z_]+", first) else None
-    return APIError(message, status=400, param=param, code=code)
+def from_param_error(exc: ParamError) -> APIError:
+    """A refused value as a 400; the error carries its field and code."""
+    return APIError(str(exc), status=400, param=exc.param, code=exc.code)
 
 
 def decode_request(body: bytes, type_: type[T]) -> T:

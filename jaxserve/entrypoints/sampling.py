@@ -2,8 +2,9 @@
 
 Fields a request leaves out take the model's ``generation_config.json`` values first (vLLM's
 ``--generation-config auto``), then OpenAI's defaults. Range checks live in
-``SamplingParams.validate`` and in the engine; here are only the rules that belong to the API
-(``top_logprobs`` needs ``logprobs``, ``stream_options`` needs ``stream``).
+``SamplingParams.validate`` and the engine's admission (``engine/admission.py``), which run once,
+later; here are only the rules that belong to the API (``top_logprobs`` needs ``logprobs``,
+``stream_options`` needs ``stream``).
 """
 
 from __future__ import annotations
@@ -107,11 +108,3 @@ def completion_params(req: CompletionRequest, defaults: dict[str, Any],
     return SamplingParams(**_common(req, defaults, vocab_size), max_tokens=req.max_tokens,
                           logprobs=req.logprobs)
 
-
-def validate(params: SamplingParams, vocab_size: int) -> SamplingParams:
-    """SamplingParams.validate, as a 400 naming the field."""
-    try:
-        return params.validate(vocab_size)
-    except ValueError as exc:
-        field = str(exc).split(" ", 1)[0]
-        raise bad_request(str(exc), param=field) from None

@@ -12,8 +12,6 @@ that called a tool finishes with ``tool_calls``.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import AsyncIterator
 
 from litestar import Request, Response
@@ -34,36 +32,33 @@ from jaxserve.entrypoints.chat_protocol import (
     FunctionCall,
     ToolCall,
 )
-from jaxserve.entrypoints.errors import APIError, decode_request
 from jaxserve.entrypoints.logprobs import chat_logprobs
 from jaxserve.entrypoints.prompts import template_messages
-from jaxserve.entrypoints.protocol import PromptTokensDetails, UsageInfo
-from jaxserve.entrypoints.responses import (
-    DONE,
-    json_response,
-    sse_event,
-    sse_response,
-    unless_disconnected,
-)
-from jaxserve.entrypoints.sampling import chat_params, validate
+from jaxserve.entrypoints.protocol import UsageInfo
+from jaxserve.entrypoints.sampling import chat_params
+from jaxserve.entrypoints.serving_common import ReplyBase, admit_request, respond
 from jaxserve.entrypoints.state import ServerState, random_id
-from jaxserve.entrypoints.structured import compile_constraint, request_structure
-from jaxserve.outputs import RequestOutput, merge_delta
+from jaxserve.entrypoints.structured import RequestStructure
+from jaxserve.outputs import RequestOutput
 from jaxserve.structured.tool_parser import ToolCallDelta, ToolCallParser
 from jaxserve.structured.tool_prompt import prompt_messages, template_supports_tools
 
-log = logging.getLogger("jaxserve.server")
-
 
 async def create_chat_completion(state: ServerState, request: Request) -> Response:
-    req = decode_request(await request.body(), ChatCompletionRequest)
-    state.check_model(req.model)
-    state.require_ready()  # before tokenizing: a loading server answers 503 at once
-    params = chat_params(req, state.defaults, state.info.vocab_size)
-    structure = request_structure(req)
-    params.structured_outputs = structure.constraint
-    params = validate(params, state.info.vocab_size)
-    await compile_constraint(state.engine.engine.constraint_factory, structure)
+    admitted = await admit_request(state, request, ChatCompletionRequest, chat_params,
+                                   lambda req, structure: _prompt_ids(state, req, structure))
+    req, structure = admitted.req, admitted.structure
+    streams = await state.submit(admitted.requests)
+    reply = _Reply(state, req, f"chatcmpl-{req.request_id or random_id()}",
+                   admitted.num_prompt_tokens)
+    if structure.reads_tool_calls:
+        reply.read_tool_calls(structure.tools.names, structure.tools.parallel)
+    return await respond(request, streams, reply, req.stream)
+
+
+async def _prompt_ids(state: ServerState, req: ChatCompletionRequest,
+                      structure: RequestStructure) -> list[list[int]]:
+    """The messages, and the tools the template cannot take itself, through the template."""
     messages, tools = prompt_messages(
         template_messages(req.messages), structure.tools,
         template_supports_tools(state.prompts.tokenizer.chat_template))
@@ -71,41 +66,18 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
         messages, add_generation_prompt=req.add_generation_prompt,
         continue_final_message=req.continue_final_message, tools=tools,
         template_kwargs=req.chat_template_kwargs)
-    (stream,) = await state.submit([prompt_ids], params)
-    reply = _Reply(state, req, f"chatcmpl-{req.request_id or random_id()}", len(prompt_ids))
-    if structure.reads_tool_calls:
-        reply.read_tool_calls(structure.tools.names, structure.tools.parallel)
-    if req.stream:
-        return sse_response(reply.stream(stream))
-    try:
-        total = await unless_disconnected(request, lambda: _collect(stream))
-    except BaseException:
-        stream.abort()
-        raise
-    return json_response(reply.response(total))
+    return [prompt_ids]
 
 
-async def _collect(stream: RequestStream) -> RequestOutput:
-    total = None
-    try:
-        async for delta in stream:
-            total = merge_delta(total, delta)
-    finally:
-        stream.abort()
-    return total
-
-
-class _Reply:
+class _Reply(ReplyBase):
     """Builds the response, or the chunks, of one chat request."""
+
+    response_type = ChatCompletionResponse
+    chunk_type = ChatCompletionChunk
 
     def __init__(self, state: ServerState, req: ChatCompletionRequest, response_id: str,
                  num_prompt_tokens: int):
-        self.state = state
-        self.req = req
-        self.id = response_id
-        self.created = int(time.time())
-        self.model = state.config.model.model_name
-        self.num_prompt_tokens = num_prompt_tokens
+        super().__init__(state, req, response_id, num_prompt_tokens)
         self.num_cached_tokens = 0
         self.want_logprobs = bool(req.logprobs)
         self.tool_names: frozenset[str] | None = None  # set when the text is read for calls
@@ -121,16 +93,15 @@ class _Reply:
         return ToolCallParser(self.tool_names, self.parallel_tool_calls)
 
     def _usage(self, completion_tokens: int) -> UsageInfo:
-        return UsageInfo(self.num_prompt_tokens, completion_tokens,
-                         self.num_prompt_tokens + completion_tokens,
-                         PromptTokensDetails(cached_tokens=self.num_cached_tokens))
+        return self.usage(completion_tokens, self.num_cached_tokens)
 
     def _logprobs(self, steps) -> ChoiceLogprobs | None:
         if not self.want_logprobs or steps is None:
             return None
         return ChoiceLogprobs(content=chat_logprobs(steps, self.state.token_str))
 
-    def response(self, total: RequestOutput) -> ChatCompletionResponse:
+    def response(self, totals: list[RequestOutput]) -> ChatCompletionResponse:
+        (total,) = totals
         choices = []
         for c in total.outputs:
             message, finish_reason = ChatCompletionMessage(content=c.text), c.finish_reason
@@ -144,59 +115,42 @@ class _Reply:
                 finish_reason=finish_reason, stop_reason=c.stop_reason))
         completion_tokens = sum(len(c.token_ids) for c in total.outputs)
         self.num_cached_tokens = total.num_cached_tokens
-        return ChatCompletionResponse(id=self.id, created=self.created, model=self.model,
-                                      choices=choices, usage=self._usage(completion_tokens))
+        return self.body(choices, self._usage(completion_tokens))
 
-    def _chunk(self, choices: list[ChatStreamChoice], usage=UNSET) -> bytes:
-        return sse_event(ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
-                                             choices=choices, usage=usage))
-
-    async def stream(self, stream: RequestStream) -> AsyncIterator[bytes]:
-        options = self.req.stream_options
-        include_usage = bool(options and options.include_usage)
-        continuous = bool(options and options.continuous_usage_stats)
+    async def events(self, streams: list[RequestStream]) -> AsyncIterator[bytes]:
+        (stream,) = streams
         n = self.req.n or 1
         generated = [0] * n  # tokens per choice so far
         parsers = [self._parser() for _ in range(n)]
 
         def usage():
-            return self._usage(sum(generated)) if continuous else UNSET
+            return self._usage(sum(generated)) if self.continuous_usage else UNSET
 
-        try:
-            for index in range(n):
-                delta = DeltaMessage(role="assistant", content="")
-                yield self._chunk([ChatStreamChoice(index=index, delta=delta)], usage())
-            async for out in stream:
-                self.num_cached_tokens = out.num_cached_tokens
-                for c in out.outputs:
-                    generated[c.index] = c.num_output_tokens
-                    with_logprobs = self.want_logprobs and bool(c.logprobs)
-                    text, calls, finish_reason = c.text, UNSET, c.finish_reason
-                    parser = parsers[c.index]
-                    if parser is not None:
-                        text, deltas = parser.feed(c.text, final=c.finish_reason is not None)
-                        calls = _delta_tool_calls(deltas) or UNSET
-                        finish_reason = _finish_reason(parser, c.finish_reason)
-                    if not (text or calls or with_logprobs or c.finish_reason):
-                        continue  # text held back (a partial character, a stop, a tool call)
-                    # a chunk that carries only logprobs still says content "", a final one {}
-                    content = text if (text or (c.finish_reason is None and not calls)) \
-                        else UNSET
-                    choice = ChatStreamChoice(
-                        index=c.index, delta=DeltaMessage(content=content, tool_calls=calls),
-                        logprobs=self._logprobs(c.logprobs), finish_reason=finish_reason,
-                        stop_reason=c.stop_reason)
-                    yield self._chunk([choice], usage())
-            if include_usage:
-                yield self._chunk([], self._usage(sum(generated)))
-        except APIError as exc:
-            yield sse_event(exc.body())
-        except Exception as exc:  # headers are sent: report in-band, then [DONE]
-            log.exception("chat stream %s failed", self.id)
-            yield sse_event(APIError(f"generation failed: {exc}", status=500).body())
-        finally:
-            stream.abort()
-        yield DONE
+        for index in range(n):
+            delta = DeltaMessage(role="assistant", content="")
+            yield self.chunk([ChatStreamChoice(index=index, delta=delta)], usage())
+        async for out in stream:
+            self.num_cached_tokens = out.num_cached_tokens
+            for c in out.outputs:
+                generated[c.index] = c.num_output_tokens
+                with_logprobs = self.want_logprobs and bool(c.logprobs)
+                text, calls, finish_reason = c.text, UNSET, c.finish_reason
+                parser = parsers[c.index]
+                if parser is not None:
+                    text, deltas = parser.feed(c.text, final=c.finish_reason is not None)
+                    calls = _delta_tool_calls(deltas) or UNSET
+                    finish_reason = _finish_reason(parser, c.finish_reason)
+                if not (text or calls or with_logprobs or c.finish_reason):
+                    continue  # text held back (a partial character, a stop, a tool call)
+                # a chunk that carries only logprobs still says content "", a final one {}
+                content = text if (text or (c.finish_reason is None and not calls)) else UNSET
+                choice = ChatStreamChoice(
+                    index=c.index, delta=DeltaMessage(content=content, tool_calls=calls),
+                    logprobs=self._logprobs(c.logprobs), finish_reason=finish_reason,
+                    stop_reason=c.stop_reason)
+                yield self.chunk([choice], usage())
+        if self.include_usage:
+            yield self.chunk([], self._usage(sum(generated)))
 
 
 def _message(parser: ToolCallParser) -> ChatCompletionMessage:

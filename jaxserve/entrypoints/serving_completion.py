@@ -7,8 +7,6 @@ computed yet, so ``echo`` with ``logprobs`` is refused up front.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import AsyncIterator
 
 from litestar import Request, Response
@@ -20,81 +18,60 @@ from jaxserve.entrypoints.completion_protocol import (
     CompletionRequest,
     CompletionResponse,
 )
-from jaxserve.entrypoints.errors import APIError, decode_request
 from jaxserve.entrypoints.logprobs import completion_logprobs
 from jaxserve.entrypoints.prompts import completion_prompts
-from jaxserve.entrypoints.protocol import PromptTokensDetails, UsageInfo
-from jaxserve.entrypoints.responses import (
-    DONE,
-    json_response,
-    sse_event,
-    sse_response,
-    unless_disconnected,
-)
-from jaxserve.entrypoints.sampling import completion_params, validate
+from jaxserve.entrypoints.protocol import UsageInfo
+from jaxserve.entrypoints.sampling import completion_params
+from jaxserve.entrypoints.serving_common import ReplyBase, admit_request, respond
 from jaxserve.entrypoints.state import ServerState, random_id
-from jaxserve.entrypoints.structured import compile_constraint, request_structure
-from jaxserve.outputs import CompletionOutput, RequestOutput, merge_delta
-
-log = logging.getLogger("jaxserve.server")
+from jaxserve.outputs import CompletionOutput, RequestOutput
 
 
 async def create_completion(state: ServerState, request: Request) -> Response:
-    req = decode_request(await request.body(), CompletionRequest)
-    state.check_model(req.model)
-    state.require_ready()
-    params = completion_params(req, state.defaults, state.info.vocab_size)
-    structure = request_structure(req)
-    params.structured_outputs = structure.constraint
-    params = validate(params, state.info.vocab_size)
-    await compile_constraint(state.engine.engine.constraint_factory, structure)
-    prompts = completion_prompts(req.prompt, state.info.vocab_size)
-    prompt_ids = [await state.prompts.encode(p, req.add_special_tokens) if isinstance(p, str)
-                  else p for p in prompts]
-    echoes = [""] * len(prompts)
-    if req.echo:
-        echoes = [p if isinstance(p, str) else await state.prompts.decode(p) for p in prompts]
-    streams = await state.submit(prompt_ids, params)
+    admitted = await admit_request(state, request, CompletionRequest, completion_params,
+                                   lambda req, _: _prompt_ids(state, req))
+    req = admitted.req
+    prompt_ids = [r.prompt_token_ids for r in admitted.requests]
+    echoes = await _echoes(state, req, prompt_ids)
+    streams = await state.submit(admitted.requests)
     reply = _Reply(state, req, f"cmpl-{req.request_id or random_id()}",
-                   sum(len(ids) for ids in prompt_ids), echoes)
-    if req.stream:
-        return sse_response(reply.stream(streams))
-    try:
-        totals = await unless_disconnected(request, lambda: _collect(streams))
-    except BaseException:
-        for stream in streams:
-            stream.abort()
-        raise
-    return json_response(reply.response(totals))
+                   admitted.num_prompt_tokens, echoes)
+    return await respond(request, streams, reply, req.stream)
 
 
-async def _collect(streams: list[RequestStream]) -> list[RequestOutput]:
-    totals: list[RequestOutput | None] = [None] * len(streams)
-    async for position, delta in merge_streams(streams):
-        totals[position] = merge_delta(totals[position], delta)
-    return totals
+async def _prompt_ids(state: ServerState, req: CompletionRequest) -> list[list[int]]:
+    prompts = completion_prompts(req.prompt, state.info.vocab_size)
+    return [await state.prompts.encode(p, req.add_special_tokens) if isinstance(p, str) else p
+            for p in prompts]
 
 
-class _Reply:
+async def _echoes(state: ServerState, req: CompletionRequest,
+                  prompt_ids: list[list[int]]) -> list[str]:
+    """The text each choice starts with: the prompt as given, or its ids decoded."""
+    if not req.echo:
+        return [""] * len(prompt_ids)
+    if isinstance(req.prompt, str):
+        return [req.prompt]
+    if all(isinstance(p, str) for p in req.prompt):  # checked non-empty when encoded
+        return list(req.prompt)
+    return [await state.prompts.decode(ids) for ids in prompt_ids]
+
+
+class _Reply(ReplyBase):
     """Builds the response, or the chunks, of one completions request."""
+
+    response_type = chunk_type = CompletionResponse
 
     def __init__(self, state: ServerState, req: CompletionRequest, response_id: str,
                  num_prompt_tokens: int, echoes: list[str]):
-        self.state = state
-        self.req = req
-        self.id = response_id
-        self.created = int(time.time())
-        self.model = state.config.model.model_name
+        super().__init__(state, req, response_id, num_prompt_tokens)
         self.n = req.n or 1
-        self.num_prompt_tokens = num_prompt_tokens
         self.cached_tokens: dict[int, int] = {}  # prompt position -> tokens from the prefix cache
         self.echoes = echoes
         self.offsets: dict[int, int] = {}  # choice -> characters sent so far (logprob offsets)
 
     def _usage(self, completion_tokens: int) -> UsageInfo:
-        return UsageInfo(self.num_prompt_tokens, completion_tokens,
-                         self.num_prompt_tokens + completion_tokens,
-                         PromptTokensDetails(cached_tokens=sum(self.cached_tokens.values())))
+        return self.usage(completion_tokens, sum(self.cached_tokens.values()))
 
     def _choice(self, position: int, c: CompletionOutput) -> CompletionChoice:
         index = position * self.n + c.index
@@ -113,38 +90,20 @@ class _Reply:
         choices = [self._choice(p, c) for p, total in enumerate(totals) for c in total.outputs]
         completion_tokens = sum(len(c.token_ids) for t in totals for c in t.outputs)
         self.cached_tokens = {p: t.num_cached_tokens for p, t in enumerate(totals)}
-        return CompletionResponse(id=self.id, created=self.created, model=self.model,
-                                  choices=choices, usage=self._usage(completion_tokens))
+        return self.body(choices, self._usage(completion_tokens))
 
-    def _chunk(self, choices: list[CompletionChoice], usage=UNSET) -> bytes:
-        return sse_event(CompletionResponse(id=self.id, created=self.created, model=self.model,
-                                            choices=choices, usage=usage))
-
-    async def stream(self, streams: list[RequestStream]) -> AsyncIterator[bytes]:
-        options = self.req.stream_options
-        include_usage = bool(options and options.include_usage)
-        continuous = bool(options and options.continuous_usage_stats)
+    async def events(self, streams: list[RequestStream]) -> AsyncIterator[bytes]:
         generated: dict[int, int] = {}  # choice -> tokens so far
-        try:
-            async for position, out in merge_streams(streams):
-                self.cached_tokens[position] = out.num_cached_tokens
-                for c in out.outputs:
-                    generated[position * self.n + c.index] = c.num_output_tokens
-                    with_logprobs = self.req.logprobs is not None and bool(c.logprobs)
-                    index = position * self.n + c.index
-                    echo_due = self.echoes[position] and index not in self.offsets
-                    if not (c.text or with_logprobs or echo_due or c.finish_reason):
-                        continue  # tokens whose text is held back (a partial character, a stop)
-                    usage = self._usage(sum(generated.values())) if continuous else UNSET
-                    yield self._chunk([self._choice(position, c)], usage)
-            if include_usage:
-                yield self._chunk([], self._usage(sum(generated.values())))
-        except APIError as exc:
-            yield sse_event(exc.body())
-        except Exception as exc:  # headers are sent: report in-band, then [DONE]
-            log.exception("completion stream %s failed", self.id)
-            yield sse_event(APIError(f"generation failed: {exc}", status=500).body())
-        finally:
-            for stream in streams:
-                stream.abort()
-        yield DONE
+        async for position, out in merge_streams(streams):
+            self.cached_tokens[position] = out.num_cached_tokens
+            for c in out.outputs:
+                generated[position * self.n + c.index] = c.num_output_tokens
+                with_logprobs = self.req.logprobs is not None and bool(c.logprobs)
+                index = position * self.n + c.index
+                echo_due = self.echoes[position] and index not in self.offsets
+                if not (c.text or with_logprobs or echo_due or c.finish_reason):
+                    continue  # tokens whose text is held back (a partial character, a stop)
+                usage = self._usage(sum(generated.values())) if self.continuous_usage else UNSET
+                yield self.chunk([self._choice(position, c)], usage)
+        if self.include_usage:
+            yield self.chunk([], self._usage(sum(generated.values())))

@@ -1,5 +1,5 @@
-"""What every handler shares: the engine, the tokenizer thread, metrics, and the checks that
-come before a request reaches the engine (model name, capacity, the engine's own refusals).
+"""What every handler shares: the engine, its admission, the tokenizer thread, metrics, and the
+checks that come before a request reaches the engine (model name, readiness, capacity).
 
 The state exists before the engine does: ``serve`` starts the HTTP server first, so ``/health``
 can answer 503 while the model loads and compiles, and attaches the engine once it is built.
@@ -12,16 +12,17 @@ import threading
 import time
 import uuid
 
-from jaxserve.interfaces import EngineInfo
 from jaxserve.config import Config
+from jaxserve.engine.admission import Admission, AdmittedRequest
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.entrypoints.async_engine import AsyncEngine, EngineDeadError, RequestStream
-from jaxserve.entrypoints.errors import APIError, from_value_error
+from jaxserve.entrypoints.errors import APIError, from_param_error
 from jaxserve.entrypoints.logprobs import TokenStrings
 from jaxserve.entrypoints.metrics import EngineMetrics
 from jaxserve.entrypoints.prompts import Prompts
 from jaxserve.entrypoints.sampling import generation_defaults
-from jaxserve.sampling_params import SamplingParams
+from jaxserve.interfaces import EngineInfo
+from jaxserve.sampling_params import ParamError
 
 RETRY_AFTER_SECONDS = 1
 
@@ -38,6 +39,7 @@ class ServerState:
         self.max_waiting_requests = max_waiting_requests or 64 * config.scheduler.max_num_seqs
         self.metrics = EngineMetrics(config.model.model_name)
         self.engine: AsyncEngine | None = None
+        self.admission: Admission | None = None  # the engine's checks, run on worker threads
         self.info: EngineInfo | None = None
         self.prompts: Prompts | None = None
         self.token_str: TokenStrings | None = None
@@ -57,6 +59,7 @@ class ServerState:
     def attach(self, engine: LLMEngine, info: EngineInfo) -> None:
         """Start serving with a built engine; call on the event loop."""
         self.info = info
+        self.admission = engine.admission
         self.defaults = generation_defaults(info.model_dir)
         self.prompts = Prompts(engine.tokenizer)
         self.token_str = TokenStrings(engine.tokenizer)
@@ -100,22 +103,21 @@ class ServerState:
                            "retry later", status=503, code="server_overloaded",
                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
-    async def submit(self, prompts: list[list[int]], params: SamplingParams
-                     ) -> list[RequestStream]:
-        """Hand the prompts to the engine; every refusal becomes an APIError, and a refusal of
-        a later prompt withdraws the earlier ones."""
+    async def submit(self, requests: list[AdmittedRequest]) -> list[RequestStream]:
+        """Hand admitted requests to the engine; every refusal becomes an APIError, and a
+        refusal of a later request withdraws the earlier ones."""
         engine = self.require_ready()
         self.check_capacity(engine)
         streams: list[RequestStream] = []
         try:
-            for prompt_ids in prompts:
-                streams.append(await engine.add_request(random_id(), prompt_ids, params))
+            for admitted in requests:
+                streams.append(await engine.add_request(random_id(), admitted))
         except BaseException as exc:
             for stream in streams:
                 stream.abort()
             if isinstance(exc, EngineDeadError):
                 raise APIError(str(exc), status=503) from None
-            if isinstance(exc, ValueError):  # RequestError is one
-                raise from_value_error(exc) from None
+            if isinstance(exc, ParamError):  # a request id already running
+                raise from_param_error(exc) from None
             raise
         return streams

@@ -9,20 +9,20 @@ A request may constrain its output through exactly one of:
 - ``tool_choice`` "required" or a named function, which forces a tool call through a grammar.
 
 Two of them in one request is a 400, as is a schema, regex or grammar that does not compile: the
-grammar is compiled here, on a worker thread, before the request reaches the engine, so the error
-can name the field and the engine thread finds it compiled in the cache. With ``tool_choice``
+grammar is compiled at admission, on a worker thread (``serving_common.py``), and
+``constraint_error`` names the request field a compile error came from. With ``tool_choice``
 "auto" and a constraint, the constraint wins and no tool calls are read (vLLM does the same).
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from jaxserve.entrypoints.errors import bad_request
-from jaxserve.sampling_params import StructuredOutputs
-from jaxserve.structured import GrammarBackend, GrammarError
+from jaxserve.engine.constraints import ConstraintFactory
+from jaxserve.entrypoints.errors import APIError, bad_request
+from jaxserve.sampling_params import ParamError, StructuredOutputs
+from jaxserve.structured import GrammarError
 from jaxserve.structured.grammars import load_schema
 from jaxserve.structured.tools import ToolError, ToolPlan, parse_tools
 
@@ -52,8 +52,8 @@ def request_structure(req: Any) -> RequestStructure:
     if structured is not None:
         try:
             given.append(("structured_outputs", structured.validate()))
-        except ValueError as exc:  # "structured_outputs[.choice] must ..."
-            raise bad_request(str(exc), param=str(exc).split(" ", 1)[0]) from None
+        except ParamError as exc:
+            raise bad_request(str(exc), param=exc.param) from None
     for name, kind in _GUIDED.items():
         value = getattr(req, name, None)
         if value is None:
@@ -105,23 +105,16 @@ def _response_format(value: Any) -> StructuredOutputs | None:
                       f"got {kind!r}", param="response_format.type")
 
 
-async def compile_constraint(backend: Any, structure: RequestStructure) -> None:
-    """Compile the request's grammar off the event loop (a cache hit when seen before); a
-    grammar that does not compile is a 400 naming the field."""
-    if structure.constraint is None or not isinstance(backend, GrammarBackend):
-        return  # an engine without the llguidance backend refuses the request itself
-    await asyncio.to_thread(_compile, backend, structure)
+def constraint_error(factory: ConstraintFactory, structure: RequestStructure,
+                     exc: GrammarError) -> APIError:
+    """A grammar that does not compile, as a 400 naming the request field it came from; call on
+    the worker thread (finding a tool's fault compiles its parameters)."""
+    param = _error_param(factory, structure, exc)
+    return bad_request(f"{param}: {exc}", param=param)
 
 
-def _compile(backend: GrammarBackend, structure: RequestStructure) -> None:
-    try:
-        backend.compile(structure.constraint)
-    except GrammarError as exc:
-        param = _error_param(backend, structure, exc)
-        raise bad_request(f"{param}: {exc}", param=param) from None
-
-
-def _error_param(backend: GrammarBackend, structure: RequestStructure, exc: GrammarError) -> str:
+def _error_param(factory: ConstraintFactory, structure: RequestStructure,
+                 exc: GrammarError) -> str:
     param = structure.param
     if param == "response_format":
         return "response_format.json_schema.schema"
@@ -130,7 +123,7 @@ def _error_param(backend: GrammarBackend, structure: RequestStructure, exc: Gram
     if param == "tool_choice":  # which tool's parameters: compile them one by one
         for i, function in enumerate(structure.tools.functions):
             try:
-                backend.compile(StructuredOutputs(json=function.parameters))
+                factory.compile(StructuredOutputs(json=function.parameters))
             except GrammarError:
                 return f"tools[{i}].function.parameters"
         return "tools"

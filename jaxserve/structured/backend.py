@@ -3,11 +3,12 @@
     SamplingParams.structured_outputs -> grammar text -> compiled LLMatcher (cached) -> a copy per
     sequence -> each step: fill its bitmask row, consume the sampled token
 
-Compiling is the slow part (the tokenizer trie is built once per model, ~2 s for SmolLM2's 49k
-tokens; a grammar takes milliseconds to hundreds of milliseconds); a compiled matcher is kept in an
-LRU cache keyed by the grammar text, and each sequence gets a ``deep_copy`` of it (microseconds).
-The HTTP layer compiles a request's grammar on a worker thread before the request reaches the
-engine, so the engine thread only ever copies.
+Compiling is the slow part (the tokenizer trie is built once per model; a grammar takes
+milliseconds to hundreds of milliseconds); a compiled matcher is kept in an LRU cache keyed by the
+grammar text, and each sequence gets a ``deep_copy`` of it (microseconds). Both happen at
+admission (``engine/admission.py``), on the caller's worker thread: the constraints travel with
+the admitted request, so the engine thread neither compiles nor copies nor reads the cache; it
+only fills masks and consumes tokens.
 
 The model's vocabulary may be larger than the tokenizer's (padded embeddings): llguidance is told
 the model's size, so its mask rows are as wide as the engine's, and the padding ids, which no text
@@ -25,7 +26,7 @@ import numpy as np
 from llguidance import LLMatcher, LLTokenizer
 from llguidance.numpy import fill_next_token_bitmask
 
-from jaxserve.sampling_params import SamplingParams, StructuredOutputs
+from jaxserve.sampling_params import StructuredOutputs
 from jaxserve.structured.grammars import GrammarError, constraint_field, grammar_text
 
 log = logging.getLogger("jaxserve.structured")
@@ -63,7 +64,7 @@ class GrammarConstraint:
 
 
 class GrammarBackend:
-    """The ``ConstraintFactory`` of an engine: ``backend(params)`` gives a fresh constraint."""
+    """The ``ConstraintFactory`` of an engine: ``constraints(so, n)`` gives n fresh ones."""
 
     def __init__(self, tokenizer, vocab_size: int, eos_token_ids: tuple[int, ...],
                  cache_size: int = CACHE_SIZE):
@@ -74,12 +75,12 @@ class GrammarBackend:
         self.cache_size = cache_size
         self._ll_tokenizer: LLTokenizer | None = None
         self._cache: OrderedDict[str, LLMatcher] = OrderedDict()
-        self._lock = threading.Lock()  # the HTTP workers and the engine thread share the cache
+        self._lock = threading.Lock()  # several worker threads admit requests at once
         self.compilations = 0  # grammars compiled so far (cache misses)
 
     @property
     def ll_tokenizer(self) -> LLTokenizer:
-        with self._lock:  # built on first use: it costs ~2 s and many servers never need it
+        with self._lock:  # built on first use: it is slow to build and many servers never need it
             if self._ll_tokenizer is None:
                 from llguidance.hf import from_tokenizer
 
@@ -107,11 +108,11 @@ class GrammarBackend:
                 self._cache.popitem(last=False)
         return matcher
 
-    def __call__(self, params: SamplingParams) -> GrammarConstraint | None:
-        if params.structured_outputs is None:
-            return None
-        matcher = self.compile(params.structured_outputs).deep_copy()
-        return GrammarConstraint(matcher, self.eos_token_ids, self.num_real_tokens)
+    def constraints(self, so: StructuredOutputs, n: int) -> list[GrammarConstraint]:
+        """n fresh constraints on the compiled grammar; the cached matcher itself never moves."""
+        matcher = self.compile(so)
+        return [GrammarConstraint(matcher.deep_copy(), self.eos_token_ids, self.num_real_tokens)
+                for _ in range(n)]
 
 
 def _error_message(error: str) -> str:

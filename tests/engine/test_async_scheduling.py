@@ -5,7 +5,7 @@ both modes; tests/test_engine_tiny.py compares the modes on a real model.)"""
 from __future__ import annotations
 
 from jaxserve.sampling_params import SamplingParams
-from tests.engine.test_scheduler import make_engine, run_all
+from tests.engine.test_scheduler import add, make_engine, run_all
 
 ASYNC = {"scheduler.async_scheduling": True, "scheduler.num_decode_steps": 1}
 
@@ -27,7 +27,7 @@ def record_launches(engine) -> list:
 
 def test_next_step_is_launched_before_this_one_is_read(tiny_tokenizer):
     engine = make_engine(tiny_tokenizer, **ASYNC)
-    engine.add_request("a", [5, 6], SamplingParams(max_tokens=3, temperature=0))
+    add(engine, "a", [5, 6], SamplingParams(max_tokens=3, temperature=0))
     (out,) = engine.step()  # the prefill's token comes back ...
     assert out.outputs[0].token_ids == [7]
     assert len(engine.runner.steps) == 2  # ... after the decode that reads it was launched
@@ -44,8 +44,8 @@ def test_a_stop_in_step_n_drops_the_token_of_step_n_plus_1(tiny_tokenizer):
     engine = make_engine(tiny_tokenizer, **ASYNC)
     launched = record_launches(engine)
     # the fake runner counts up mod 200: 199 -> 0 -> 1 -> 2, the eos id
-    engine.add_request("a", [198, 199], SamplingParams(max_tokens=20, temperature=0))
-    engine.add_request("b", [40], SamplingParams(max_tokens=6, temperature=0))
+    add(engine, "a", [198, 199], SamplingParams(max_tokens=20, temperature=0))
+    add(engine, "b", [40], SamplingParams(max_tokens=6, temperature=0))
     out = run_all(engine)
     assert out == {"a": [[0, 1, 2]], "b": [[41, 42, 43, 44, 45, 46]]}
     a_rows = [s for s in launched if any(r.seq.request.request_id == "a" for r in s.sample_rows)]
@@ -57,7 +57,7 @@ def test_rows_the_host_must_prepare_run_one_step_at_a_time(tiny_tokenizer):
     for params in (SamplingParams(max_tokens=4, temperature=0, presence_penalty=0.5),
                    SamplingParams(max_tokens=4, temperature=0, n=2)):
         engine = make_engine(tiny_tokenizer, **ASYNC)
-        engine.add_request("a", [5, 6], params)
+        add(engine, "a", [5, 6], params)
         run_all(engine)
         # a penalty reads the token history; a fork joins after its leader's prefill is read
         assert not any((s.prev_rows >= 0).any() for s in engine.runner.steps[:2])
@@ -67,8 +67,8 @@ def test_rows_the_host_must_prepare_run_one_step_at_a_time(tiny_tokenizer):
 def test_look_ahead_never_preempts(tiny_tokenizer):
     # 5 pages of 4 tokens: two sequences growing to 12 tokens (3 pages) each cannot both fit
     engine = make_engine(tiny_tokenizer, **ASYNC, **{"cache.num_pages": 5})
-    engine.add_request("a", [10, 11, 12, 13], SamplingParams(max_tokens=8, temperature=0))
-    engine.add_request("b", [20, 21, 22, 23], SamplingParams(max_tokens=8, temperature=0))
+    add(engine, "a", [10, 11, 12, 13], SamplingParams(max_tokens=8, temperature=0))
+    add(engine, "b", [20, 21, 22, 23], SamplingParams(max_tokens=8, temperature=0))
     preempts = []
     schedule = engine.scheduler.schedule
 

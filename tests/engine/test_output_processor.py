@@ -16,7 +16,8 @@ def run_script(tokenizer, text: str, params: SamplingParams, extra: list[int] = 
                                 "scheduler.num_decode_steps": 1})  # one token per step
     engine = LLMEngine(config, ScriptedRunner(script), tokenizer, max_model_len=128,
                        vocab_size=len(tokenizer), eos_token_ids=(tokenizer.eos_token_id,))
-    engine.add_request("r", tokenizer("hi", add_special_tokens=False).input_ids, params)
+    prompt = tokenizer("hi", add_special_tokens=False).input_ids
+    engine.add_request("r", engine.admission.admit(prompt, params))
     deltas = []
     while engine.has_unfinished_requests():
         deltas += [c for out in engine.step() for c in out.outputs]

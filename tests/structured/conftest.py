@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxserve.engine.constraints import bitmask_words
-from jaxserve.sampling_params import SamplingParams, StructuredOutputs
+from jaxserve.sampling_params import StructuredOutputs
 from jaxserve.structured import GrammarBackend
 
 EOS = 2  # the tiny models' eos id
@@ -20,7 +20,7 @@ def allowed(bitmask: np.ndarray, row: int, vocab: int) -> np.ndarray:
 def _random_walk(backend: GrammarBackend, so: StructuredOutputs, tokenizer, seed: int,
                  max_tokens: int = 400) -> tuple[str, bool]:
     """Text the random model writes under the constraint, and whether it ended by itself."""
-    constraint = backend(SamplingParams(structured_outputs=so))
+    (constraint,) = backend.constraints(so, 1)
     rng = np.random.default_rng(seed)
     vocab = backend.vocab_size
     bitmask = np.full((3, bitmask_words(vocab)), -1, np.int32)

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 
 from jaxserve.engine.constraints import bitmask_words
 from jaxserve.pull import resolve_model
-from jaxserve.sampling_params import SamplingParams, StructuredOutputs
+from jaxserve.sampling_params import StructuredOutputs
 from jaxserve.structured import GrammarBackend, GrammarError
 
 EOS = 2  # the tiny models' eos id
@@ -68,7 +68,7 @@ def test_lark_grammar_walks_match(backend, tiny_tokenizer, random_walk):
 
 
 def test_eos_allowed_exactly_when_the_grammar_accepts(backend, tiny_tokenizer, allowed_ids):
-    constraint = backend(SamplingParams(structured_outputs=StructuredOutputs(regex="ab+")))
+    (constraint,) = backend.constraints(StructuredOutputs(regex="ab+"), 1)
     bitmask = np.full((1, bitmask_words(backend.vocab_size)), -1, np.int32)
     constraint.fill_bitmask(bitmask, 0)
     assert EOS not in allowed_ids(bitmask, 0, backend.vocab_size)  # "" does not match
@@ -82,7 +82,7 @@ def test_eos_allowed_exactly_when_the_grammar_accepts(backend, tiny_tokenizer, a
 
 
 def test_a_finished_grammar_terminates_without_eos(backend, tiny_tokenizer):
-    constraint = backend(SamplingParams(structured_outputs=StructuredOutputs(choice=["done"])))
+    (constraint,) = backend.constraints(StructuredOutputs(choice=["done"]), 1)
     for token in tiny_tokenizer("done", add_special_tokens=False).input_ids:
         assert not constraint.is_terminated()
         constraint.accept_token(token)
@@ -94,7 +94,7 @@ def test_padding_ids_of_a_larger_model_vocab_are_never_allowed(allowed_ids):
     vocab = 320  # the model's embedding rows; the tokenizer has fewer
     assert len(tokenizer) < vocab
     backend = GrammarBackend(tokenizer, vocab, (EOS,))
-    constraint = backend(SamplingParams(structured_outputs=StructuredOutputs(regex="(?s:.*)")))
+    (constraint,) = backend.constraints(StructuredOutputs(regex="(?s:.*)"), 1)
     bitmask = np.full((2, bitmask_words(vocab)), -1, np.int32)
     constraint.fill_bitmask(bitmask, 1)
     ids = allowed_ids(bitmask, 1, 32 * bitmask.shape[1])
@@ -104,14 +104,14 @@ def test_padding_ids_of_a_larger_model_vocab_are_never_allowed(allowed_ids):
 
 def test_a_repeated_schema_compiles_once(tiny_tokenizer):
     backend = GrammarBackend(tiny_tokenizer, len(tiny_tokenizer), (EOS,))
-    first = backend(SamplingParams(structured_outputs=StructuredOutputs(json=SCHEMA)))
-    second = backend(SamplingParams(structured_outputs=StructuredOutputs(json=json.dumps(SCHEMA))))
+    (first,) = backend.constraints(StructuredOutputs(json=SCHEMA), 1)
+    (second,) = backend.constraints(StructuredOutputs(json=json.dumps(SCHEMA)), 1)
     assert backend.compilations == 1
     assert first.matcher is not second.matcher  # each sequence walks its own copy
     token = tiny_tokenizer("{", add_special_tokens=False).input_ids[0]
     first.accept_token(token)
     assert first.matcher.is_error() is False and second.matcher.is_accepting() is False
-    backend(SamplingParams(structured_outputs=StructuredOutputs(regex="x")))
+    backend.constraints(StructuredOutputs(regex="x"), 1)
     assert backend.compilations == 2
 
 
@@ -126,6 +126,6 @@ def test_a_repeated_schema_compiles_once(tiny_tokenizer):
 ])
 def test_invalid_constraints_raise_naming_the_field(backend, so, field, words):
     with pytest.raises(GrammarError) as info:
-        backend(SamplingParams(structured_outputs=so))
+        backend.constraints(so, 1)
     assert info.value.field == field
     assert words in str(info.value) and "\n" not in str(info.value)

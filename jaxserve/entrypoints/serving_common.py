@@ -1,0 +1,157 @@
+"""What the chat and completion handlers share: every step before the engine, and the reply.
+
+    decode the body -> the model's name -> ready -> sampling params -> the output constraint
+    -> prompt ids (the endpoint's own step) -> admission on a worker thread (every check, the
+    grammar compiled once, one constraint per sample) -> submit -> one JSON reply or an SSE stream
+
+The endpoints differ only in how a request becomes sampling params and prompt ids, and in the
+chunks and body of the reply (each one's ``_Reply``, on ``ReplyBase``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from litestar import Request, Response
+from msgspec import UNSET
+
+from jaxserve.engine.admission import Admission, AdmittedRequest
+from jaxserve.entrypoints.async_engine import RequestStream, merge_streams
+from jaxserve.entrypoints.errors import APIError, decode_request, from_param_error
+from jaxserve.entrypoints.protocol import PromptTokensDetails, UsageInfo
+from jaxserve.entrypoints.responses import (
+    DONE,
+    json_response,
+    sse_event,
+    sse_response,
+    unless_disconnected,
+)
+from jaxserve.entrypoints.state import ServerState
+from jaxserve.entrypoints.structured import RequestStructure, constraint_error, request_structure
+from jaxserve.outputs import RequestOutput, merge_delta
+from jaxserve.sampling_params import ParamError, SamplingParams
+from jaxserve.structured import GrammarError
+
+log = logging.getLogger("jaxserve.server")
+
+Req = TypeVar("Req")
+ParamsOf = Callable[[Any, dict, int], SamplingParams]  # (request, defaults, vocab size)
+PromptsOf = Callable[[Any, RequestStructure], Awaitable[list[list[int]]]]
+
+
+@dataclass(frozen=True)
+class Admitted(Generic[Req]):
+    req: Req
+    structure: RequestStructure
+    requests: list[AdmittedRequest]  # one per prompt
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return sum(r.num_prompt_tokens for r in self.requests)
+
+
+async def admit_request(state: ServerState, request: Request, request_type: type[Req],
+                        params_of: ParamsOf, prompts_of: PromptsOf) -> Admitted[Req]:
+    """The request decoded, checked and admitted; every mistake an APIError naming its field."""
+    req = decode_request(await request.body(), request_type)
+    state.check_model(req.model)
+    state.require_ready()  # before tokenizing: a loading server answers 503 at once
+    params = params_of(req, state.defaults, state.info.vocab_size)
+    structure = request_structure(req)
+    params.structured_outputs = structure.constraint
+    prompt_ids = await prompts_of(req, structure)
+    requests = await asyncio.to_thread(_admit, state.admission, prompt_ids, params, structure)
+    return Admitted(req, structure, requests)
+
+
+def _admit(admission: Admission, prompts: list[list[int]], params: SamplingParams,
+           structure: RequestStructure) -> list[AdmittedRequest]:
+    """On a worker thread, since compiling a grammar must not stall the event loop."""
+    try:
+        return admission.admit_all(prompts, params)
+    except ParamError as exc:
+        raise from_param_error(exc) from None
+    except GrammarError as exc:
+        raise constraint_error(admission.constraint_factory, structure, exc) from None
+
+
+class ReplyBase:
+    """What both endpoints' replies carry, and the frame of a stream: ``events`` yields the
+    chunks; an error after the first byte goes out in-band, then ``[DONE]``, and leaving the
+    stream for any reason aborts its engine requests."""
+
+    response_type: type[msgspec.Struct]  # the JSON body
+    chunk_type: type[msgspec.Struct]  # one SSE event's body
+
+    def __init__(self, state: ServerState, req: Any, response_id: str, num_prompt_tokens: int):
+        self.state = state
+        self.req = req
+        self.id = response_id
+        self.created = int(time.time())
+        self.model = state.config.model.model_name
+        self.num_prompt_tokens = num_prompt_tokens
+        options = req.stream_options
+        self.include_usage = bool(options and options.include_usage)
+        self.continuous_usage = bool(options and options.continuous_usage_stats)
+
+    def usage(self, completion_tokens: int, cached_tokens: int) -> UsageInfo:
+        return UsageInfo(self.num_prompt_tokens, completion_tokens,
+                         self.num_prompt_tokens + completion_tokens,
+                         PromptTokensDetails(cached_tokens=cached_tokens))
+
+    def body(self, choices: list, usage: Any = UNSET) -> msgspec.Struct:
+        return self.response_type(id=self.id, created=self.created, model=self.model,
+                                  choices=choices, usage=usage)
+
+    def chunk(self, choices: list, usage: Any = UNSET) -> bytes:
+        return sse_event(self.chunk_type(id=self.id, created=self.created, model=self.model,
+                                         choices=choices, usage=usage))
+
+    def response(self, totals: list[RequestOutput]) -> msgspec.Struct:
+        raise NotImplementedError
+
+    def events(self, streams: list[RequestStream]) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def stream(self, streams: list[RequestStream]) -> AsyncIterator[bytes]:
+        try:
+            async for event in self.events(streams):
+                yield event
+        except APIError as exc:
+            yield sse_event(exc.body())
+        except Exception as exc:  # headers are sent: report in-band, then [DONE]
+            log.exception("stream %s failed", self.id)
+            yield sse_event(APIError(f"generation failed: {exc}", status=500).body())
+        finally:
+            for s in streams:
+                s.abort()
+        yield DONE
+
+
+async def respond(request: Request, streams: list[RequestStream], reply: ReplyBase,
+                  stream: bool) -> Response:
+    """An SSE stream, or one JSON body once every stream finished (aborted if the client
+    leaves first)."""
+    if stream:
+        return sse_response(reply.stream(streams))
+    try:
+        totals = await unless_disconnected(request, lambda: collect(streams))
+    except BaseException:
+        for s in streams:
+            s.abort()
+        raise
+    return json_response(reply.response(totals))
+
+
+async def collect(streams: list[RequestStream]) -> list[RequestOutput]:
+    """Each stream's deltas merged into its whole output."""
+    totals: list[RequestOutput | None] = [None] * len(streams)
+    async for position, delta in merge_streams(streams):
+        totals[position] = merge_delta(totals[position], delta)
+    return totals
