@@ -11,8 +11,8 @@ import pytest
 
 from jaxserve.kernels.ragged_paged_attention import (
     ragged_paged_attention,
-    ref_ragged_paged_attention,
-    ref_update_kv_pages,
+    cpu_ragged_paged_attention,
+    cpu_update_kv_pages,
 )
 from jaxserve.kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
 from tests.test_ragged_paged_attention import Config, make_inputs, naive_attention, rel_err
@@ -47,12 +47,12 @@ def test_reference_on_bf16_bits_matches_naive_loop(lens, max_dense_tokens):
     args, num_real = make_inputs(CFG, *lens, seed=21)
     kw = {"sm_scale": CFG.head_dim**-0.5}
     bits = (args[0], as_bits(args[1]), *args[2:])
-    out = np.asarray(ref_ragged_paged_attention(*bits, **kw, max_dense_tokens=max_dense_tokens))
+    out = np.asarray(cpu_ragged_paged_attention(*bits, **kw, max_dense_tokens=max_dense_tokens))
     expected = naive_attention(rounded(args), **kw)
     assert np.isfinite(out).all() and (out[num_real:] == 0).all()
     assert rel_err(out[:num_real], expected[:num_real]) < 1e-2
     # and it is the float32 reference's answer over the rounded cache, to bfloat16 precision
-    f32 = np.asarray(ref_ragged_paged_attention(*rounded(args), **kw,
+    f32 = np.asarray(cpu_ragged_paged_attention(*rounded(args), **kw,
                                                 max_dense_tokens=max_dense_tokens))
     assert rel_err(out[:num_real], f32[:num_real]) < 1e-2
 
@@ -65,7 +65,7 @@ def test_update_kv_pages_stores_rounded_bits():
     v = jnp.asarray(rng.standard_normal((t, hkv, d)), jnp.float32)
     slots = rng.permutation(num_pages * ps)[:t].astype(np.int32)
     slots[4] = -1  # a padding token writes nothing
-    out = np.asarray(ref_update_kv_pages(cache, k, v, jnp.asarray(slots)))
+    out = np.asarray(cpu_update_kv_pages(cache, k, v, jnp.asarray(slots)))
     assert out.dtype == np.uint16
     widened = np.asarray(jax.lax.bitcast_convert_type(jnp.asarray(out), jnp.bfloat16), np.float32)
     for i, slot in enumerate(slots):
@@ -87,7 +87,7 @@ def test_kernel_with_bf16_pages_under_f32_queries_matches_reference():
     kw = {"sm_scale": CFG.head_dim**-0.5}
     out = np.asarray(ragged_paged_attention(args[0], args[1].astype(jnp.bfloat16), *args[2:],
                                             **kw), np.float32)
-    ref = np.asarray(ref_ragged_paged_attention(args[0], as_bits(args[1]), *args[2:], **kw))
+    ref = np.asarray(cpu_ragged_paged_attention(args[0], as_bits(args[1]), *args[2:], **kw))
     assert np.isfinite(out).all() and (out[num_real:] == 0).all()
     assert rel_err(out[:num_real], ref[:num_real]) < 1e-2
 

@@ -22,8 +22,8 @@ from jax.experimental import pallas as pl
 
 from jaxserve.kernels.ragged_paged_attention import (
     ragged_paged_attention,
-    ref_ragged_paged_attention,
-    ref_update_kv_pages,
+    cpu_ragged_paged_attention,
+    cpu_update_kv_pages,
     update_kv_pages,
 )
 from jaxserve.kernels.ragged_paged_attention.select import get_attention_fns, resolve_backend
@@ -112,7 +112,7 @@ def run_kernel(cfg: Config, args, **kw):
 
 # jitted so that same-shape calls reuse one executable; eager, every call re-traces its loop
 _jit_reference = jax.jit(
-    ref_ragged_paged_attention, static_argnames=("sm_scale", "sliding_window", "logits_soft_cap")
+    cpu_ragged_paged_attention, static_argnames=("sm_scale", "sliding_window", "logits_soft_cap")
 )
 
 
@@ -232,7 +232,7 @@ def test_update_kv_pages_matches_reference(dtype):
     slots[5] = num_pages * ps - 1  # the very last slot of the cache
     slots = jnp.asarray(slots)
     out = update_kv_pages(kv_pages, k, v, slots)
-    ref = ref_update_kv_pages(kv_pages, k, v, slots)
+    ref = cpu_update_kv_pages(kv_pages, k, v, slots)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
     assert not np.array_equal(np.asarray(out), np.asarray(kv_pages))
 
@@ -278,7 +278,7 @@ def test_reference_matches_naive_loop(window_cap, lens, max_dense_tokens):
     cfg = Config(jnp.float32, 6, 2, 16)
     args, num_real = make_inputs(cfg, *lens, seed=14)
     kw = {"sm_scale": 0.3, "sliding_window": sliding_window, "logits_soft_cap": logits_soft_cap}
-    ref = np.asarray(ref_ragged_paged_attention(*args, **kw, max_dense_tokens=max_dense_tokens))
+    ref = np.asarray(cpu_ragged_paged_attention(*args, **kw, max_dense_tokens=max_dense_tokens))
     expected = naive_attention(args, **kw)
     assert rel_err(ref[:num_real], expected[:num_real]) < 1e-5
     assert (ref[num_real:] == 0).all()
@@ -298,7 +298,7 @@ def test_reference_prior_keys_per_chunk_match_naive_loop(lens, key_block):
     args, num_real = make_inputs(cfg, *lens, seed=15)
     for window, cap in [(None, None), (7, 3.0)]:
         kw = {"sm_scale": 0.3, "sliding_window": window, "logits_soft_cap": cap}
-        ref = np.asarray(ref_ragged_paged_attention(*args, **kw, key_block=key_block))
+        ref = np.asarray(cpu_ragged_paged_attention(*args, **kw, key_block=key_block))
         assert rel_err(ref[:num_real], naive_attention(args, **kw)[:num_real]) < 1e-5
         assert (ref[num_real:] == 0).all()
 
@@ -307,7 +307,7 @@ def test_select_backends():
     assert resolve_backend("auto", "gpu") == "pallas"
     assert resolve_backend("auto", "cpu") == "reference"  # measured, see docs/kernels.md
     assert get_attention_fns("pallas") == (ragged_paged_attention, update_kv_pages)
-    assert get_attention_fns("reference") == (ref_ragged_paged_attention, ref_update_kv_pages)
+    assert get_attention_fns("reference") == (cpu_ragged_paged_attention, cpu_update_kv_pages)
     with pytest.raises(ValueError, match="triton"):
         resolve_backend("triton")
 
@@ -318,7 +318,7 @@ def test_reference_decode_with_fewer_tokens_than_rows():
     args, num_real = make_inputs(cfg, [1, 1, 0, 1], [9, 33, 4, 1], seed=3)
     short = (args[0][:4],) + args[1:]  # 4 token rows < 6 sequence rows
     for call_args in (args, short):
-        ref = np.asarray(ref_ragged_paged_attention(*call_args, sm_scale=0.3))
+        ref = np.asarray(cpu_ragged_paged_attention(*call_args, sm_scale=0.3))
         expected = naive_attention(call_args, sm_scale=0.3)
         assert rel_err(ref[:num_real], expected[:num_real]) < 1e-5
         assert (ref[num_real:] == 0).all()
@@ -329,17 +329,17 @@ def test_reference_rows_walk_the_pages_a_few_at_a_time(monkeypatch, request, row
     """Decode rows and single-query rows beside a chunk walk the pages ROWS_PER_WALK at a time,
     each walk to its own furthest key; a row count that is not a multiple, walks that stop at
     different pages, and padding rows with garbage page tables all give the naive answer."""
-    from jaxserve.kernels.ragged_paged_attention import reference
+    from jaxserve.kernels.ragged_paged_attention import tuned
 
-    monkeypatch.setattr(reference, "ROWS_PER_WALK", rows_per_walk)
+    monkeypatch.setattr(tuned, "ROWS_PER_WALK", rows_per_walk)
     # the reference is jitted: drop traces made with another ROWS_PER_WALK, and ours after
-    ref_ragged_paged_attention.clear_cache()
-    request.addfinalizer(ref_ragged_paged_attention.clear_cache)
+    cpu_ragged_paged_attention.clear_cache()
+    request.addfinalizer(cpu_ragged_paged_attention.clear_cache)
     cfg = Config(jnp.float32, 6, 2, 16)
     for lens in (([1, 1, 1, 0, 1, 1], [9, 60, 2, 4, 33, 1]), ([1, 5, 1, 1, 1], [40, 9, 3, 64, 17])):
         args, num_real = make_inputs(cfg, *lens, seed=21)
         for max_dense_tokens in (512, 0):
-            ref = np.asarray(ref_ragged_paged_attention(*args, sm_scale=0.3,
+            ref = np.asarray(cpu_ragged_paged_attention(*args, sm_scale=0.3,
                                                         max_dense_tokens=max_dense_tokens))
             assert rel_err(ref[:num_real], naive_attention(args, sm_scale=0.3)[:num_real]) < 1e-5
             assert (ref[num_real:] == 0).all()
@@ -356,7 +356,7 @@ def test_reference_in_a_bucket_with_fewer_tokens_than_sequence_rows(lens):
     q = args[0][:4]  # 4 token rows against S_PAD = 6 sequence rows
     args = (q, *args[1:])
     kw = {"sm_scale": 0.3, "sliding_window": None, "logits_soft_cap": None}
-    ref = np.asarray(ref_ragged_paged_attention(*args, **kw))
+    ref = np.asarray(cpu_ragged_paged_attention(*args, **kw))
     assert ref.shape == q.shape
     expected = naive_attention(args, **kw)
     assert rel_err(ref[:num_real], expected[:num_real]) < 1e-5
@@ -370,11 +370,11 @@ def test_reference_row_blocks_match_naive_loop(monkeypatch, request, row_block):
     product gives each block of ROW_BLOCK rows only the keys up to its last row. Chunks spanning
     several windows, a chunk that ends the step, windows straddling two chunks, decodes between
     them, a sliding window and a soft cap all give the naive answer."""
-    from jaxserve.kernels.ragged_paged_attention import reference
+    from jaxserve.kernels.ragged_paged_attention import tuned
 
-    monkeypatch.setattr(reference, "ROW_BLOCK", row_block)
-    ref_ragged_paged_attention.clear_cache()
-    request.addfinalizer(ref_ragged_paged_attention.clear_cache)
+    monkeypatch.setattr(tuned, "ROW_BLOCK", row_block)
+    cpu_ragged_paged_attention.clear_cache()
+    request.addfinalizer(cpu_ragged_paged_attention.clear_cache)
     cfg = Config(jnp.float32, 6, 2, 16)
     for lens in (([7, 1, 10, 3, 2], [40, 30, 60, 3, 50]),  # the last chunk ends at row 23
                  ([13, 1, 9], [13, 9, 41]),
@@ -382,7 +382,7 @@ def test_reference_row_blocks_match_naive_loop(monkeypatch, request, row_block):
         args, num_real = make_inputs(cfg, *lens, seed=23)
         for window, cap in [(None, None), (7, 3.0)]:
             kw = {"sm_scale": 0.3, "sliding_window": window, "logits_soft_cap": cap}
-            ref = np.asarray(ref_ragged_paged_attention(*args, **kw, key_block=16))
+            ref = np.asarray(cpu_ragged_paged_attention(*args, **kw, key_block=16))
             assert rel_err(ref[:num_real], naive_attention(args, **kw)[:num_real]) < 1e-5
             assert (ref[num_real:] == 0).all()
 
@@ -406,7 +406,7 @@ def test_one_token_step_walks_its_pages_like_the_naive_loop(kv_len, pages_per_it
             jnp.asarray(page_table), jnp.asarray([0, 1], jnp.int32), jnp.asarray([1], jnp.int32))
     for window, cap in [(None, None), (37, 3.0)]:
         kw = {"sm_scale": 0.3, "sliding_window": window, "logits_soft_cap": cap}
-        out = np.asarray(ref_ragged_paged_attention(*args, **kw, pages_per_iter=pages_per_iter))
+        out = np.asarray(cpu_ragged_paged_attention(*args, **kw, pages_per_iter=pages_per_iter))
         assert rel_err(out, naive_attention(args, **kw)) < 1e-5
 
 
@@ -434,5 +434,5 @@ def test_single_query_rows_past_the_token_count_still_walk(lens):
             jnp.asarray(kv_pages, jnp.float32), jnp.asarray(kv_lens + [0], jnp.int32),
             jnp.asarray(page_table), jnp.asarray(cu), jnp.asarray([len(q_lens)], jnp.int32))
     kw = {"sm_scale": 0.3}
-    out = np.asarray(ref_ragged_paged_attention(*args, **kw))
+    out = np.asarray(cpu_ragged_paged_attention(*args, **kw))
     assert rel_err(out, naive_attention(args, **kw)) < 1e-5
