@@ -180,7 +180,8 @@ def _online_softmax_over_pages(
 
 def _blocked(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap, block_q,
              pages_per_iter):
-    """Blocks of block_q queries walk their sequence's pages; the state comes back in token order."""
+    """Blocks of block_q queries walk their sequence's pages; the state comes back in token order,
+    [T, Hkv, G(, D)]. The first eight arguments are ``_mixed``'s."""
     num_tokens, num_seqs_pad = qg.shape[0], kv_lens.shape[0]
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
     lens = cu[1:] - cu[:-1]  # i32[S]
@@ -210,7 +211,7 @@ def _single_queries(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, wind
                     pages_per_iter):
     """Sequences with exactly one query (decodes) walk all their keys, their own included, one
     row per sequence. Returns the rows' online-softmax states, [S, Hkv, G(, D)], and each row's
-    token (T for a row without a single query)."""
+    token (T for a row without a single query). The first eight arguments are ``_mixed``'s."""
     num_tokens = qg.shape[0]
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
     one_query = (cu[1:] - cu[:-1]) == 1  # bool[S]
@@ -223,8 +224,19 @@ def _single_queries(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, wind
     return tuple(x[:, 0] for x in state), jnp.where(one_query, token, num_tokens)
 
 
-def _mixed(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
-           pages_per_iter, key_block, chunks=True):
+def _mixed(
+    qg: jax.Array,  # f32[T, Hkv, G, D]: queries grouped under their KV head, pre-scaled
+    kv_pages: jax.Array,  # f32|bf16|u16[num_pages, 2, Hkv, page_size, D]
+    kv_lens: jax.Array,  # i32[S]
+    page_table: jax.Array,  # i32[S, P]
+    cu_q_lens: jax.Array,  # i32[S + 1]
+    num_seqs: jax.Array,  # i32[1]
+    window: int | None,
+    cap: float | None,
+    pages_per_iter: int,
+    key_block: int,
+    chunks: bool = True,  # False: the caller knows no sequence has more than one query
+) -> jax.Array:  # f32[T, Hkv, G, D]
     """Any mix of decodes and prefill chunks: single queries walk their pages; when the step
     has a chunk, the step's own keys go through the dense product and each chunk's earlier keys
     through its gathers, and the states merge.

@@ -1,8 +1,8 @@
 """The CPU backend's tuned constants (``cpu_attention.py``, ``cpu_prefill.py``), as data.
 
-Each value was chosen by A/B runs of the model's full engine step on XLA:CPU;
-``scripts/bench_attention_ab.py`` measures a change to any of them. Code reads them as
-``tuned.NAME`` at trace time, so a test may monkeypatch one (and clear the jit cache).
+Values for XLA:CPU; ``scripts/bench_attention_ab.py`` measures a change to any of them on the
+model's full engine step. Code reads them as ``tuned.NAME`` at trace time, so a test may
+monkeypatch one (and clear the jit cache).
 """
 
 # rows (sequences or query blocks) that walk the pages together: a bucket's padding rows past
