@@ -5,12 +5,15 @@ minutes, more than most changes are worth. Here both variants are built side by 
 weights, same inputs, each its own compiled step) and their calls alternate, so drift hits both
 alike and the ratio B/A is what to read.
 
-A variant is a Python file defining ``ref_ragged_paged_attention`` and ``ref_update_kv_pages``
-with the reference's signatures (and, optionally, ``kv_storage_dtype``; by default the
-reference's: bfloat16 K/V as uint16 bits), e.g. the reference of another commit:
+A variant is a Python file defining ``cpu_ragged_paged_attention`` and ``cpu_update_kv_pages``
+(``ref_...`` in commits before the CPU backend's rename) with the CPU backend's signatures (and,
+optionally, ``kv_storage_dtype``; by default the CPU backend's: bfloat16 K/V as uint16 bits), e.g.
+the CPU backend of another commit (the rest of the package, ``cpu_prefill.py`` and ``tuned.py``
+included, is imported from this tree):
 
-    git show HEAD~1:jaxserve/kernels/ragged_paged_attention/reference.py > /tmp/old.py
-    python scripts/bench_attention_ab.py /tmp/old.py jaxserve/kernels/ragged_paged_attention/reference.py \
+    git show HEAD~1:jaxserve/kernels/ragged_paged_attention/cpu_attention.py > /tmp/old.py
+    python scripts/bench_attention_ab.py /tmp/old.py \
+        jaxserve/kernels/ragged_paged_attention/cpu_attention.py \
         --cases 1:1:1:1:192,16:16:16:1:448,256:4:1:256:256
 """
 
@@ -97,8 +100,10 @@ def main() -> None:
     runners = []
     for i, (path, kv_dtype) in enumerate(zip((args.a, args.b), kv_dtypes, strict=True)):
         variant = load_variant(path, f"attention_variant_{i}")
-        backend = AttentionBackend("reference", variant.ref_ragged_paged_attention,
-                                   variant.ref_update_kv_pages,
+        prefix = "cpu" if hasattr(variant, "cpu_ragged_paged_attention") else "ref"
+        backend = AttentionBackend("reference",
+                                   getattr(variant, f"{prefix}_ragged_paged_attention"),
+                                   getattr(variant, f"{prefix}_update_kv_pages"),
                                    getattr(variant, "kv_storage_dtype", kv_storage_dtype))
         model = load_model(model_dir, backend, config.model.dtype, config.model.weight_dtype)
         variant_config = load_config(args.config, {"cache.dtype": kv_dtype})

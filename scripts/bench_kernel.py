@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxserve.kernels.ragged_paged_attention import (
+    cpu_ragged_paged_attention,
+    cpu_update_kv_pages,
     ragged_paged_attention,
-    ref_ragged_paged_attention,
-    ref_update_kv_pages,
     update_kv_pages,
 )
 
@@ -99,8 +99,8 @@ def main() -> None:
     dtype = jnp.dtype(args.dtype)
     sm_scale = HEAD_DIM**-0.5
     kernel = jax.jit(lambda *a: ragged_paged_attention(*a, sm_scale=sm_scale))
-    reference = jax.jit(lambda *a: ref_ragged_paged_attention(*a, sm_scale=sm_scale))
-    kernel_write, reference_write = jax.jit(update_kv_pages), jax.jit(ref_update_kv_pages)
+    reference = jax.jit(lambda *a: cpu_ragged_paged_attention(*a, sm_scale=sm_scale))
+    kernel_write, reference_write = jax.jit(update_kv_pages), jax.jit(cpu_update_kv_pages)
 
     print(f"backend={jax.default_backend()} devices={jax.devices()} dtype={dtype.name} "
           f"heads={NUM_Q_HEADS}/{NUM_KV_HEADS} head_dim={HEAD_DIM} page_size={PAGE_SIZE} "

@@ -1,1 +1,1 @@
-"""Custom attention kernels for jaxserve, each beside its pure-jnp reference."""
+"""Custom attention kernels for jaxserve, each beside a plain oracle the tests hold it to."""

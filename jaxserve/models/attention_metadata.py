@@ -21,12 +21,12 @@ class AttentionMetadata:
 
 @dataclasses.dataclass(frozen=True)
 class AttentionBackend:
-    """The two functions a layer calls; both follow jaxserve.kernels.ragged_paged_attention.reference."""
+    """The two functions a layer calls; both take the layout in kernels/.../cpu_attention.py."""
 
     name: str
     attention: Callable[..., jax.Array]  # ragged_paged_attention(q, kv_pages, kv_lens, ...)
     update_kv: Callable[..., jax.Array]  # update_kv_pages(kv_pages, k, v, slot_mapping)
-    # the dtype a K/V cache of a given dtype is allocated in: the reference's kv_storage_dtype
-    # (bfloat16 as uint16 bits), jnp.dtype for the kernels. No default: a reference backend
-    # given a real bfloat16 cache runs ~10x slower on XLA:CPU (kernels/.../kv_storage.py)
+    # the dtype a K/V cache of a given dtype is allocated in: the CPU backend's kv_storage_dtype
+    # (bfloat16 as uint16 bits), jnp.dtype for the kernels. No default: the CPU backend given a
+    # real bfloat16 cache converts the whole cache on every gather (kernels/.../kv_storage.py)
     kv_storage_dtype: Callable[[Any], Any]

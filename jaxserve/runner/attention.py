@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxserve.models.attention_metadata import AttentionBackend
 from jaxserve.kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
+from jaxserve.models.attention_metadata import AttentionBackend
 
 
 def make_attention_backend(name: str) -> AttentionBackend:
-    if name == "reference":  # the pure-jnp fallback needs no kernel machinery
-        from jaxserve.kernels.ragged_paged_attention.reference import (
-            ref_ragged_paged_attention,
-            ref_update_kv_pages,
+    if name == "reference":  # the CPU backend: no backend resolution needed
+        from jaxserve.kernels.ragged_paged_attention.cpu_attention import (
+            cpu_ragged_paged_attention,
+            cpu_update_kv_pages,
         )
 
-        return AttentionBackend("reference", ref_ragged_paged_attention, ref_update_kv_pages,
+        return AttentionBackend("reference", cpu_ragged_paged_attention, cpu_update_kv_pages,
                                 kv_storage_dtype)
     from jaxserve.kernels.ragged_paged_attention.select import get_attention_fns, resolve_backend
 

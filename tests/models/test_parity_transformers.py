@@ -14,12 +14,12 @@ from jaxserve.models.loader import load_model
 from jaxserve.scoring import prompt_logits
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
-from jaxserve.kernels.ragged_paged_attention.reference import (
-    ref_ragged_paged_attention,
-    ref_update_kv_pages,
+from jaxserve.kernels.ragged_paged_attention.cpu_attention import (
+    cpu_ragged_paged_attention,
+    cpu_update_kv_pages,
 )
 
-REFERENCE = AttentionBackend("reference", ref_ragged_paged_attention, ref_update_kv_pages,
+REFERENCE = AttentionBackend("reference", cpu_ragged_paged_attention, cpu_update_kv_pages,
                              kv_storage_dtype)
 
 CHATS = [

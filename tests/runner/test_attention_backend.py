@@ -6,14 +6,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxserve.runner.attention import make_attention_backend
-from jaxserve.kernels.ragged_paged_attention import reference
+from jaxserve.kernels.ragged_paged_attention import cpu_attention
 
 
 def test_reference_attention_is_traced_once_for_every_layer(monkeypatch):
     """Layers call the reference with the same shapes: 5 layers trace its body as often as 1."""
     traces = []
-    real = reference.sanitize_cu_q_lens  # called while the body is traced, never at run time
-    monkeypatch.setattr(reference, "sanitize_cu_q_lens",
+    real = cpu_attention.sanitize_cu_q_lens  # called while the body is traced, never at run time
+    monkeypatch.setattr(cpu_attention, "sanitize_cu_q_lens",
                         lambda *a: traces.append(1) or real(*a))
     backend = make_attention_backend("reference")
     q, pages = jnp.zeros((8, 4, 16)), jnp.zeros((6, 2, 2, 8, 16))

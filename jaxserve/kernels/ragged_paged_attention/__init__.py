@@ -1,15 +1,16 @@
-"""Ragged paged attention: a Pallas kernel (``kernel.py``) beside its pure-jnp reference."""
+"""Ragged paged attention: a Pallas kernel (``kernel.py``), the CPU backend (``cpu_attention.py``)
+and the oracle both are tested against (``oracle.py``)."""
 
+from jaxserve.kernels.ragged_paged_attention.cpu_attention import (
+    cpu_ragged_paged_attention,
+    cpu_update_kv_pages,
+)
 from jaxserve.kernels.ragged_paged_attention.kernel import ragged_paged_attention
 from jaxserve.kernels.ragged_paged_attention.kv_write import update_kv_pages
-from jaxserve.kernels.ragged_paged_attention.reference import (
-    ref_ragged_paged_attention,
-    ref_update_kv_pages,
-)
 
 __all__ = [
+    "cpu_ragged_paged_attention",
+    "cpu_update_kv_pages",
     "ragged_paged_attention",
-    "ref_ragged_paged_attention",
-    "ref_update_kv_pages",
     "update_kv_pages",
 ]

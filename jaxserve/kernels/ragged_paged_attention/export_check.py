@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-# The custom call that carries a Pallas Triton kernel in this JAX (0.10.x). Export refuses custom
-# calls it cannot promise to keep stable, so this one (and only this one) is allowed explicitly.
+# The custom call that carries a Pallas Triton kernel in this JAX (the 0.10 series). Export
+# refuses custom calls it cannot promise to keep stable, so this one (and only this one) is
+# allowed explicitly.
 TRITON_CUSTOM_CALL = "__gpu$xla.gpu.triton"
 
 

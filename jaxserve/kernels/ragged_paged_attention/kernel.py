@@ -1,7 +1,8 @@
 """Ragged paged attention as a Pallas kernel for NVIDIA GPUs (the Pallas Triton backend).
 
-Same signature, cache layout and semantics as ``ref_ragged_paged_attention`` in ``reference.py``
-(read its docstring first). Design, in the order a program runs (see ``docs/kernels.md``):
+Same signature, cache layout and semantics as ``cpu_ragged_paged_attention`` in
+``cpu_attention.py`` (read its docstring first) and ``oracle.ragged_paged_attention``. Design,
+in the order a program runs (see ``docs/kernels.md``):
 
 1. Outside the kernel, plain jnp cuts every sequence's queries into *work items* of ``block_q``
    tokens (a sequence with 9 queries and block_q 8 gives two items; a q_len == 0 sequence gives
@@ -32,9 +33,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from jaxserve.kernels.ragged_paged_attention.reference import sanitize_cu_q_lens
+from jaxserve.kernels.ragged_paged_attention.ragged import sanitize_cu_q_lens
 
-_MASK_VALUE = -1e30  # same finite mask as the reference, so fully masked rows give 0 not NaN
+_MASK_VALUE = -1e30  # same finite mask as the CPU backend, so fully masked rows give 0 not NaN
 
 DEFAULT_BLOCK_ROWS = 64  # query rows (tokens x padded group) per program when block_q is None
 DEFAULT_BLOCK_KEYS = 64  # keys per loop step when pages_per_block is None
@@ -71,7 +72,7 @@ def make_work_items(
     cu = sanitize_cu_q_lens(cu_q_lens, num_seqs)  # i32[S + 1]
     q_lens = cu[1:] - cu[:-1]  # i32[S], 0 for padding rows
     blocks = (q_lens + block_q - 1) // block_q  # i32[S]
-    cu_blocks = jnp.cumsum(blocks)  # i32[S], items of sequences 0..s
+    cu_blocks = jnp.cumsum(blocks)  # i32[S], items of sequences 0 to s
     num_real_items = cu_blocks[-1]
     w = jnp.arange(num_items, dtype=jnp.int32)  # i32[W]
     # side="right" skips sequences with no items (q_len == 0)

@@ -1,6 +1,6 @@
 """Write this step's new K/V into the paged cache: a Pallas (Triton) kernel.
 
-Same semantics as ``ref_update_kv_pages`` in ``reference.py``: token t goes to page
+Same semantics as ``cpu_update_kv_pages`` and ``oracle.update_kv_pages``: token t goes to page
 ``slot_mapping[t] // page_size``, offset ``slot_mapping[t] % page_size``; slot -1 marks a padding
 token and is skipped, as is any slot past the end of the cache.
 
@@ -61,7 +61,7 @@ def update_kv_pages(
     block_t: int = DEFAULT_BLOCK_T,
     interpret: bool | None = None,
 ) -> jax.Array:  # [num_pages, 2, Hkv, page_size, D], updated in place when donated
-    """Pallas twin of ``ref_update_kv_pages``; interpret=None means interpret on CPU."""
+    """Pallas twin of ``cpu_update_kv_pages``; interpret=None means interpret on CPU."""
     num_tokens, num_kv_heads, head_dim = k.shape
     if v.shape != k.shape:
         raise ValueError(f"k {k.shape} and v {v.shape} must have the same shape")

@@ -1,11 +1,11 @@
-"""Choose the attention and KV-write functions the model calls: the Pallas kernels or the reference.
+"""Choose the attention and KV-write functions the model calls: Pallas kernels or the CPU backend.
 
-``auto`` means: the Pallas (Triton) kernels on a GPU, the pure-jnp reference everywhere else.
-On CPU that is a measured choice (``scripts/bench_kernel.py``, float32 as the CPU config runs,
-table in ``docs/kernels.md``): there the kernels only run in interpret mode, which loses
-decode-only steps (most steps of a serving run) by 2.5-3.3x and compiles about twice as slowly,
-while it wins prefill-heavy steps by 5-11x; a prefill-heavy CPU workload may prefer "pallas".
-On TPU the Triton kernel cannot lower at all.
+The config value "reference" names the CPU backend (``cpu_attention.py``). ``auto`` means: the
+Pallas (Triton) kernels on a GPU, the CPU backend everywhere else. On CPU the kernels only run in
+interpret mode, which loses decode-only steps (most steps of a serving run) and compiles more
+slowly, while it wins prefill-heavy steps, so a prefill-heavy CPU workload may prefer "pallas";
+``scripts/bench_kernel.py`` measures both (table in ``docs/kernels.md``). On TPU the Triton
+kernel cannot lower at all.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from typing import Literal, get_args
 
 import jax
 
+from jaxserve.kernels.ragged_paged_attention.cpu_attention import (
+    cpu_ragged_paged_attention,
+    cpu_update_kv_pages,
+)
 from jaxserve.kernels.ragged_paged_attention.kernel import ragged_paged_attention
 from jaxserve.kernels.ragged_paged_attention.kv_write import update_kv_pages
-from jaxserve.kernels.ragged_paged_attention.reference import (
-    ref_ragged_paged_attention,
-    ref_update_kv_pages,
-)
 
-Backend = Literal["pallas", "reference", "auto"]
+Backend = Literal["pallas", "reference", "auto"]  # "reference": the CPU backend
 Resolved = Literal["pallas", "reference"]
-# what "auto" resolves to on each platform; see the module docstring for the CPU figure
+# what "auto" resolves to on each platform; the module docstring says why CPU is "reference"
 AUTO_BACKEND: dict[str, Resolved] = {"gpu": "pallas", "cpu": "reference", "tpu": "reference"}
 
 
@@ -40,8 +40,8 @@ def resolve_backend(backend: str, platform: str | None = None) -> Resolved:
     return backend  # type: ignore[return-value]
 
 
-AttentionFn = Callable[..., jax.Array]  # ref_ragged_paged_attention's signature
-UpdateFn = Callable[..., jax.Array]  # ref_update_kv_pages's signature
+AttentionFn = Callable[..., jax.Array]  # cpu_ragged_paged_attention's signature
+UpdateFn = Callable[..., jax.Array]  # cpu_update_kv_pages's signature
 
 
 def get_attention_fns(backend: Backend) -> tuple[AttentionFn, UpdateFn]:
@@ -49,4 +49,4 @@ def get_attention_fns(backend: Backend) -> tuple[AttentionFn, UpdateFn]:
     if resolve_backend(backend) == "pallas":
         # interpret=None: they run in interpret mode when the default backend is the CPU
         return ragged_paged_attention, update_kv_pages
-    return ref_ragged_paged_attention, ref_update_kv_pages
+    return cpu_ragged_paged_attention, cpu_update_kv_pages

@@ -1,6 +1,6 @@
-"""A bfloat16 K/V cache (``cache.dtype: bfloat16``): the reference keeps it as uint16 bit
-patterns, the Pallas kernel as bfloat16; both must attend like the naive loop over the rounded
-keys, and the engine must serve with it."""
+"""A bfloat16 K/V cache (``cache.dtype: bfloat16``): the CPU backend keeps it as uint16 bit
+patterns, the Pallas kernel as bfloat16; both must attend like the oracle over the rounded keys,
+and the engine must serve with it."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from jaxserve.kernels.ragged_paged_attention import (
+    cpu_ragged_paged_attention,
+    cpu_update_kv_pages,
+    oracle,
     ragged_paged_attention,
-    ref_ragged_paged_attention,
-    ref_update_kv_pages,
 )
 from jaxserve.kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
-from tests.test_ragged_paged_attention import Config, make_inputs, naive_attention, rel_err
+from tests.support.attention_inputs import Config, make_inputs, rel_err
 
 CFG = Config(jnp.float32, 6, 2, 64)
 
@@ -40,19 +41,19 @@ def test_storage_dtype():
     ids=["mixed", "decode-only", "long-prefill", "chunk-and-decode"],
 )
 @pytest.mark.parametrize("max_dense_tokens", [512, 0], ids=["dense-in-step", "all-pages"])
-def test_reference_on_bf16_bits_matches_naive_loop(lens, max_dense_tokens):
+def test_cpu_backend_on_bf16_bits(lens, max_dense_tokens):
     """Queries in float32 against a cache of bfloat16 bits (NaN garbage in unused slots): the
-    answer is the naive loop's over the rounded keys, to the bfloat16 precision of the products'
+    answer is the oracle's over the rounded keys, to the bfloat16 precision of the products'
     inputs, through the page walk and the dense prefill products alike."""
     args, num_real = make_inputs(CFG, *lens, seed=21)
     kw = {"sm_scale": CFG.head_dim**-0.5}
     bits = (args[0], as_bits(args[1]), *args[2:])
-    out = np.asarray(ref_ragged_paged_attention(*bits, **kw, max_dense_tokens=max_dense_tokens))
-    expected = naive_attention(rounded(args), **kw)
+    out = np.asarray(cpu_ragged_paged_attention(*bits, **kw, max_dense_tokens=max_dense_tokens))
+    expected = oracle.ragged_paged_attention(*bits, **kw)  # the oracle widens the bits
     assert np.isfinite(out).all() and (out[num_real:] == 0).all()
     assert rel_err(out[:num_real], expected[:num_real]) < 1e-2
-    # and it is the float32 reference's answer over the rounded cache, to bfloat16 precision
-    f32 = np.asarray(ref_ragged_paged_attention(*rounded(args), **kw,
+    # and it is the float32 cache's answer over the rounded keys, to bfloat16 precision
+    f32 = np.asarray(cpu_ragged_paged_attention(*rounded(args), **kw,
                                                 max_dense_tokens=max_dense_tokens))
     assert rel_err(out[:num_real], f32[:num_real]) < 1e-2
 
@@ -65,8 +66,9 @@ def test_update_kv_pages_stores_rounded_bits():
     v = jnp.asarray(rng.standard_normal((t, hkv, d)), jnp.float32)
     slots = rng.permutation(num_pages * ps)[:t].astype(np.int32)
     slots[4] = -1  # a padding token writes nothing
-    out = np.asarray(ref_update_kv_pages(cache, k, v, jnp.asarray(slots)))
+    out = np.asarray(cpu_update_kv_pages(cache, k, v, jnp.asarray(slots)))
     assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, oracle.update_kv_pages(cache, k, v, slots))
     widened = np.asarray(jax.lax.bitcast_convert_type(jnp.asarray(out), jnp.bfloat16), np.float32)
     for i, slot in enumerate(slots):
         if slot < 0:
@@ -80,15 +82,19 @@ def test_update_kv_pages_stores_rounded_bits():
                                           .any(axis=1).sum() == t - 1)
 
 
-def test_kernel_with_bf16_pages_under_f32_queries_matches_reference():
+def test_kernel_with_bf16_pages_under_f32_queries():
     """The Pallas kernel (interpret mode) takes a real bfloat16 cache under float32 queries,
-    casting the queries for its products; the reference takes the same cache as bits."""
+    casting the queries for its products; the CPU backend takes the same cache as bits. Both
+    give the oracle's answer over the rounded keys."""
     args, num_real = make_inputs(CFG, [1, 5, 1], [20, 9, 40], seed=24)
     kw = {"sm_scale": CFG.head_dim**-0.5}
     out = np.asarray(ragged_paged_attention(args[0], args[1].astype(jnp.bfloat16), *args[2:],
                                             **kw), np.float32)
-    ref = np.asarray(ref_ragged_paged_attention(args[0], as_bits(args[1]), *args[2:], **kw))
+    bits = (args[0], as_bits(args[1]), *args[2:])
+    ref = np.asarray(cpu_ragged_paged_attention(*bits, **kw))
+    expected = oracle.ragged_paged_attention(*bits, **kw)
     assert np.isfinite(out).all() and (out[num_real:] == 0).all()
+    assert rel_err(out[:num_real], expected[:num_real]) < 1e-2
     assert rel_err(out[:num_real], ref[:num_real]) < 1e-2
 
 
@@ -98,14 +104,16 @@ def test_engine_serves_with_a_bf16_cache():
     from jaxserve.llm import LLM
     from jaxserve.sampling_params import SamplingParams
     from tests.conftest import TINY_CONFIG
-    from tests.test_engine_tiny import LONG, prompts
 
+    # the engine tests' prompts: a few short ones, and one long enough for 3+ prefill chunks
+    prompts = [f"prompt {i}: " + "abc " * (i * 3 + 1) for i in range(5)]
+    long_prompt = "the quick brown fox jumps over the lazy dog; " * 4
     one = {"scheduler.num_decode_steps": 1}
     f32 = LLM(TINY_CONFIG, progress=False, **one)
     bf16 = LLM(TINY_CONFIG, progress=False, **one, **{"cache.dtype": "bfloat16"})
     assert all(kv.dtype == jnp.uint16 for kv in bf16.engine.runner.kv_caches)
     assert all(kv.dtype == jnp.float32 for kv in f32.engine.runner.kv_caches)
-    batch = prompts(5) + [LONG]  # chunked prefill beside decodes
+    batch = prompts + [long_prompt]  # chunked prefill beside decodes
     params = SamplingParams(temperature=0, max_tokens=8, logprobs=1)
     ours, ref = bf16.generate(batch, params), f32.generate(batch, params)
     same = 0
@@ -121,10 +129,10 @@ def test_engine_serves_with_a_bf16_cache():
     # forks copy their leader's last page and a repeated prompt reads cached pages: through the
     # uint16 cache both must give the lone greedy answer
     greedy = SamplingParams(temperature=0, max_tokens=8)
-    alone = bf16.generate([LONG], greedy)[0].outputs[0].token_ids
-    forked = bf16.generate([LONG], SamplingParams(n=3, temperature=0, max_tokens=8))[0]
+    alone = bf16.generate([long_prompt], greedy)[0].outputs[0].token_ids
+    forked = bf16.generate([long_prompt], SamplingParams(n=3, temperature=0, max_tokens=8))[0]
     assert [c.token_ids for c in forked.outputs] == [alone] * 3
-    again = bf16.generate([LONG], greedy)[0]
+    again = bf16.generate([long_prompt], greedy)[0]
     assert again.num_cached_tokens > 0 and again.outputs[0].token_ids == alone
     bf16.engine.allocator.check_all_free()
 

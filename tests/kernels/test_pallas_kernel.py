@@ -1,0 +1,132 @@
+"""The Pallas kernels, in interpret mode on CPU, against the oracle on fresh random inputs.
+
+Interpret mode fills a pallas_call's output with NaN before the kernel runs, so a row the kernel
+forgets to write shows up as NaN (``test_interpret_mode_poisons_output`` keeps that assumption
+honest). Inputs and cases: ``tests/support/attention_inputs.py``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import pallas as pl
+
+from jaxserve.kernels.ragged_paged_attention import oracle, ragged_paged_attention, update_kv_pages
+from tests.support.attention_inputs import (
+    CASES,
+    Config,
+    check_against_oracle,
+    configs,
+    make_inputs,
+)
+
+
+def run_kernel(cfg: Config, args, **kw):
+    return ragged_paged_attention(
+        *args,
+        sm_scale=cfg.head_dim**-0.5,
+        block_q=cfg.block_q,
+        pages_per_block=cfg.pages_per_block,
+        **kw,
+    )
+
+
+def check(cfg: Config, q_lens, kv_lens, seed: int, **kw):
+    args, num_real = make_inputs(cfg, q_lens, kv_lens, seed=seed)
+    check_against_oracle(run_kernel(cfg, args, **kw), args, num_real, cfg.tol,
+                         sm_scale=cfg.head_dim**-0.5, **kw)
+
+
+@configs
+def test_decode_only(cfg):
+    check(cfg, *CASES["decode_only"])
+
+
+@configs
+def test_prefill_only(cfg):
+    check(cfg, *CASES["prefill_only"])
+
+
+@configs
+def test_mixed(cfg):
+    check(cfg, *CASES["mixed"])
+
+
+@configs
+def test_chunked_prefill(cfg):
+    check(cfg, *CASES["chunked_prefill"])
+
+
+@configs
+def test_page_boundaries(cfg):
+    check(cfg, *CASES["page_boundaries"])
+
+
+@configs
+def test_single_token(cfg):
+    check(cfg, *CASES["single_token"])
+
+
+@configs
+def test_every_page_of_the_table(cfg):
+    check(cfg, *CASES["every_page_of_the_table"])
+
+
+@configs
+def test_zero_q_len_sequence(cfg):
+    check(cfg, *CASES["zero_q_len_sequence"])
+
+
+@configs
+def test_padding_does_not_change_real_rows(cfg):
+    q_lens, kv_lens, _ = CASES["mixed"]
+    a, num_real = make_inputs(cfg, q_lens, kv_lens, seed=9, garbage="nan")
+    b, _ = make_inputs(cfg, q_lens, kv_lens, seed=9, garbage="random")
+    assert not np.array_equal(np.asarray(a[2]), np.asarray(b[2]))  # the padding does differ
+    out_a, out_b = np.asarray(run_kernel(cfg, a)), np.asarray(run_kernel(cfg, b))
+    np.testing.assert_array_equal(out_a[:num_real], out_b[:num_real])
+    assert (out_a[num_real:] == 0).all() and (out_b[num_real:] == 0).all()
+
+
+def test_default_block_sizes():
+    cfg = Config(jnp.float32, 4, 2, 64)  # block_q=32, pages_per_block=4
+    check(cfg, [1, 30, 0, 12], [50, 30, 7, 12], seed=10)
+
+
+@pytest.mark.parametrize("page_size", [8, 32])
+def test_other_page_sizes(page_size):
+    cfg = Config(jnp.float32, 6, 2, 64, page_size=page_size, block_q=8, pages_per_block=2)
+    check(cfg, [1, 9, 1, 4], [20, 9, 31, 30], seed=11)  # <= 4 pages of 8
+
+
+def test_sliding_window_and_soft_cap():
+    cfg = Config(jnp.float32, 6, 2, 64, block_q=4, pages_per_block=1)
+    check(cfg, [1, 12, 3], [40, 30, 20], seed=12, sliding_window=19, logits_soft_cap=5.0)
+
+
+def test_interpret_mode_poisons_output():
+    """The NaN checks above rely on interpret mode filling outputs with NaN."""
+
+    def write_nothing(x_ref, o_ref):
+        del x_ref, o_ref
+
+    x = jnp.ones((16, 16), jnp.float32)
+    out = pl.pallas_call(write_nothing, out_shape=x, interpret=True)(x)
+    assert np.isnan(np.asarray(out)).all()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_update_kv_pages(dtype):
+    rng = np.random.default_rng(13)
+    num_pages, hkv, ps, d, t = 6, 2, 16, 64, 21  # 21 tokens: the last program is partial
+    kv_pages = jnp.asarray(rng.standard_normal((num_pages, 2, hkv, ps, d)), dtype)
+    k = jnp.asarray(rng.standard_normal((t, hkv, d)), dtype)
+    v = jnp.asarray(rng.standard_normal((t, hkv, d)), dtype)
+    slots = rng.permutation(num_pages * ps)[:t].astype(np.int32)
+    slots[[3, 7, 20]] = -1  # padding tokens
+    slots[5] = num_pages * ps - 1  # the very last slot of the cache
+    slots = jnp.asarray(slots)
+    out = update_kv_pages(kv_pages, k, v, slots)
+    np.testing.assert_array_equal(np.asarray(out), oracle.update_kv_pages(kv_pages, k, v, slots))
+    assert not np.array_equal(np.asarray(out), np.asarray(kv_pages))
