@@ -1,11 +1,11 @@
 """Async scheduling against the fake runner: what the look-ahead step holds, and when the engine
-falls back to one step at a time. (tests/engine/test_scheduler.py runs every scheduling test in
-both modes; tests/test_engine_tiny.py compares the modes on a real model.)"""
+falls back to one step at a time. (tests/engine/test_llm_engine.py runs every engine test in
+both modes; tests/engine/test_engine_tiny.py compares the modes on a real model.)"""
 
 from __future__ import annotations
 
 from jaxserve.sampling_params import SamplingParams
-from tests.engine.test_scheduler import make_engine, run_all
+from tests.support.fake_engine import make_engine, run_all
 
 ASYNC = {"scheduler.async_scheduling": True, "scheduler.num_decode_steps": 1}
 

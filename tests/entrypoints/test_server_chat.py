@@ -9,8 +9,6 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-pytest_plugins = ["tests.conftest_server"]
-
 HELLO = [{"role": "user", "content": "Hello there"}]
 
 

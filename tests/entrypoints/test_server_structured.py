@@ -13,8 +13,6 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-pytest_plugins = ["tests.conftest_server"]
-
 ASK = [{"role": "user", "content": "Answer in the required format."}]
 REGEX = r"(yes|no), [0-9]{1,3} (cats|dogs)"
 CHOICES = ["red", "green", "blue", "dark purple"]

@@ -10,8 +10,6 @@ import httpx
 import openai
 import pytest
 
-pytest_plugins = ["tests.conftest_server"]
-
 HELLO = [{"role": "user", "content": "Tell me a story"}]
 
 

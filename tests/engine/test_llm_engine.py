@@ -1,0 +1,290 @@
+"""The engine's bookkeeping (scheduling, pages, stops, forks, constraints) against a fake runner:
+no model, milliseconds per test. tests/engine/test_scheduler.py drives the Scheduler alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from jaxserve.engine.llm_engine import LLMEngine, RequestError
+from jaxserve.sampling_params import SamplingParams
+from tests.support import fake_engine
+from tests.support.fake_engine import EOS, run_all
+
+SYNC = {"scheduler.async_scheduling": False}
+_mode: dict = {}
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["sync", "async"])
+def scheduling_mode(request):
+    """Every test runs one step at a time and with async scheduling; the outputs must agree."""
+    _mode["scheduler.async_scheduling"] = request.param
+    yield
+    _mode.clear()
+
+
+def make_engine(tokenizer, **overrides) -> LLMEngine:
+    """The fake engine in this test's scheduling mode (overrides may still pin one)."""
+    return fake_engine.make_engine(tokenizer, **(_mode | overrides))
+
+
+def test_decode_follows_fake_rule_and_stops_at_max_tokens(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    engine.add_request("a", [10, 11, 12], SamplingParams(max_tokens=5, temperature=0))
+    assert run_all(engine) == {"a": [[13, 14, 15, 16, 17]]}
+    engine.allocator.check_all_free()
+
+
+def test_chunked_prefill_respects_token_budget(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    prompt = list(range(20, 60))  # 40 tokens, budget 16 per step
+    engine.add_request("long", prompt, SamplingParams(max_tokens=2, temperature=0))
+    out = run_all(engine)
+    assert out == {"long": [[60, 61]]}
+    chunks = [int(s.cu_q_lens[s.num_seqs[0]]) for s in engine.runner.steps]
+    assert chunks[:3] == [16, 16, 8] and max(chunks) <= 16
+    engine.allocator.check_all_free()
+
+
+def test_decodes_go_before_a_new_prefill(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **SYNC)  # b joins the step after a's prefill
+    engine.add_request("a", [5, 6], SamplingParams(max_tokens=4, temperature=0))
+    engine.step()  # a's prefill
+    engine.add_request("b", list(range(30, 60)), SamplingParams(max_tokens=1, temperature=0))
+    engine.step()
+    step = engine.runner.steps[-1]
+    assert step.input_ids[0] == 7  # a's decode token comes first
+    assert int(step.cu_q_lens[1]) == 1 and int(step.cu_q_lens[2]) == 16  # b fills the rest
+
+
+def test_preemption_by_recompute_keeps_outputs_and_frees_pages(tiny_tokenizer):
+    # 12 pages of 4 tokens: three requests of 10 prompt + 20 output tokens cannot all fit
+    engine = make_engine(tiny_tokenizer, **{"cache.num_pages": 12})
+    for i in range(3):
+        engine.add_request(f"r{i}", list(range(40 + i, 50 + i)), SamplingParams(max_tokens=20, temperature=0))
+    out = run_all(engine)
+    assert engine.scheduler.num_preemptions > 0
+    for i in range(3):
+        start = 50 + i
+        assert out[f"r{i}"] == [list(range(start, start + 20))]
+    engine.allocator.check_all_free()
+
+
+def test_n_samples_share_prompt_pages_then_copy_the_partial_page(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    engine.add_request("n", list(range(10, 16)), SamplingParams(n=3, max_tokens=3, temperature=0))
+    seen = engine.step()  # prefill once; all three samples take their first token from it
+    step = engine.runner.steps[0]
+    assert int(step.num_seqs[0]) == 1 and step.num_sample_rows == 3
+    seqs = engine.requests["n"].seqs
+    assert seqs[1].pages[0] == seqs[0].pages[0]  # the full page is shared
+    assert seqs[1].pages[1] != seqs[0].pages[1]  # the partial page is copied
+    assert engine.allocator.ref_counts[seqs[0].pages[0]] == 3
+    seen += engine.step()
+    assert len(engine.runner.steps[1].page_copies) == 2
+    out = run_all(engine, seen)
+    assert out["n"] == [[16, 17, 18]] * 3
+    engine.allocator.check_all_free()
+
+
+def test_abort_frees_pages_and_reports_abort(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    engine.add_request("x", [1, 3, 4, 5, 6], SamplingParams(n=2, max_tokens=50, temperature=0))
+    engine.add_request("y", [7, 8], SamplingParams(max_tokens=50, temperature=0))
+    engine.step()
+    engine.step()
+    final = engine.abort_request("x")
+    assert final.finished and {c.finish_reason for c in final.outputs} == {"abort"}
+    engine.abort_request("y")
+    assert not engine.has_unfinished_requests()
+    engine.allocator.check_all_free()
+
+
+def test_eos_stops_unless_ignored_or_below_min_tokens(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    # fake rule: the token after 1 is 2 == EOS
+    engine.add_request("stop", [0, 1], SamplingParams(max_tokens=5, temperature=0))
+    engine.add_request("ignore", [0, 1], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    engine.add_request("stopid", [0, 5], SamplingParams(max_tokens=5, temperature=0, stop_token_ids=[7]))
+    out = run_all(engine)
+    assert out["stop"] == [[2]]
+    assert out["ignore"] == [[2, 3, 4]]
+    assert out["stopid"] == [[6, 7]]
+
+
+def test_min_tokens_puts_eos_in_the_bias(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    engine.add_request("m", [0, 1], SamplingParams(max_tokens=5, temperature=0, min_tokens=2))
+    engine.step()
+    bias_ids = engine.runner.steps[0].sampling.bias_ids[0]
+    assert EOS in bias_ids.tolist()
+
+
+def test_request_errors_name_the_problem(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    with pytest.raises(RequestError) as err:
+        engine.add_request("big", list(range(100)), SamplingParams(max_tokens=100))
+    assert err.value.code == "context_length_exceeded"
+    with pytest.raises(ValueError, match="temperature"):
+        engine.add_request("t", [1], SamplingParams(temperature=3.0))
+    with pytest.raises(RequestError, match="n must be at most"):
+        engine.add_request("n", [1], SamplingParams(n=5))
+    assert not engine.has_unfinished_requests()
+
+
+def test_prefix_cache_skips_computing_a_shared_prefix(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    prefix = list(range(100, 112))  # three full pages of 4
+    engine.add_request("a", prefix + [7, 8], SamplingParams(max_tokens=2, temperature=0))
+    run_all(engine)
+    engine.add_request("b", prefix + [9], SamplingParams(max_tokens=2, temperature=0))
+    outputs = []
+    while engine.has_unfinished_requests():
+        outputs += engine.step()
+    first = engine.runner.steps[-1]  # b's prefill: one token, so its decode burst too
+    assert int(first.cu_q_lens[1]) == 1  # only the token after the cached prefix is computed
+    assert int(first.positions[0]) == 12
+    assert outputs[-1].num_cached_tokens == 12
+    assert [t for o in outputs for t in o.outputs[0].token_ids] == [10, 11]
+    engine.allocator.check_all_free()
+
+
+def test_prefix_caching_can_be_turned_off(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **{"cache.enable_prefix_caching": False})
+    prompt = list(range(100, 113))
+    for rid in ("a", "b"):
+        engine.add_request(rid, prompt, SamplingParams(max_tokens=1, temperature=0))
+        run_all(engine)
+    assert int(engine.runner.steps[-1].cu_q_lens[1]) == 13
+
+
+SNAP = {"scheduler.max_num_batched_tokens": 32, "scheduler.token_buckets": [8, 16, 32],
+        "scheduler.num_decode_steps": 1}
+
+
+def step_tokens(engine) -> list[int]:
+    return [int(s.cu_q_lens[s.num_seqs[0]]) for s in engine.runner.steps]
+
+
+def test_a_step_just_past_a_rung_fills_it_and_the_rest_waits(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **SYNC, **SNAP)
+    engine.add_request("a", [5, 6, 7], SamplingParams(max_tokens=4, temperature=0))
+    engine.step()
+    engine.add_request("b", list(range(30, 46)), SamplingParams(max_tokens=2, temperature=0))
+    out = run_all(engine)
+    # a's decode and b's 16 tokens would make 17, padded to 32: b gives up one token instead
+    assert step_tokens(engine)[1:3] == [16, 2]
+    assert out == {"a": [[9, 10, 11]], "b": [[46, 47]]}
+    engine.allocator.check_all_free()
+
+
+def test_the_rung_below_counts_a_waiting_prompt_by_its_uncached_tokens(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **SYNC, **SNAP)
+    prefix = list(range(100, 120))  # five full pages of 4
+    engine.add_request("p", prefix + [1], SamplingParams(max_tokens=1, temperature=0))
+    run_all(engine)
+    engine.add_request("a", [5, 6, 7], SamplingParams(max_tokens=4, temperature=0))
+    engine.step()
+    engine.add_request("q", prefix + list(range(60, 76)), SamplingParams(max_tokens=1,
+                                                                         temperature=0))
+    run_all(engine)
+    # q has 36 tokens but 20 cached: a's decode + 16 would be 17; 16 it is, then 1 + 1
+    assert step_tokens(engine)[-3:-1] == [16, 2]
+    engine.allocator.check_all_free()
+
+
+def test_a_decode_or_a_last_token_is_never_held_back(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **SYNC, **SNAP, **{"scheduler.max_num_seqs": 17,
+                                                            "scheduler.seq_buckets": [32]})
+    for i in range(16):
+        engine.add_request(f"r{i}", [40 + i], SamplingParams(max_tokens=3, temperature=0))
+    engine.step()
+    engine.add_request("z", [9], SamplingParams(max_tokens=1, temperature=0))
+    engine.step()
+    assert step_tokens(engine) == [16, 17]  # 16 decodes and z's one token: padded, not delayed
+
+
+class OnlyThenStop:
+    """A hand-made constraint: allows exactly the given tokens in order, then is done."""
+
+    def __init__(self, tokens):
+        self.tokens = list(tokens)
+
+    def fill_bitmask(self, bitmask, row):
+        bitmask[row] = 0
+        bitmask[row, self.tokens[0] // 32] = 1 << (self.tokens[0] % 32)
+
+    def accept_token(self, token_id):
+        assert token_id == self.tokens.pop(0)
+
+    def is_terminated(self):
+        return not self.tokens
+
+
+def test_constraint_masks_rows_and_finishes_the_sequence(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    engine.constraint_factory = lambda params: OnlyThenStop([13, 14])
+    from jaxserve.sampling_params import StructuredOutputs
+
+    params = SamplingParams(max_tokens=10, temperature=0,
+                            structured_outputs=StructuredOutputs(regex="x"))
+    engine.add_request("c", [10, 11, 12], params)  # the fake rule yields 13, 14, ...
+    engine.add_request("free", [50], SamplingParams(max_tokens=3, temperature=0))
+    out = run_all(engine)
+    assert out == {"c": [[13, 14]], "free": [[51, 52, 53]]}
+    first = engine.runner.steps[0].sampling
+    assert bool(first.any_mask)
+    assert first.token_bitmask[0, 0] == 1 << 13 and (first.token_bitmask[1] == -1).all()
+
+
+def test_structured_outputs_without_a_factory_is_a_clear_error(tiny_tokenizer):
+    from jaxserve.sampling_params import StructuredOutputs
+
+    engine = make_engine(tiny_tokenizer)
+    with pytest.raises(RequestError, match="structured outputs"):
+        engine.add_request("c", [1], SamplingParams(structured_outputs=StructuredOutputs(regex="a")))
+    with pytest.raises(ValueError, match="exactly one"):
+        SamplingParams(structured_outputs=StructuredOutputs(regex="a", choice=["b"])).validate()
+
+
+def test_decode_only_batches_run_several_steps_per_call(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **{"scheduler.num_decode_steps": 4})
+    engine.add_request("a", [10, 11], SamplingParams(max_tokens=10, temperature=0))
+    engine.add_request("b", [50, 51, 52], SamplingParams(max_tokens=6, temperature=0, stop_token_ids=[55]))
+    out = run_all(engine)
+    assert out == {"a": [list(range(12, 22))], "b": [[53, 54, 55]]}
+    num_steps = [s.num_steps for s in engine.runner.steps]
+    assert num_steps[0] == 1 and 4 in num_steps  # prefill alone, then decode bursts
+    # 10 tokens: 1 from prefill, then bursts of 4 (the last one partly dropped)
+    assert len(engine.runner.steps) == 4
+    engine.allocator.check_all_free()
+
+
+def test_multi_step_only_for_batches_up_to_multi_step_max_seqs(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **{"scheduler.num_decode_steps": 4,
+                                            "scheduler.multi_step_max_seqs": 1})
+    engine.add_request("a", [10, 11], SamplingParams(max_tokens=12, temperature=0))
+    engine.add_request("b", [50, 51], SamplingParams(max_tokens=4, temperature=0))
+    out = run_all(engine)
+    assert out == {"a": [list(range(12, 24))], "b": [[52, 53, 54, 55]]}
+    steps = engine.runner.steps
+    # while both decode, one step per call; once "a" is alone, bursts of 4
+    assert all(s.num_steps == 1 for s in steps if s.num_seqs[0] > 1)
+    assert any(s.num_steps == 4 and s.num_seqs[0] == 1 for s in steps)
+    engine.allocator.check_all_free()
+
+
+def test_multi_step_is_off_for_grammars_penalties_and_min_tokens(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **{"scheduler.num_decode_steps": 4})
+    engine.add_request("p", [10], SamplingParams(max_tokens=5, temperature=0, presence_penalty=0.5))
+    engine.add_request("m", [20], SamplingParams(max_tokens=5, temperature=0, min_tokens=3))
+    out = run_all(engine)
+    assert out == {"p": [[11, 12, 13, 14, 15]], "m": [[21, 22, 23, 24, 25]]}
+    assert all(s.num_steps == 1 for s in engine.runner.steps[:3])
+
+
+def test_out_of_range_top_k_is_refused_not_crashing(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer)
+    with pytest.raises(ValueError, match="top_k"):
+        engine.add_request("k", [1], SamplingParams(top_k=10**30))
+    engine.add_request("big", [1], SamplingParams(top_k=10**6, max_tokens=2, temperature=0.5))
+    assert run_all(engine)["big"][0]  # larger than the vocabulary means no top-k
