@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from jaxserve.engine.llm_engine import LLMEngine, RequestError
+from jaxserve.engine.step_inputs import _SUPPRESS
 from jaxserve.sampling_params import SamplingParams
 from tests.support import fake_engine
 from tests.support.fake_engine import EOS, run_all
@@ -105,18 +106,34 @@ def test_eos_stops_unless_ignored_or_below_min_tokens(tiny_tokenizer):
     engine.add_request("stop", [0, 1], SamplingParams(max_tokens=5, temperature=0))
     engine.add_request("ignore", [0, 1], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
     engine.add_request("stopid", [0, 5], SamplingParams(max_tokens=5, temperature=0, stop_token_ids=[7]))
+    # below min_tokens the eos goes on; at min_tokens it stops (199 -> 0, 1, then 2)
+    engine.add_request("below", [0, 1], SamplingParams(max_tokens=4, temperature=0, min_tokens=3))
+    engine.add_request("reached", [198, 199], SamplingParams(max_tokens=9, temperature=0,
+                                                             min_tokens=2))
     out = run_all(engine)
     assert out["stop"] == [[2]]
     assert out["ignore"] == [[2, 3, 4]]
     assert out["stopid"] == [[6, 7]]
+    assert out["below"] == [[2, 3, 4, 5]]
+    assert out["reached"] == [[0, 1, 2]]
 
 
 def test_min_tokens_puts_eos_in_the_bias(tiny_tokenizer):
     engine = make_engine(tiny_tokenizer)
     engine.add_request("m", [0, 1], SamplingParams(max_tokens=5, temperature=0, min_tokens=2))
-    engine.step()
-    bias_ids = engine.runner.steps[0].sampling.bias_ids[0]
-    assert EOS in bias_ids.tolist()
+    # the fake rule ignores the bias: its first token is 2, the eos, which must not stop "m"
+    assert run_all(engine) == {"m": [[2, 3, 4, 5, 6]]}
+    sampled, lifted = 0, 0
+    for step in engine.runner.steps:
+        bias_ids = step.sampling.bias_ids[0].tolist()
+        if sampled < 2:  # eos suppressed while fewer than min_tokens tokens are out
+            assert EOS in bias_ids
+            assert step.sampling.bias_values[0, bias_ids.index(EOS)] == _SUPPRESS
+        else:  # and free again once they are
+            assert EOS not in bias_ids
+            lifted += 1
+        sampled += step.num_steps
+    assert lifted > 0
 
 
 def test_request_errors_name_the_problem(tiny_tokenizer):
