@@ -298,6 +298,28 @@ def test_multi_step_is_off_for_grammars_penalties_and_min_tokens(tiny_tokenizer)
     assert out == {"p": [[11, 12, 13, 14, 15]], "m": [[21, 22, 23, 24, 25]]}
     assert all(s.num_steps == 1 for s in engine.runner.steps[:3])
 
+    from jaxserve.sampling_params import StructuredOutputs
+
+    def alone(constraint=None, **params) -> tuple[list[int], list[int]]:
+        """One request from [10] for 9 tokens: its tokens and each step's num_steps."""
+        engine = make_engine(tiny_tokenizer, **{"scheduler.num_decode_steps": 4})
+        engine.constraint_factory = lambda _: constraint
+        engine.add_request("r", [10], SamplingParams(max_tokens=9, temperature=0, **params))
+        tokens = run_all(engine)["r"][0]
+        engine.allocator.check_all_free()
+        return tokens, [s.num_steps for s in engine.runner.steps]
+
+    expected = list(range(11, 20))
+    tokens, free = alone()  # the same request with none of them does run bursts
+    assert tokens == expected and 4 in free
+    grammar = StructuredOutputs(regex="x")  # the hand-made constraint below stands for it
+    for constraint, params in ((None, {"presence_penalty": 0.5}),
+                               (OnlyThenStop(expected), {"structured_outputs": grammar})):
+        tokens, num_steps = alone(constraint, **params)
+        assert tokens == expected and set(num_steps) == {1}, (params, num_steps)
+    tokens, num_steps = alone(min_tokens=3)  # one step at a time until 3 tokens are out
+    assert tokens == expected and num_steps[:3] == [1, 1, 1] and 4 in num_steps[3:]
+
 
 def test_out_of_range_top_k_is_refused_not_crashing(tiny_tokenizer):
     engine = make_engine(tiny_tokenizer)

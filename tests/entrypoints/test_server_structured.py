@@ -89,8 +89,11 @@ def test_lark_grammar(http):
 
 
 def test_text_format_is_no_constraint(http):
-    body = post(http, response_format={"type": "text"}, max_tokens=5, ignore_eos=True)
+    greedy = {"max_tokens": 5, "ignore_eos": True, "temperature": 0}
+    body = post(http, response_format={"type": "text"}, **greedy)
     assert body["choices"][0]["finish_reason"] == "length"
+    # the reply of the same request without response_format, token for token
+    assert body["choices"] == post(http, **greedy)["choices"]
 
 
 def test_a_repeated_schema_compiles_once(http, live_server):
