@@ -268,7 +268,7 @@ def test_attention_ab_runs_both_variants_on_the_tiny_model(tmp_path, tiny_model_
         [sys.executable, str(script), str(ref), str(ref), "--config", "configs/tiny.yaml",
          "--cases", "4:2:2:1:20,16:2:1x1@30+1x12@4", "--rounds", "2"],
         check=False, capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env={**os.environ, "JAXSERVE_COMPILE_CACHE": str(tmp_path)})
+        env={**os.environ, "JAXSERVE_COMPILE_CACHE": str(tmp_path), "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [r for r in map(str.split, out.stdout.splitlines()) if len(r) == 5 and ":" in r[0]]
     assert [(r[0], r[1]) for r in rows] == [("4:2", "2x1@20"), ("16:2", "1x1@30+1x12@4")]

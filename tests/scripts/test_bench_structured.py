@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,8 @@ def test_bench_structured_on_the_tiny_model():
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_structured.py"), "--config",
          str(TINY_CONFIG), "--batch", "4", "--tokens", "12", "--repeats", "1",
-         "--json"], capture_output=True, text=True, timeout=600, check=True)
+         "--json"], capture_output=True, text=True, timeout=600, check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})  # this tree's jaxserve, not an installed one
     report = json.loads(result.stdout)
     assert report["constrained_sample"].startswith('{"items": ["')
     for name in ("none", "mixed"):
