@@ -25,9 +25,9 @@ import numpy as np
 
 from jaxserve.config import load_config
 from jaxserve.models.loader import load_model
-from jaxserve.scoring import prompt_logits
 from jaxserve.pull import resolve_model
 from jaxserve.runner.attention import make_attention_backend
+from jaxserve.scoring import prompt_logits
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ("README.md", "docs/architecture.md", "docs/api.md", "docs/structured_outputs.md")

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
+# tests/support holds plain helpers; their asserts get pytest's messages too
+pytest.register_assert_rewrite("tests.support")
+
+from tests.support.configs import TINY_CONFIG, smollm2_overrides
 
 
 @pytest.fixture(scope="session")
@@ -39,14 +41,6 @@ def smollm2_dir() -> Path:
     from jaxserve.pull import resolve_model
 
     return resolve_model(os.environ.get("JAXSERVE_TEST_MODEL", "smollm2-135m-instruct"))
-
-
-def smollm2_overrides(model_dir: Path, backend: str) -> dict:
-    """A small-footprint SmolLM2 engine for tests: two buckets, 512-token context."""
-    return {"model.path": str(model_dir), "model.attention_backend": backend,
-            "model.max_model_len": 512, "cache.num_pages": 256,
-            "scheduler.max_num_seqs": 8, "scheduler.max_num_batched_tokens": 256,
-            "scheduler.token_buckets": [16, 256], "scheduler.seq_buckets": [8]}
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ def test_a_failed_start_turns_it_back_on_without_freezing():
 def _build_like_jaxserve_run(overrides: dict) -> tuple[list, threading.Event]:
     from jaxserve.config import load_config
     from jaxserve.entrypoints.server import _build_in_background
-    from tests.conftest import TINY_CONFIG
+    from tests.support.configs import TINY_CONFIG
 
     attached: list = []
 

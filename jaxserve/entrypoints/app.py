@@ -14,7 +14,6 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 
-from jaxserve.interfaces import EngineInfo
 from jaxserve.config import Config
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.entrypoints import serving_misc
@@ -24,6 +23,7 @@ from jaxserve.entrypoints.responses import ClientDisconnected, error_response
 from jaxserve.entrypoints.serving_chat import create_chat_completion
 from jaxserve.entrypoints.serving_completion import create_completion
 from jaxserve.entrypoints.state import ServerState
+from jaxserve.interfaces import EngineInfo
 
 log = logging.getLogger("jaxserve.server")
 

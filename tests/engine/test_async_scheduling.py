@@ -1,11 +1,11 @@
 """Async scheduling against the fake runner: what the look-ahead step holds, and when the engine
-falls back to one step at a time. (tests/engine/test_scheduler.py runs every scheduling test in
-both modes; tests/test_engine_tiny.py compares the modes on a real model.)"""
+falls back to one step at a time. (tests/engine/test_llm_engine.py runs every engine test in
+both modes; tests/engine/test_engine_tiny.py compares the modes on a real model.)"""
 
 from __future__ import annotations
 
 from jaxserve.sampling_params import SamplingParams
-from tests.engine.test_scheduler import add, make_engine, run_all
+from tests.support.fake_engine import add, make_engine, run_all
 
 ASYNC = {"scheduler.async_scheduling": True, "scheduler.num_decode_steps": 1}
 
@@ -65,24 +65,30 @@ def test_rows_the_host_must_prepare_run_one_step_at_a_time(tiny_tokenizer):
 
 
 def test_look_ahead_never_preempts(tiny_tokenizer):
-    # 5 pages of 4 tokens: two sequences growing to 12 tokens (3 pages) each cannot both fit
-    engine = make_engine(tiny_tokenizer, **ASYNC, **{"cache.num_pages": 5})
-    add(engine, "a", [10, 11, 12, 13], SamplingParams(max_tokens=8, temperature=0))
-    add(engine, "b", [20, 21, 22, 23], SamplingParams(max_tokens=8, temperature=0))
-    preempts = []
-    schedule = engine.scheduler.schedule
+    """5 pages of 4 tokens: two sequences growing to 12 tokens (3 pages) each cannot both fit.
+    One step at a time, the second one is preempted; with async scheduling no look-ahead step
+    preempts (a look-ahead leaves a sequence without a page waiting: it holds its pages, the
+    other one finishes and frees its own)."""
+    expected = {"a": [list(range(14, 22))], "b": [list(range(24, 32))]}
+    for mode in ({"scheduler.async_scheduling": False, "scheduler.num_decode_steps": 1}, ASYNC):
+        engine = make_engine(tiny_tokenizer, **mode, **{"cache.num_pages": 5})
+        add(engine, "a", [10, 11, 12, 13], SamplingParams(max_tokens=8, temperature=0))
+        add(engine, "b", [20, 21, 22, 23], SamplingParams(max_tokens=8, temperature=0))
+        preempts = []
+        schedule = engine.scheduler.schedule
 
-    def watch(look_ahead=False):
-        before = engine.scheduler.num_preemptions
-        out = schedule(look_ahead)
-        preempts.append((look_ahead, engine.scheduler.num_preemptions - before))
-        return out
+        def watch(look_ahead=False, engine=engine, schedule=schedule, preempts=preempts):
+            before = engine.scheduler.num_preemptions
+            out = schedule(look_ahead)
+            preempts.append((look_ahead, engine.scheduler.num_preemptions - before))
+            return out
 
-    engine.scheduler.schedule = watch
-    out = run_all(engine)
-    assert out == {"a": [list(range(14, 22))], "b": [list(range(24, 32))]}
-    # a look-ahead step leaves a sequence without a page waiting (it holds its pages, the other
-    # one finishes and frees its own): only a step scheduled one at a time may preempt
-    assert any(ahead for ahead, _ in preempts)
-    assert not any(n for ahead, n in preempts if ahead)
-    engine.allocator.check_all_free()
+        engine.scheduler.schedule = watch
+        assert run_all(engine) == expected
+        engine.allocator.check_all_free()
+        if mode is ASYNC:
+            assert any(ahead for ahead, _ in preempts)
+            assert not any(n for ahead, n in preempts if ahead)
+        else:  # the same workload does need a preemption when steps are scheduled one by one
+            assert not any(ahead for ahead, _ in preempts)
+            assert engine.scheduler.num_preemptions > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from jaxserve.config import load_config
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.sampling_params import SamplingParams
-from tests.engine.fake_runner import ScriptedRunner
+from tests.support.fake_runner import ScriptedRunner
 
 
 def run_script(tokenizer, text: str, params: SamplingParams, extra: list[int] = ()):

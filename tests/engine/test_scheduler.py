@@ -1,331 +1,254 @@
-"""Scheduler and engine bookkeeping against a fake runner: no model, milliseconds per test."""
+"""The Scheduler alone, on hand-made sequences: its policy in cases small enough to work out by
+hand (pages of 4 tokens, budgets of a few tokens). No engine, no runner, no jax.
+
+Each step is checked as its rows, ``(request id, start, tokens computed, samples)``; after a step
+the test does what the engine does with its tokens (``sampled``: every sample row gets one)."""
 
 from __future__ import annotations
 
-import pytest
+from itertools import count
 
-from jaxserve.config import load_config
-from jaxserve.engine.llm_engine import LLMEngine
-from jaxserve.sampling_params import ParamError, SamplingParams
-from tests.engine.fake_runner import FakeRunner
+import numpy as np
 
-EOS = 2
-SYNC = {"scheduler.async_scheduling": False}
-_mode: dict = {}
+from jaxserve.config import SchedulerConfig
+from jaxserve.engine.page_allocator import PageAllocator
+from jaxserve.engine.scheduler import Scheduler, SchedulerOutput
+from jaxserve.engine.sequence import Request, Sequence, Status
+from jaxserve.sampling_params import SamplingParams
 
-
-@pytest.fixture(autouse=True, params=[False, True], ids=["sync", "async"])
-def scheduling_mode(request):
-    """Every test runs one step at a time and with async scheduling; the outputs must agree."""
-    _mode["scheduler.async_scheduling"] = request.param
-    yield
-    _mode.clear()
+PAGE = 4
 
 
-def make_engine(tokenizer, **overrides) -> LLMEngine:
-    base = {"cache.page_size": 4, "cache.num_pages": 64, "scheduler.max_num_seqs": 4,
-            "scheduler.max_num_batched_tokens": 16, "scheduler.token_buckets": [8, 16],
-            "scheduler.seq_buckets": [4]} | _mode
-    config = load_config(None, base | overrides)
-    return LLMEngine(config, FakeRunner(), tokenizer, max_model_len=128, vocab_size=259,
-                     eos_token_ids=(EOS,))
+def make_scheduler(*, num_pages: int = 32, max_num_seqs: int = 4, budget: int = 16,
+                   token_buckets: tuple[int, ...] = (16,), seq_buckets: tuple[int, ...] = (4,),
+                   max_model_len: int = 64, prefix_caching: bool = True) -> Scheduler:
+    """One token rung by default, so the rung-below rule only acts where a test asks for it."""
+    config = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
+                             token_buckets=list(token_buckets), seq_buckets=list(seq_buckets),
+                             num_decode_steps=1)
+    return Scheduler(config, PageAllocator(num_pages, PAGE, prefix_caching), max_model_len)
 
 
-def add(engine: LLMEngine, request_id: str, prompt: list[int], params: SamplingParams) -> None:
-    """Admit on this thread, then add: the two steps a caller of the engine takes."""
-    engine.add_request(request_id, engine.admission.admit(prompt, params))
+_seq_ids = count()
 
 
-def run_all(engine: LLMEngine, earlier: list | None = None) -> dict[str, list[list[int]]]:
-    """Step until done; returns each request's tokens per sample (earlier: outputs already seen)."""
-    tokens: dict[str, dict[int, list[int]]] = {}
-    outputs = list(earlier or [])
-    for _ in range(1000):
-        if not engine.has_unfinished_requests():
-            break
-        outputs += engine.step()
-    for out in outputs:
-        for c in out.outputs:
-            tokens.setdefault(out.request_id, {}).setdefault(c.index, []).extend(c.token_ids)
-    assert not engine.has_unfinished_requests()
-    return {rid: [by_index[i] for i in sorted(by_index)] for rid, by_index in tokens.items()}
+def add(scheduler: Scheduler, name: str, prompt: list[int], max_tokens: int = 16) -> Sequence:
+    """A one-sample request, queued as the engine's add_request does."""
+    request = Request(name, list(prompt), SamplingParams(max_tokens=max_tokens, temperature=0),
+                      max_tokens)
+    seq = Sequence(seq_id=next(_seq_ids), request=request, index=0, token_ids=list(prompt),
+                   num_prompt_tokens=len(prompt), rng_key=np.zeros(2, np.uint32))
+    request.seqs.append(seq)
+    scheduler.add(seq)
+    return seq
 
 
-def test_decode_follows_fake_rule_and_stops_at_max_tokens(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer)
-    add(engine, "a", [10, 11, 12], SamplingParams(max_tokens=5, temperature=0))
-    assert run_all(engine) == {"a": [[13, 14, 15, 16, 17]]}
-    engine.allocator.check_all_free()
+def rows(out: SchedulerOutput) -> list[tuple[str, int, int, bool]]:
+    return [(s.seq.request.request_id, s.start, s.num_new_tokens, s.sample) for s in out.scheduled]
 
 
-def test_chunked_prefill_respects_token_budget(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer)
-    prompt = list(range(20, 60))  # 40 tokens, budget 16 per step
-    add(engine, "long", prompt, SamplingParams(max_tokens=2, temperature=0))
-    out = run_all(engine)
-    assert out == {"long": [[60, 61]]}
-    chunks = [int(s.cu_q_lens[s.num_seqs[0]]) for s in engine.runner.steps]
-    assert chunks[:3] == [16, 16, 8] and max(chunks) <= 16
-    engine.allocator.check_all_free()
+def sampled(out: SchedulerOutput, token: int = 1) -> None:
+    """The step ran: each sample row's sequence gets its next token."""
+    for s in out.sample_rows:
+        s.seq.token_ids.append(token)
 
 
-def test_decodes_go_before_a_new_prefill(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer, **SYNC)  # b joins the step after a's prefill
-    add(engine, "a", [5, 6], SamplingParams(max_tokens=4, temperature=0))
-    engine.step()  # a's prefill
-    add(engine, "b", list(range(30, 60)), SamplingParams(max_tokens=1, temperature=0))
-    engine.step()
-    step = engine.runner.steps[-1]
-    assert step.input_ids[0] == 7  # a's decode token comes first
-    assert int(step.cu_q_lens[1]) == 1 and int(step.cu_q_lens[2]) == 16  # b fills the rest
+def prompt(n: int, first: int = 10) -> list[int]:
+    return list(range(first, first + n))
 
 
-def test_preemption_by_recompute_keeps_outputs_and_frees_pages(tiny_tokenizer):
-    # 12 pages of 4 tokens: three requests of 10 prompt + 20 output tokens cannot all fit
-    engine = make_engine(tiny_tokenizer, **{"cache.num_pages": 12})
-    for i in range(3):
-        add(engine, f"r{i}", list(range(40 + i, 50 + i)), SamplingParams(max_tokens=20, temperature=0))
-    out = run_all(engine)
-    assert engine.scheduler.num_preemptions > 0
-    for i in range(3):
-        start = 50 + i
-        assert out[f"r{i}"] == [list(range(start, start + 20))]
-    engine.allocator.check_all_free()
+def test_decodes_go_first_then_prefill_chunks_in_arrival_order():
+    sched = make_scheduler()
+    a = add(sched, "a", prompt(6))
+    first = sched.schedule()
+    assert rows(first) == [("a", 0, 6, True)]
+    sampled(first)
+    add(sched, "b", prompt(20, 100))
+    add(sched, "c", prompt(3, 200))
+    # a's decode first; b takes the 15 tokens left; c, behind b, waits for budget
+    second = sched.schedule()
+    assert rows(second) == [("a", 6, 1, True), ("b", 0, 15, False)]
+    assert [s.request.request_id for s in sched.waiting] == ["c"]
+    sampled(second)
+    # b's last 5 tokens are a prefill chunk, after a's decode; c fits behind them
+    third = sched.schedule()
+    assert rows(third) == [("a", 7, 1, True), ("b", 15, 5, True), ("c", 0, 3, True)]
+    assert third.num_tokens == 9 and not sched.waiting
+    assert a.num_computed_tokens == 8 and len(a.pages) == 2
 
 
-def test_n_samples_share_prompt_pages_then_copy_the_partial_page(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer)
-    add(engine, "n", list(range(10, 16)), SamplingParams(n=3, max_tokens=3, temperature=0))
-    seen = engine.step()  # prefill once; all three samples take their first token from it
-    step = engine.runner.steps[0]
-    assert int(step.num_seqs[0]) == 1 and step.num_sample_rows == 3
-    seqs = engine.requests["n"].seqs
-    assert seqs[1].pages[0] == seqs[0].pages[0]  # the full page is shared
-    assert seqs[1].pages[1] != seqs[0].pages[1]  # the partial page is copied
-    assert engine.allocator.ref_counts[seqs[0].pages[0]] == 3
-    seen += engine.step()
-    assert len(engine.runner.steps[1].page_copies) == 2
-    out = run_all(engine, seen)
-    assert out["n"] == [[16, 17, 18]] * 3
-    engine.allocator.check_all_free()
+def test_a_long_prompt_is_chunked_across_steps_within_the_token_budget():
+    sched = make_scheduler()
+    seq = add(sched, "long", prompt(40))
+    chunks = []
+    for _ in range(3):
+        out = sched.schedule()
+        chunks += rows(out)
+        # pages grow with the chunks: only what the computed tokens need
+        assert len(seq.pages) == -(-seq.num_computed_tokens // PAGE)
+        sampled(out)
+    assert chunks == [("long", 0, 16, False), ("long", 16, 16, False), ("long", 32, 8, True)]
+    assert seq.num_tokens == 41 and seq.num_uncomputed_tokens == 1  # next: its first decode
+    assert rows(sched.schedule()) == [("long", 40, 1, True)]
 
 
-def test_abort_frees_pages_and_reports_abort(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer)
-    add(engine, "x", [1, 3, 4, 5, 6], SamplingParams(n=2, max_tokens=50, temperature=0))
-    add(engine, "y", [7, 8], SamplingParams(max_tokens=50, temperature=0))
-    engine.step()
-    engine.step()
-    final = engine.abort_request("x")
-    assert final.finished and {c.finish_reason for c in final.outputs} == {"abort"}
-    engine.abort_request("y")
-    assert not engine.has_unfinished_requests()
-    engine.allocator.check_all_free()
+def test_the_sequence_budget_keeps_the_rest_waiting_until_one_finishes():
+    sched = make_scheduler(max_num_seqs=2)
+    a, b, c = (add(sched, name, prompt(2, 10 * i)) for i, name in enumerate("abc", 1))
+    out = sched.schedule()
+    assert rows(out) == [("a", 0, 2, True), ("b", 0, 2, True)]  # budget left, but no seat
+    assert list(sched.waiting) == [c] and c.status is Status.WAITING
+    sampled(out)
+    out = sched.schedule()
+    assert rows(out) == [("a", 2, 1, True), ("b", 2, 1, True)]
+    sampled(out)
+    sched.finish(a)
+    assert a.status is Status.FINISHED and not a.pages
+    assert rows(sched.schedule()) == [("b", 3, 1, True), ("c", 0, 2, True)]
+    assert sched.running == [b, c]
 
 
-def test_eos_stops_unless_ignored_or_below_min_tokens(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer)
-    # fake rule: the token after 1 is 2 == EOS
-    add(engine, "stop", [0, 1], SamplingParams(max_tokens=5, temperature=0))
-    add(engine, "ignore", [0, 1], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
-    add(engine, "stopid", [0, 5], SamplingParams(max_tokens=5, temperature=0, stop_token_ids=[7]))
-    out = run_all(engine)
-    assert out["stop"] == [[2]]
-    assert out["ignore"] == [[2, 3, 4]]
-    assert out["stopid"] == [[6, 7]]
+def test_out_of_pages_preempts_the_latest_sequence_which_recomputes_later():
+    # 4 pages of 4 tokens: a (8 tokens) and b (7) fill them all
+    sched = make_scheduler(num_pages=4, prefix_caching=False)
+    a = add(sched, "a", prompt(8))
+    b = add(sched, "b", prompt(7, 100))
+    out = sched.schedule()
+    assert rows(out) == [("a", 0, 8, True), ("b", 0, 7, True)]
+    assert sched.allocator.num_free_pages == 0
+    sampled(out)
+    # a's 9th token needs a third page: b, the latest admitted, gives its two back
+    out = sched.schedule()
+    assert rows(out) == [("a", 8, 1, True)] and out.preempted == [b]
+    assert sched.num_preemptions == 1 and b.num_preemptions == 1
+    assert b.status is Status.WAITING and list(sched.waiting) == [b]
+    assert not b.pages and b.num_computed_tokens == 0 and len(a.pages) == 3
+    assert sched.allocator.num_free_pages == 1
+    sampled(out)
+    # one page free, b needs two: it waits (a keeps decoding into its third page)
+    assert rows(sched.schedule()) == [("a", 9, 1, True)]
+    sched.finish(a)
+    # b recomputes its prompt and the token it had sampled, and samples the next one
+    assert b.num_tokens == 8
+    assert rows(sched.schedule()) == [("b", 0, 8, True)]
+    assert b.num_preemptions == 1 and b.num_cached_tokens == 0
 
 
-def test_min_tokens_puts_eos_in_the_bias(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer)
-    add(engine, "m", [0, 1], SamplingParams(max_tokens=5, temperature=0, min_tokens=2))
-    engine.step()
-    bias_ids = engine.runner.steps[0].sampling.bias_ids[0]
-    assert EOS in bias_ids.tolist()
+def test_the_sequence_short_of_a_page_preempts_itself_when_it_is_the_latest():
+    sched = make_scheduler(num_pages=4, prefix_caching=False)
+    a = add(sched, "a", prompt(7))  # 2 pages, room for its 8th token
+    b = add(sched, "b", prompt(8, 100))  # 2 full pages
+    sampled(sched.schedule())
+    out = sched.schedule()
+    # a decodes into its own page; b's 9th token needs a page, and nobody after b can give one
+    assert rows(out) == [("a", 7, 1, True)] and out.preempted == [b]
+    assert sched.running == [a] and list(sched.waiting) == [b]
 
 
-def test_request_errors_name_the_problem(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer)
-    with pytest.raises(ParamError) as err:
-        add(engine, "big", list(range(100)), SamplingParams(max_tokens=100))
-    assert err.value.code == "context_length_exceeded" and err.value.param == "messages"
-    with pytest.raises(ParamError, match="temperature") as err:
-        add(engine, "t", [1], SamplingParams(temperature=3.0))
-    assert err.value.param == "temperature"
-    with pytest.raises(ParamError, match="n must be at most") as err:
-        add(engine, "n", [1], SamplingParams(n=5))
-    assert err.value.param == "n"
-    assert not engine.has_unfinished_requests()
-    add(engine, "dup", [1], SamplingParams(max_tokens=1))
-    with pytest.raises(ParamError, match="already running") as err:
-        add(engine, "dup", [1], SamplingParams(max_tokens=1))
-    assert err.value.param == "request_id"
+def test_a_step_that_preempted_admits_nobody():
+    sched = make_scheduler(num_pages=5, prefix_caching=False)
+    add(sched, "a", prompt(8))
+    b = add(sched, "b", prompt(8, 100))
+    sampled(sched.schedule())  # 4 pages held, 1 free
+    add(sched, "c", prompt(2, 200))  # would fit in the free page
+    out = sched.schedule()  # a takes the free page; b needs one more and preempts itself
+    assert rows(out) == [("a", 8, 1, True)] and out.preempted == [b]
+    assert [s.request.request_id for s in sched.waiting] == ["b", "c"]
 
 
-def test_prefix_cache_skips_computing_a_shared_prefix(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer)
-    prefix = list(range(100, 112))  # three full pages of 4
-    add(engine, "a", prefix + [7, 8], SamplingParams(max_tokens=2, temperature=0))
-    run_all(engine)
-    add(engine, "b", prefix + [9], SamplingParams(max_tokens=2, temperature=0))
-    outputs = []
-    while engine.has_unfinished_requests():
-        outputs += engine.step()
-    first = engine.runner.steps[-1]  # b's prefill: one token, so its decode burst too
-    assert int(first.cu_q_lens[1]) == 1  # only the token after the cached prefix is computed
-    assert int(first.positions[0]) == 12
-    assert outputs[-1].num_cached_tokens == 12
-    assert [t for o in outputs for t in o.outputs[0].token_ids] == [10, 11]
-    engine.allocator.check_all_free()
+def test_admission_takes_the_cached_prefix_and_computes_only_the_rest():
+    sched = make_scheduler()
+    shared = prompt(12)  # three full pages
+    a = add(sched, "a", shared + [7])
+    sampled(sched.schedule())
+    a_pages = list(a.pages)
+    sched.finish(a)  # its pages are free but keep their K/V and keys
+    assert sched.allocator.num_free_pages == 32
+    b = add(sched, "b", shared + [8, 9])
+    out = sched.schedule()
+    assert rows(out) == [("b", 12, 2, True)]
+    assert b.pages[:3] == a_pages[:3] and b.num_cached_tokens == 12
+    assert sched.allocator.num_cache_hits == 3
+    sampled(out)
+    # the same prompt again: its last token is computed all the same, for its logits
+    c = add(sched, "c", shared + [7])
+    assert rows(sched.schedule()) == [("b", 14, 1, True), ("c", 12, 1, True)]
+    assert c.pages[:3] == a_pages[:3] and sched.allocator.ref_counts[a_pages[0]] == 2
 
 
-def test_prefix_caching_can_be_turned_off(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer, **{"cache.enable_prefix_caching": False})
-    prompt = list(range(100, 113))
-    for rid in ("a", "b"):
-        add(engine, rid, prompt, SamplingParams(max_tokens=1, temperature=0))
-        run_all(engine)
-    assert int(engine.runner.steps[-1].cu_q_lens[1]) == 13
+def test_without_prefix_caching_admission_computes_everything():
+    sched = make_scheduler(prefix_caching=False)
+    a = add(sched, "a", prompt(12) + [7])
+    sampled(sched.schedule())
+    sched.finish(a)
+    b = add(sched, "b", prompt(12) + [8])
+    assert rows(sched.schedule()) == [("b", 0, 13, True)]
+    assert b.num_cached_tokens == 0 and sched.allocator.num_cache_hits == 0
 
 
-SNAP = {"scheduler.max_num_batched_tokens": 32, "scheduler.token_buckets": [8, 16, 32],
-        "scheduler.num_decode_steps": 1}
+RUNGS = {"budget": 32, "token_buckets": (8, 16, 32)}
 
 
-def step_tokens(engine) -> list[int]:
-    return [int(s.cu_q_lens[s.num_seqs[0]]) for s in engine.runner.steps]
+def test_a_step_just_past_a_rung_takes_the_rung_and_the_last_chunk_waits():
+    sched = make_scheduler(**RUNGS)
+    add(sched, "a", prompt(3))
+    sampled(sched.schedule())
+    add(sched, "b", prompt(16, 100))
+    # a's decode and b's 16 tokens make 17, an eighth past the rung of 16: b gives up one token
+    out = sched.schedule()
+    assert rows(out) == [("a", 3, 1, True), ("b", 0, 15, False)]
+    sampled(out)
+    out = sched.schedule()
+    assert rows(out) == [("a", 4, 1, True), ("b", 15, 1, True)]
+    sampled(out)
+    # 2 decodes and 12 tokens make 14, well past the rung of 8: the budget stands
+    add(sched, "c", prompt(12, 200))
+    assert rows(sched.schedule()) == [("a", 5, 1, True), ("b", 16, 1, True), ("c", 0, 12, True)]
 
 
-def test_a_step_just_past_a_rung_fills_it_and_the_rest_waits(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer, **SYNC, **SNAP)
-    add(engine, "a", [5, 6, 7], SamplingParams(max_tokens=4, temperature=0))
-    engine.step()
-    add(engine, "b", list(range(30, 46)), SamplingParams(max_tokens=2, temperature=0))
-    out = run_all(engine)
-    # a's decode and b's 16 tokens would make 17, padded to 32: b gives up one token instead
-    assert step_tokens(engine)[1:3] == [16, 2]
-    assert out == {"a": [[9, 10, 11]], "b": [[46, 47]]}
-    engine.allocator.check_all_free()
+def test_the_rung_below_counts_a_waiting_prompt_by_its_uncached_tokens():
+    sched = make_scheduler(**RUNGS)
+    shared = prompt(20)  # five full pages
+    p = add(sched, "p", shared + [1])
+    sampled(sched.schedule())
+    sched.finish(p)
+    add(sched, "a", prompt(3, 100))
+    sampled(sched.schedule())
+    add(sched, "q", shared + prompt(16, 200))  # 36 tokens, 20 of them cached
+    # a's decode + q's 16 uncached tokens would be 17: 16 it is
+    assert rows(sched.schedule()) == [("a", 3, 1, True), ("q", 20, 15, False)]
 
 
-def test_the_rung_below_counts_a_waiting_prompt_by_its_uncached_tokens(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer, **SYNC, **SNAP)
-    prefix = list(range(100, 120))  # five full pages of 4
-    add(engine, "p", prefix + [1], SamplingParams(max_tokens=1, temperature=0))
-    run_all(engine)
-    add(engine, "a", [5, 6, 7], SamplingParams(max_tokens=4, temperature=0))
-    engine.step()
-    add(engine, "q", prefix + list(range(60, 76)), SamplingParams(max_tokens=1,
-                                                                         temperature=0))
-    run_all(engine)
-    # q has 36 tokens but 20 cached: a's decode + 16 would be 17; 16 it is, then 1 + 1
-    assert step_tokens(engine)[-3:-1] == [16, 2]
-    engine.allocator.check_all_free()
-
-
-def test_a_decode_or_a_last_token_is_never_held_back(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer, **SYNC, **SNAP, **{"scheduler.max_num_seqs": 17,
-                                                            "scheduler.seq_buckets": [32]})
+def test_a_decode_or_a_last_token_is_never_held_back():
+    sched = make_scheduler(**RUNGS, max_num_seqs=17, seq_buckets=(32,))
     for i in range(16):
-        add(engine, f"r{i}", [40 + i], SamplingParams(max_tokens=3, temperature=0))
-    engine.step()
-    add(engine, "z", [9], SamplingParams(max_tokens=1, temperature=0))
-    engine.step()
-    assert step_tokens(engine) == [16, 17]  # 16 decodes and z's one token: padded, not delayed
+        add(sched, f"r{i}", [40 + i])
+    sampled(sched.schedule())
+    add(sched, "z", [9])
+    # 16 decodes and z's single token make 17: padded up to 32 rather than delayed
+    out = sched.schedule()
+    assert out.num_tokens == 17 and rows(out)[-1] == ("z", 0, 1, True)
 
 
-class OnlyThenStop:
-    """A hand-made constraint: allows exactly the given tokens in order, then is done."""
-
-    def __init__(self, tokens):
-        self.tokens = list(tokens)
-
-    def fill_bitmask(self, bitmask, row):
-        bitmask[row] = 0
-        bitmask[row, self.tokens[0] // 32] = 1 << (self.tokens[0] % 32)
-
-    def accept_token(self, token_id):
-        assert token_id == self.tokens.pop(0)
-
-    def is_terminated(self):
-        return not self.tokens
+def test_a_look_ahead_step_never_preempts():
+    sched = make_scheduler(num_pages=4, prefix_caching=False)
+    a = add(sched, "a", prompt(8))
+    b = add(sched, "b", prompt(7, 100))
+    out = sched.schedule()
+    for s in out.sample_rows:  # launched: the tokens are on the device, not yet on the host
+        s.seq.num_pending += 1
+    # a's pending token needs a third page: a look-ahead step leaves a out, preempting nobody
+    ahead = sched.schedule(look_ahead=True)
+    assert rows(ahead) == [("b", 7, 1, True)]
+    assert not ahead.preempted and sched.num_preemptions == 0
+    assert sched.running == [a, b] and len(a.pages) == 2
 
 
-class OnlyThenStopFactory:
-    def __init__(self, tokens):
-        self.tokens = tokens
-
-    def compile(self, so):
-        return self.tokens
-
-    def constraints(self, so, n):
-        return [OnlyThenStop(self.compile(so)) for _ in range(n)]
-
-
-def test_constraint_masks_rows_and_finishes_the_sequence(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer)
-    engine.admission.constraint_factory = OnlyThenStopFactory([13, 14])
-    from jaxserve.sampling_params import StructuredOutputs
-
-    params = SamplingParams(max_tokens=10, temperature=0,
-                            structured_outputs=StructuredOutputs(regex="x"))
-    add(engine, "c", [10, 11, 12], params)  # the fake rule yields 13, 14, ...
-    add(engine, "free", [50], SamplingParams(max_tokens=3, temperature=0))
-    out = run_all(engine)
-    assert out == {"c": [[13, 14]], "free": [[51, 52, 53]]}
-    first = engine.runner.steps[0].sampling
-    assert bool(first.any_mask)
-    assert first.token_bitmask[0, 0] == 1 << 13 and (first.token_bitmask[1] == -1).all()
-
-
-def test_structured_outputs_without_a_factory_is_a_clear_error(tiny_tokenizer):
-    from jaxserve.sampling_params import StructuredOutputs
-
-    engine = make_engine(tiny_tokenizer)
-    with pytest.raises(ParamError, match="structured outputs"):
-        add(engine, "c", [1], SamplingParams(structured_outputs=StructuredOutputs(regex="a")))
-    with pytest.raises(ValueError, match="exactly one"):
-        SamplingParams(structured_outputs=StructuredOutputs(regex="a", choice=["b"])).validate()
-
-
-def test_decode_only_batches_run_several_steps_per_call(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer, **{"scheduler.num_decode_steps": 4})
-    add(engine, "a", [10, 11], SamplingParams(max_tokens=10, temperature=0))
-    add(engine, "b", [50, 51, 52], SamplingParams(max_tokens=6, temperature=0, stop_token_ids=[55]))
-    out = run_all(engine)
-    assert out == {"a": [list(range(12, 22))], "b": [[53, 54, 55]]}
-    num_steps = [s.num_steps for s in engine.runner.steps]
-    assert num_steps[0] == 1 and 4 in num_steps  # prefill alone, then decode bursts
-    # 10 tokens: 1 from prefill, then bursts of 4 (the last one partly dropped)
-    assert len(engine.runner.steps) == 4
-    engine.allocator.check_all_free()
-
-
-def test_multi_step_only_for_batches_up_to_multi_step_max_seqs(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer, **{"scheduler.num_decode_steps": 4,
-                                            "scheduler.multi_step_max_seqs": 1})
-    add(engine, "a", [10, 11], SamplingParams(max_tokens=12, temperature=0))
-    add(engine, "b", [50, 51], SamplingParams(max_tokens=4, temperature=0))
-    out = run_all(engine)
-    assert out == {"a": [list(range(12, 24))], "b": [[52, 53, 54, 55]]}
-    steps = engine.runner.steps
-    # while both decode, one step per call; once "a" is alone, bursts of 4
-    assert all(s.num_steps == 1 for s in steps if s.num_seqs[0] > 1)
-    assert any(s.num_steps == 4 and s.num_seqs[0] == 1 for s in steps)
-    engine.allocator.check_all_free()
-
-
-def test_multi_step_is_off_for_grammars_penalties_and_min_tokens(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer, **{"scheduler.num_decode_steps": 4})
-    add(engine, "p", [10], SamplingParams(max_tokens=5, temperature=0, presence_penalty=0.5))
-    add(engine, "m", [20], SamplingParams(max_tokens=5, temperature=0, min_tokens=3))
-    out = run_all(engine)
-    assert out == {"p": [[11, 12, 13, 14, 15]], "m": [[21, 22, 23, 24, 25]]}
-    assert all(s.num_steps == 1 for s in engine.runner.steps[:3])
-
-
-def test_out_of_range_top_k_is_refused_not_crashing(tiny_tokenizer):
-    engine = make_engine(tiny_tokenizer)
-    with pytest.raises(ValueError, match="top_k"):
-        add(engine, "k", [1], SamplingParams(top_k=10**30))
-    add(engine, "big", [1], SamplingParams(top_k=10**6, max_tokens=2, temperature=0.5))
-    assert run_all(engine)["big"][0]  # larger than the vocabulary means no top-k
+def test_a_look_ahead_step_skips_a_sequence_its_last_token_finishes():
+    sched = make_scheduler()
+    add(sched, "one", prompt(3), max_tokens=1)
+    add(sched, "more", prompt(3, 100), max_tokens=5)
+    out = sched.schedule()
+    for s in out.sample_rows:
+        s.seq.num_pending += 1
+    assert [r[0] for r in rows(sched.schedule(look_ahead=True))] == ["more"]

@@ -103,11 +103,11 @@ def test_engine_serves_with_a_bf16_cache():
     tokens as the float32 cache's for most requests, and log-probs close to them."""
     from jaxserve.llm import LLM
     from jaxserve.sampling_params import SamplingParams
-    from tests.conftest import TINY_CONFIG
+    from tests.support.configs import TINY_CONFIG
+    from tests.support.prompts import LONG as long_prompt
+    from tests.support.prompts import prompts as make_prompts
 
-    # the engine tests' prompts: a few short ones, and one long enough for 3+ prefill chunks
-    prompts = [f"prompt {i}: " + "abc " * (i * 3 + 1) for i in range(5)]
-    long_prompt = "the quick brown fox jumps over the lazy dog; " * 4
+    prompts = make_prompts(5)  # the engine tests' prompts, and one long enough to chunk
     one = {"scheduler.num_decode_steps": 1}
     f32 = LLM(TINY_CONFIG, progress=False, **one)
     bf16 = LLM(TINY_CONFIG, progress=False, **one, **{"cache.dtype": "bfloat16"})
@@ -142,7 +142,7 @@ def test_cli_kv_cache_dtype_flag_and_config():
     is a clean config error naming the field."""
     from jaxserve.cli import config_from_args, parser
     from jaxserve.config import ConfigError, load_config
-    from tests.conftest import TINY_CONFIG
+    from tests.support.configs import TINY_CONFIG
 
     flags = ["generate", "--config", str(TINY_CONFIG), "--prompt", "hi"]
     config = config_from_args(parser().parse_args([*flags, "--kv-cache-dtype", "bfloat16"]))

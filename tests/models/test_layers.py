@@ -58,7 +58,7 @@ def test_float32_weights_under_bfloat16_activations_also_work():
 def test_engine_serves_with_bfloat16_weights(tiny_model_dir):
     from jaxserve.llm import LLM
     from jaxserve.sampling_params import SamplingParams
-    from tests.conftest import TINY_CONFIG
+    from tests.support.configs import TINY_CONFIG
 
     llm = LLM(TINY_CONFIG, progress=False, **{"model.weight_dtype": "bfloat16",
                                               "scheduler.token_buckets": [64]})

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from jaxserve.sampling_params import SamplingParams
-from tests.conftest import smollm2_overrides
-from tests.models.test_parity_transformers import CHATS, chat_ids
+from tests.support.chats import CHATS, chat_ids
+from tests.support.configs import smollm2_overrides
 
 
 @pytest.mark.slow

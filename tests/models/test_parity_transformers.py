@@ -9,29 +9,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxserve.models.attention_metadata import AttentionBackend
-from jaxserve.models.loader import load_model
-from jaxserve.scoring import prompt_logits
-from jaxserve.sampling_params import SamplingParams
-from jaxserve.kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
 from jaxserve.kernels.ragged_paged_attention.cpu_attention import (
     cpu_ragged_paged_attention,
     cpu_update_kv_pages,
 )
+from jaxserve.kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
+from jaxserve.models.attention_metadata import AttentionBackend
+from jaxserve.models.loader import load_model
+from jaxserve.sampling_params import SamplingParams
+from jaxserve.scoring import prompt_logits
+from tests.support.chats import CHATS, chat_ids
 
 REFERENCE = AttentionBackend("reference", cpu_ragged_paged_attention, cpu_update_kv_pages,
                              kv_storage_dtype)
-
-CHATS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain photosynthesis in one sentence.",
-    "List three prime numbers.",
-    "Translate 'good morning' into Spanish.",
-    "What is 12 times 7?",
-    "Give me a tip for learning to code.",
-    "Who wrote Romeo and Juliet?",
-]
 
 
 def jax_prompt_logits(model_dir, token_ids: list[int]) -> np.ndarray:  # f32[T, V]
@@ -65,12 +55,6 @@ def hf_greedy(model, token_ids: list[int], new_tokens: int) -> list[int]:
             out.append(int(step.logits[0, -1].argmax()))
             inputs = torch.tensor([[out[-1]]])
     return out
-
-
-def chat_ids(tokenizer, text: str) -> list[int]:
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                           add_generation_prompt=True)
-    return tokenizer(prompt, add_special_tokens=False).input_ids
 
 
 def assert_logits_close(ours: np.ndarray, theirs: np.ndarray) -> None:

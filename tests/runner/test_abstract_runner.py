@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 from jaxserve.models.loader import abstract_model, is_abstract, load_model, load_weights
 from jaxserve.runner.attention import make_attention_backend
-from tests.runner.tiny_step import tiny_batch, tiny_runner
+from tests.support.tiny_step import tiny_batch, tiny_runner
 
 
 @pytest.mark.parametrize("layers_per_call", [None, 1])

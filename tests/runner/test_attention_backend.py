@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxserve.runner.attention import make_attention_backend
 from jaxserve.kernels.ragged_paged_attention import cpu_attention
+from jaxserve.runner.attention import make_attention_backend
 
 
 def test_reference_attention_is_traced_once_for_every_layer(monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 from jaxserve.models.loader import load_model
 from jaxserve.runner.attention import make_attention_backend
 from jaxserve.runner.program_cache import ProgramCache, describe_function
-from tests.runner.tiny_step import tiny_batch, tiny_runner
+from tests.support.tiny_step import tiny_batch, tiny_runner
 
 traces = []
 

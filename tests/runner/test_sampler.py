@@ -106,6 +106,33 @@ def test_seeded_draws_depend_only_on_the_row_key_and_step():
     b = jax.device_get(_sample(other, metadata(4, temperature=temp, rng_steps=[3, 9, 9, 9]))[0])
     assert a[0] == b[0]
 
+    rows = 16
+    flat = np.zeros((rows, V), np.float32)  # every token equally likely: the draw is the key's
+
+    def draw(keys, steps, logits=flat):
+        sm = metadata(rows, temperature=np.ones(rows, np.float32), rng_keys=keys,
+                      rng_steps=np.asarray(steps, np.int32))
+        return jax.device_get(_sample(logits, sm)[0]).tolist()
+
+    key = np.array([7, 123], np.uint32)
+    one_key = np.tile(key, (rows, 1))
+    # one key in every row, step i in row i: the step changes the draw
+    by_step = draw(one_key, np.arange(rows))
+    assert len(set(by_step)) > rows // 2, by_step
+    # the same key and step in every row: one token, whichever the row
+    assert draw(one_key, np.full(rows, 5)) == [by_step[5]] * rows
+    # that key and step in row 9 among other keys, steps and logits: still that token
+    keys = np.stack([np.array([1, i], np.uint32) for i in range(rows)])
+    keys[9] = key
+    steps = np.arange(rows) * 3 + 1
+    steps[9] = 5
+    others = random_logits(rows, seed=6)
+    others[9] = flat[9]
+    mixed = draw(keys, steps, others)
+    assert mixed[9] == by_step[5]
+    # and other keys at the same step draw other tokens
+    assert len(set(draw(keys, np.full(rows, 5)))) > rows // 2
+
 
 @pytest.mark.parametrize("temperature", [0.7, 1.0])
 def test_draws_follow_the_softmax(temperature):

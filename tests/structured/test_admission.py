@@ -12,7 +12,7 @@ from jaxserve.config import load_config
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.sampling_params import ParamError, SamplingParams, StructuredOutputs
 from jaxserve.structured import GrammarBackend, GrammarError
-from tests.engine.fake_runner import FakeRunner
+from tests.support.fake_runner import FakeRunner
 
 EOS = 2
 

@@ -7,8 +7,6 @@ import pytest
 
 import jaxserve
 
-pytest_plugins = ["tests.conftest_server"]
-
 
 def test_models(http, live_server):
     body = http.get("/v1/models").json()

@@ -6,8 +6,6 @@ import httpx
 import openai
 import pytest
 
-pytest_plugins = ["tests.conftest_server"]
-
 HELLO = [{"role": "user", "content": "Hello"}]
 
 

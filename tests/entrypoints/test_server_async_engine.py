@@ -12,14 +12,14 @@ import msgspec
 import pytest
 from litestar.testing import TestClient
 
-from jaxserve.interfaces import EngineInfo
 from jaxserve.config import load_config
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.entrypoints.app import create_app
 from jaxserve.entrypoints.async_engine import AsyncEngine, EngineDeadError
+from jaxserve.interfaces import EngineInfo
 from jaxserve.sampling_params import ParamError, SamplingParams
-from tests.conftest import TINY_CONFIG
-from tests.engine.fake_runner import FakeRunner
+from tests.support.configs import TINY_CONFIG
+from tests.support.fake_runner import FakeRunner
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 

@@ -6,12 +6,8 @@ import numpy as np
 import pytest
 
 from jaxserve.sampling_params import SamplingParams
-
-LONG = "the quick brown fox jumps over the lazy dog; " * 4  # ~180 byte tokens: 3+ prefill chunks
-
-
-def prompts(n: int) -> list[str]:
-    return [f"prompt {i}: " + "abc " * (i * 3 + 1) for i in range(n)]
+from tests.support.configs import TINY_CONFIG
+from tests.support.prompts import LONG, prompts
 
 
 def tokens_of(llm, texts, params):
@@ -106,7 +102,6 @@ def test_multi_step_decode_equals_single_steps(tiny_llm):
     """Decode bursts (num_decode_steps=4, the tiny config's default) feed tokens back on the
     device; one step per call must give the same tokens, greedy and seeded."""
     from jaxserve.llm import LLM
-    from tests.conftest import TINY_CONFIG
 
     assert tiny_llm.config.scheduler.num_decode_steps > 1
     single = LLM(TINY_CONFIG, progress=False, **{"scheduler.num_decode_steps": 1})
@@ -154,7 +149,6 @@ def test_lone_sequence_multi_step_is_unrolled_and_exact():
     """A (1, 1) bucket's multi-step executable is an unrolled scan (model_runner); a lone greedy
     request must give the same tokens through it as one step per call."""
     from jaxserve.llm import LLM
-    from tests.conftest import TINY_CONFIG
 
     small = {"scheduler.token_buckets": [1, 64], "scheduler.seq_buckets": [1, 8]}
     params = SamplingParams(temperature=0, max_tokens=11)
@@ -172,7 +166,6 @@ def test_layer_groups_give_the_whole_model_step_results():
     (runner/layer_groups.py); the tokens and log-probs must be the one-program step's."""
     from jaxserve.llm import LLM
     from jaxserve.runner.layer_groups import GroupedStep
-    from tests.conftest import TINY_CONFIG
 
     one = {"scheduler.num_decode_steps": 1}
     whole = LLM(TINY_CONFIG, progress=False, **one)
@@ -193,7 +186,6 @@ def test_layer_groups_give_the_whole_model_step_results():
 def test_layer_groups_reject_a_bad_split():
     from jaxserve.config import ConfigError, load_config
     from jaxserve.llm import LLM
-    from tests.conftest import TINY_CONFIG
 
     with pytest.raises(ConfigError, match="num_decode_steps"):
         load_config(TINY_CONFIG, {"model.layers_per_call": 1, "scheduler.num_decode_steps": 4})
@@ -209,7 +201,6 @@ def test_cli_layers_per_call_flag():
     CLI, not a traceback."""
     from jaxserve.cli import config_from_args, main, parser
     from jaxserve.config import ConfigError
-    from tests.conftest import TINY_CONFIG
 
     flags = ["--config", str(TINY_CONFIG), "--prompt", "hi", "--max-tokens", "2"]
     args = parser().parse_args(["generate", *flags, "--layers-per-call", "1"])

@@ -5,7 +5,7 @@ import numpy as np
 from jaxserve.config import load_config
 from jaxserve.engine.step_inputs import StepInputBuilder
 from jaxserve.runner.model_runner import ModelRunner
-from tests.conftest import TINY_CONFIG
+from tests.support.configs import TINY_CONFIG
 
 
 def tiny_runner(model, layers_per_call, program_dir=None):

@@ -14,13 +14,13 @@ import numpy as np
 
 from jaxserve.config import load_config
 from jaxserve.engine.step_inputs import StepInputBuilder
+from jaxserve.kernels.ragged_paged_attention import ragged_paged_attention, update_kv_pages
+from jaxserve.kernels.ragged_paged_attention.export_check import TRITON_CUSTOM_CALL, export_for_cuda
 from jaxserve.models.attention_metadata import AttentionBackend
 from jaxserve.models.llama_config import LlamaConfig
 from jaxserve.models.loader import load_model
 from jaxserve.runner.model_runner import ModelRunner
-from jaxserve.kernels.ragged_paged_attention import ragged_paged_attention, update_kv_pages
-from jaxserve.kernels.ragged_paged_attention.export_check import TRITON_CUSTOM_CALL, export_for_cuda
-from tests.conftest import TINY_CONFIG
+from tests.support.configs import TINY_CONFIG
 
 
 def test_full_model_step_exports_for_cuda(tiny_model_dir):

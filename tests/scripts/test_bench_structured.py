@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.configs import ROOT, TINY_CONFIG
 
 
 def test_bench_structured_on_the_tiny_model():
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_structured.py"), "--config",
-         str(ROOT / "configs" / "tiny.yaml"), "--batch", "4", "--tokens", "12", "--repeats", "1",
-         "--json"], capture_output=True, text=True, timeout=600, check=True)
+         str(TINY_CONFIG), "--batch", "4", "--tokens", "12", "--repeats", "1",
+         "--json"], capture_output=True, text=True, timeout=600, check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})  # this tree's jaxserve, not an installed one
     report = json.loads(result.stdout)
     assert report["constrained_sample"].startswith('{"items": ["')
     for name in ("none", "mixed"):

@@ -6,8 +6,6 @@ import openai
 import pytest
 from openai.types import Completion
 
-pytest_plugins = ["tests.conftest_server"]
-
 
 def complete(http, **body) -> dict:
     response = http.post("/v1/completions", json=body)

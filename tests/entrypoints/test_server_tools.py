@@ -14,14 +14,11 @@ from __future__ import annotations
 import json
 
 import jsonschema
-import msgspec
-import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from jaxserve.config import ServerConfig
-
-pytest_plugins = ["tests.conftest_server"]
+from tests.support.configs import TINY_CONFIG
+from tests.support.live_server import serve
 
 # renders tools by name and earlier calls with their arguments as objects (tojson), as HF
 # templates that support tools do
@@ -55,51 +52,28 @@ ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def tools_server(tmp_path_factory):
-    from jaxserve.entrypoints.app import create_app
+def live_server(tmp_path_factory):
+    """The tiny model with the tools template, instead of the session's server."""
     from jaxserve.llm import LLM
-    from tests.conftest import TINY_CONFIG
-    from tests.conftest_server import API_KEY, LiveServer, run_uvicorn
 
     template = tmp_path_factory.mktemp("template") / "tools.jinja"
     template.write_text(TOOLS_TEMPLATE)
-    llm = LLM(TINY_CONFIG, progress=False, **{"model.chat_template": str(template)})
-    config = msgspec.structs.replace(llm.config, server=ServerConfig(api_key=API_KEY))
-    server, thread, url = run_uvicorn(create_app(llm.engine, llm.info, config))
-    yield LiveServer(url, llm.engine, llm.engine.tokenizer, llm.info.model_name,
-                     llm.info.max_model_len)
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve(LLM(TINY_CONFIG, progress=False, **{"model.chat_template": str(template)})) as live:
+        yield live
 
 
-@pytest.fixture
-def api(tools_server):
-    from tests.conftest_server import ApiClient
-
-    with ApiClient(base_url=tools_server.url, timeout=60,
-                   headers={"Authorization": f"Bearer {tools_server.api_key}"}) as client:
-        yield client
-    tools_server.wait_idle()
-
-
-@pytest.fixture
-def client(tools_server):
-    return openai.OpenAI(base_url=tools_server.base_url, api_key=tools_server.api_key,
-                         max_retries=0)
-
-
-def post(api, **body) -> dict:
+def post(http, **body) -> dict:
     body = {"messages": ASK, "tools": TOOLS, "max_tokens": 120, **body}
-    response = api.post("/v1/chat/completions", json=body)
+    response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     ChatCompletion.model_validate(response.json())
     return response.json()
 
 
-def streamed_calls(api, **body) -> tuple[list[dict], list[str], str]:
+def streamed_calls(http, **body) -> tuple[list[dict], list[str], str]:
     """Tool calls accumulated from the deltas (checking their order), content, finish_reason."""
     body = {"messages": ASK, "tools": TOOLS, "max_tokens": 120, **body}
-    events = api.sse("/v1/chat/completions", body)
+    events = http.sse("/v1/chat/completions", body)
     assert events[-1] == "[DONE]"
     calls: dict[int, dict] = {}
     content, finish = [], None
@@ -128,11 +102,11 @@ def check_calls(calls: list[dict], names=("get_weather", "add")) -> None:
 
 
 @pytest.mark.parametrize("parallel", [True, False])
-def test_required_gives_valid_calls(api, parallel):
+def test_required_gives_valid_calls(http, parallel):
     finished = 0
     for seed in range(4):
-        body = post(api, tool_choice="required", parallel_tool_calls=parallel, seed=seed,
-                    temperature=1.0, max_tokens=300)
+        body = post(http, tool_choice="required", parallel_tool_calls=parallel, seed=seed,
+                     temperature=1.0, max_tokens=300)
         (choice,) = body["choices"]
         message = choice["message"]
         assert message["content"] is None
@@ -153,21 +127,21 @@ def test_required_gives_valid_calls(api, parallel):
     assert finished >= 2
 
 
-def test_named_function_gives_that_function(api):
+def test_named_function_gives_that_function(http):
     for seed in range(3):
-        body = post(api, tool_choice={"type": "function", "function": {"name": "add"}},
-                    seed=seed, temperature=1.0)
+        body = post(http, tool_choice={"type": "function", "function": {"name": "add"}},
+                     seed=seed, temperature=1.0)
         calls = [c["function"] for c in body["choices"][0]["message"]["tool_calls"]]
         check_calls(calls, names=("add",))
 
 
-def test_streamed_deltas_add_up_to_the_unstreamed_calls(api):
+def test_streamed_deltas_add_up_to_the_unstreamed_calls(http):
     for seed in range(3):
         choice = {"type": "function", "function": {"name": "get_weather"}} if seed else "required"
         body = {"tool_choice": choice, "seed": seed, "temperature": 1.0,
                 "parallel_tool_calls": False}
-        plain = post(api, **body)["choices"][0]
-        calls, content, finish = streamed_calls(api, **body)
+        plain = post(http, **body)["choices"][0]
+        calls, content, finish = streamed_calls(http, **body)
         assert finish == "tool_calls" and "".join(content) == ""
         check_calls(calls)
         assert [(c["name"], c["arguments"]) for c in calls] == [
@@ -175,33 +149,33 @@ def test_streamed_deltas_add_up_to_the_unstreamed_calls(api):
             for c in plain["message"]["tool_calls"]]
 
 
-def test_tool_choice_none_reads_no_calls_and_the_template_gets_the_tools(api, tools_server):
-    body = post(api, tool_choice="none", max_tokens=5, ignore_eos=True)
+def test_tool_choice_none_reads_no_calls_and_the_template_gets_the_tools(http, live_server):
+    body = post(http, tool_choice="none", max_tokens=5, ignore_eos=True)
     message = body["choices"][0]["message"]
     assert "tool_calls" not in message and isinstance(message["content"], str)
-    text = tools_server.tokenizer.apply_chat_template(ASK, tools=TOOLS, tokenize=False,
-                                                     add_generation_prompt=True)
+    text = live_server.tokenizer.apply_chat_template(ASK, tools=TOOLS, tokenize=False,
+                                                    add_generation_prompt=True)
     assert text.startswith("<|im_start|>system\ntools: get_weather add")
-    assert body["usage"]["prompt_tokens"] == len(tools_server.tokenizer(text).input_ids)
+    assert body["usage"]["prompt_tokens"] == len(live_server.tokenizer(text).input_ids)
 
 
-def test_round_trip_call_result_answer(api, tools_server):
-    first = post(api, tool_choice="required", parallel_tool_calls=False, seed=1)
+def test_round_trip_call_result_answer(http, live_server):
+    first = post(http, tool_choice="required", parallel_tool_calls=False, seed=1)
     (call,) = first["choices"][0]["message"]["tool_calls"]
     check_calls([call["function"]])
     history = [*ASK, first["choices"][0]["message"],
                {"role": "tool", "tool_call_id": call["id"], "content": "18 C"}]
-    final = post(api, messages=history, tool_choice="auto", max_tokens=8, ignore_eos=True)
+    final = post(http, messages=history, tool_choice="auto", max_tokens=8, ignore_eos=True)
     assert isinstance(final["choices"][0]["message"]["content"], str)
     # the call reached the template with its arguments as an object, the result as a message
     expected = [*ASK, {"role": "assistant", "content": "", "tool_calls": [
         {**call, "function": {"name": call["function"]["name"],
                               "arguments": json.loads(call["function"]["arguments"])}}]},
         {"role": "tool", "content": "18 C"}]
-    text = tools_server.tokenizer.apply_chat_template(expected, tools=TOOLS, tokenize=False,
-                                                     add_generation_prompt=True)
+    text = live_server.tokenizer.apply_chat_template(expected, tools=TOOLS, tokenize=False,
+                                                    add_generation_prompt=True)
     assert f"call {call['function']['name']} {{" in text and "<|im_start|>tool\n18 C" in text
-    assert final["usage"]["prompt_tokens"] == len(tools_server.tokenizer(text).input_ids)
+    assert final["usage"]["prompt_tokens"] == len(live_server.tokenizer(text).input_ids)
 
 
 @pytest.mark.parametrize("body, param", [
@@ -218,24 +192,23 @@ def test_round_trip_call_result_answer(api, tools_server):
                                          "properties": {"x": {"type": "wrong"}}}}}],
       "tool_choice": "required"}, "tools[1].function.parameters"),
 ])
-def test_bad_tool_requests_are_400s_naming_the_field(api, body, param):
-    response = api.post("/v1/chat/completions", json={"messages": ASK, "tools": TOOLS, **body})
+def test_bad_tool_requests_are_400s_naming_the_field(http, body, param):
+    response = http.post("/v1/chat/completions", json={"messages": ASK, "tools": TOOLS, **body})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param, response.json()
 
 
-def test_openai_sdk_parses_calls_and_accumulates_streamed_ones(client, tools_server):
-    reply = client.chat.completions.create(model=tools_server.model, messages=ASK, tools=TOOLS,
-                                           tool_choice="required", seed=4, temperature=1.0,
-                                           max_tokens=120, parallel_tool_calls=False)
+def test_openai_sdk_parses_calls_and_accumulates_streamed_ones(openai_client, live_server):
+    forced = {"model": live_server.model, "messages": ASK, "tools": TOOLS,
+              "tool_choice": "required", "seed": 4, "temperature": 1.0, "max_tokens": 120,
+              "parallel_tool_calls": False}
+    reply = openai_client.chat.completions.create(**forced)
     message = reply.choices[0].message
     assert reply.choices[0].finish_reason == "tool_calls" and message.content is None
     check_calls([{"name": c.function.name, "arguments": c.function.arguments}
                  for c in message.tool_calls])
 
-    with client.chat.completions.stream(model=tools_server.model, messages=ASK, tools=TOOLS,
-                                        tool_choice="required", seed=4, temperature=1.0,
-                                        max_tokens=120, parallel_tool_calls=False) as stream:
+    with openai_client.chat.completions.stream(**forced) as stream:
         for _ in stream:
             pass
         final = stream.get_final_completion()
@@ -245,6 +218,6 @@ def test_openai_sdk_parses_calls_and_accumulates_streamed_ones(client, tools_ser
         (c.function.name, c.function.arguments) for c in message.tool_calls]
     assert all(c.id.startswith("call_") for c in streamed)
 
-    plain = client.chat.completions.create(model=tools_server.model, messages=ASK, tools=TOOLS,
-                                           tool_choice="none", max_tokens=4)
+    plain = openai_client.chat.completions.create(
+        model=live_server.model, messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=4)
     assert plain.choices[0].message.tool_calls is None

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from tests.conftest import ROOT, TINY_CONFIG
+from tests.support.configs import ROOT, TINY_CONFIG
 
 
 def run(monkeypatch, tmp_path, dtype: str, *extra: str) -> dict:

@@ -16,7 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from tests.support.configs import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
 import bench_serving as bs
 
 TTFT_S, ITL_S, NUM_TOKENS = 0.20, 0.05, 5
@@ -260,13 +262,13 @@ def test_attention_ab_runs_both_variants_on_the_tiny_model(tmp_path, tiny_model_
     import os
     import subprocess
 
-    ref = Path(__file__).resolve().parents[1] / "kernels" / "ragged_paged_attention" / "reference.py"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_attention_ab.py"
+    ref = ROOT / "jaxserve" / "kernels" / "ragged_paged_attention" / "reference.py"
+    script = ROOT / "scripts" / "bench_attention_ab.py"
     out = subprocess.run(
         [sys.executable, str(script), str(ref), str(ref), "--config", "configs/tiny.yaml",
          "--cases", "4:2:2:1:20,16:2:1x1@30+1x12@4", "--rounds", "2"],
-        check=False, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
-        env={**os.environ, "JAXSERVE_COMPILE_CACHE": str(tmp_path)})
+        check=False, capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "JAXSERVE_COMPILE_CACHE": str(tmp_path), "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [r for r in map(str.split, out.stdout.splitlines()) if len(r) == 5 and ":" in r[0]]
     assert [(r[0], r[1]) for r in rows] == [("4:2", "2x1@20"), ("16:2", "1x1@30+1x12@4")]

@@ -10,8 +10,6 @@ import httpx
 import openai
 import pytest
 
-pytest_plugins = ["tests.conftest_server"]
-
 HELLO = [{"role": "user", "content": "Tell me a story"}]
 
 
@@ -88,6 +86,8 @@ def slow_steps(live_server, monkeypatch):
 
 def test_dropped_stream_frees_its_pages(live_server, slow_steps):
     max_tokens = live_server.max_model_len - 120  # far more than the few steps before the drop
+    allocator = live_server.engine.allocator
+    free_before = allocator.num_free_pages
     before = _generated(live_server)
     headers = {"Authorization": f"Bearer {live_server.api_key}"}
     with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
@@ -97,8 +97,16 @@ def test_dropped_stream_frees_its_pages(live_server, slow_steps):
             for line in response.iter_lines():
                 events += line.startswith("data: ")
                 if events == 3:
+                    held = free_before - allocator.num_free_pages  # the stream's, mid-stream
                     break  # leaving the block closes the connection mid-stream
-    live_server.wait_idle()
+    assert held > 0
+    deadline = time.monotonic() + 10
+    while allocator.num_free_pages != free_before:
+        assert time.monotonic() < deadline, (
+            f"{free_before - allocator.num_free_pages} pages still held after the drop")
+        time.sleep(0.02)
+    assert not live_server.engine.requests  # aborted: the engine holds nothing for it
+    allocator.check_all_free()
     assert _generated(live_server) - before < max_tokens // 2  # aborted, not run to the end
 
 

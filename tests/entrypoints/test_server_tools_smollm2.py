@@ -10,14 +10,11 @@ from __future__ import annotations
 import json
 
 import jsonschema
-import msgspec
-import openai
 import pytest
 
-from jaxserve.config import ServerConfig
+from tests.support.live_server import serve
 
 pytestmark = pytest.mark.slow
-pytest_plugins = ["tests.conftest_server"]
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
@@ -29,30 +26,16 @@ ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 
 
 @pytest.fixture(scope="module")
-def smollm2_server(smollm2_reference_llm):
-    from jaxserve.entrypoints.app import create_app
-    from tests.conftest_server import API_KEY, LiveServer, run_uvicorn
-
-    llm = smollm2_reference_llm
-    config = msgspec.structs.replace(llm.config, server=ServerConfig(api_key=API_KEY))
-    server, thread, url = run_uvicorn(create_app(llm.engine, llm.info, config))
-    yield LiveServer(url, llm.engine, llm.engine.tokenizer, llm.info.model_name,
-                     llm.info.max_model_len)
-    server.should_exit = True
-    thread.join(timeout=30)
+def live_server(smollm2_reference_llm):
+    """SmolLM2 on the reference backend, instead of the session's tiny server."""
+    with serve(smollm2_reference_llm) as live:
+        yield live
 
 
-@pytest.fixture
-def client(smollm2_server):
-    yield openai.OpenAI(base_url=smollm2_server.base_url, api_key=smollm2_server.api_key,
-                        max_retries=0)
-    smollm2_server.wait_idle()
-
-
-def test_round_trip_call_result_answer(client, smollm2_server):
+def test_round_trip_call_result_answer(openai_client, live_server):
     # one call: with parallel calls allowed, greedy SmolLM2 repeats the same call until max_tokens
-    first = client.chat.completions.create(
-        model=smollm2_server.model, messages=ASK, tools=[WEATHER], tool_choice="required",
+    first = openai_client.chat.completions.create(
+        model=live_server.model, messages=ASK, tools=[WEATHER], tool_choice="required",
         parallel_tool_calls=False, temperature=0, max_tokens=40)
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
@@ -64,8 +47,8 @@ def test_round_trip_call_result_answer(client, smollm2_server):
     history = [*ASK, choice.message.model_dump(exclude_none=True),
                {"role": "tool", "tool_call_id": call.id,
                 "content": json.dumps({"city": "Paris", "sky": "sunny", "celsius": 24})}]
-    final = client.chat.completions.create(
-        model=smollm2_server.model, messages=history, tools=[WEATHER], temperature=0,
+    final = openai_client.chat.completions.create(
+        model=live_server.model, messages=history, tools=[WEATHER], temperature=0,
         max_tokens=60)
     answer = final.choices[0]
     assert answer.message.tool_calls is None and answer.finish_reason == "stop"
@@ -73,11 +56,11 @@ def test_round_trip_call_result_answer(client, smollm2_server):
         answer.message.content
 
 
-def test_streamed_named_call_accumulates_in_the_sdk(client, smollm2_server):
+def test_streamed_named_call_accumulates_in_the_sdk(openai_client, live_server):
     named = {"type": "function", "function": {"name": "get_weather"}}
-    with client.chat.completions.stream(model=smollm2_server.model, messages=ASK,
-                                        tools=[WEATHER], tool_choice=named, temperature=0,
-                                        max_tokens=40) as stream:
+    with openai_client.chat.completions.stream(model=live_server.model, messages=ASK,
+                                               tools=[WEATHER], tool_choice=named,
+                                               temperature=0, max_tokens=40) as stream:
         fragments = [event.arguments_delta for event in stream
                      if event.type == "tool_calls.function.arguments.delta"]
         final = stream.get_final_completion()

@@ -1,10 +1,8 @@
-"""Fixtures of the HTTP server tests: one live uvicorn server on 127.0.0.1 for the session,
-serving the session's tiny engine (``tiny_llm`` in conftest.py), with an API key set so every
-test also goes through the key check.
+"""A live uvicorn server on 127.0.0.1 for an engine, with an API key set so every test also
+goes through the key check, and a client for it that reads SSE streams.
 
-Test modules load it with ``pytest_plugins = ["tests.conftest_server"]`` and reach its helpers
-through the ``live_server`` fixture (importing this module from a test module would defeat
-pytest's assertion rewriting here).
+tests/entrypoints/conftest.py serves the session's tiny engine with it; modules that need another
+engine (a tools template, SmolLM2) serve theirs with ``serve`` in a module fixture.
 """
 
 from __future__ import annotations
@@ -12,11 +10,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
 import msgspec
-import pytest
 import uvicorn
 
 from jaxserve.config import ServerConfig
@@ -65,15 +64,17 @@ def run_uvicorn(app, **config) -> tuple[uvicorn.Server, threading.Thread, str]:
     return server, thread, f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="session")
-def live_server(tiny_llm):
-    config = msgspec.structs.replace(tiny_llm.config, server=ServerConfig(api_key=API_KEY))
-    app = create_app(tiny_llm.engine, tiny_llm.info, config)
-    server, thread, url = run_uvicorn(app)
-    yield LiveServer(url, tiny_llm.engine, tiny_llm.engine.tokenizer, tiny_llm.info.model_name,
-                     tiny_llm.info.max_model_len)
-    server.should_exit = True
-    thread.join(timeout=30)
+@contextmanager
+def serve(llm) -> Iterator[LiveServer]:
+    """Serve an LLM's engine over HTTP, with the API key set, until the block ends."""
+    config = msgspec.structs.replace(llm.config, server=ServerConfig(api_key=API_KEY))
+    server, thread, url = run_uvicorn(create_app(llm.engine, llm.info, config))
+    try:
+        yield LiveServer(url, llm.engine, llm.engine.tokenizer, llm.info.model_name,
+                         llm.info.max_model_len)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 class ApiClient(httpx.Client):
@@ -93,12 +94,12 @@ class ApiClient(httpx.Client):
         return events
 
 
-@pytest.fixture
-def http(live_server):
-    """An authorised client; after the test the engine must be idle with every page free."""
-    with ApiClient(base_url=live_server.url, timeout=60,
-                   headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+@contextmanager
+def api_client(live: LiveServer) -> Iterator[ApiClient]:
+    """An authorised client; when the block ends the engine must be idle with every page free."""
+    with ApiClient(base_url=live.url, timeout=60,
+                   headers={"Authorization": f"Bearer {live.api_key}"}) as client:
         yield client
-    live_server.wait_idle()
+    live.wait_idle()
 
 

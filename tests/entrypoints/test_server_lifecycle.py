@@ -13,7 +13,7 @@ import time
 import httpx
 import msgspec
 
-from tests.conftest import ROOT, TINY_CONFIG
+from tests.support.configs import ROOT, TINY_CONFIG
 
 
 def free_port() -> int:
