@@ -73,11 +73,12 @@ def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, Engi
 
 def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo]:
     from jaxserve.models.llama_config import LlamaConfig
-    from jaxserve.models.loader import abstract_model, load_weights
+    from jaxserve.models.loader import load_weights
     from jaxserve.pull import resolve_model
     from jaxserve.runner.attention import make_attention_backend
     from jaxserve.runner.compile_cache import backend_compile_count, enable_persistent_cache
     from jaxserve.runner.model_runner import ModelRunner
+    from jaxserve.runner.sharding import abstract_sharded_model
     from jaxserve.structured import GrammarBackend
 
     freeze_imports()
@@ -92,14 +93,18 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
                          f"max_position_embeddings {model_cfg.max_position_embeddings}")
     backend = make_attention_backend(config.model.attention_backend)
     weights = config.model.weight_dtype or config.model.dtype
+    tp = config.parallel.tensor_parallel_size
     _log(f"loading {model_dir} ({config.model.dtype}, {weights} weights, "
-         f"{config.cache.kv_dtype(config.model.dtype)} K/V, attention={backend.name})", progress)
-    abstract = abstract_model(model_dir, backend, config.model.dtype, config.model.weight_dtype)
+         f"{config.cache.kv_dtype(config.model.dtype)} K/V, attention={backend.name}, "
+         f"tensor parallel {tp})", progress)
+    sharded = abstract_sharded_model(model_dir, backend, model_cfg, tp, config.model.dtype,
+                                     config.model.weight_dtype)
+    abstract = sharded.model
     load_seconds = 0.0
 
     def load():
         nonlocal load_seconds
-        model = load_weights(model_dir, abstract)
+        model = load_weights(model_dir, abstract, kv_repeats=sharded.heads.kv_repeats)
         load_seconds = time.perf_counter() - start
         _log(f"weights loaded in {load_seconds:.1f}s", progress)
         return model
@@ -111,8 +116,11 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
                              page_size=config.cache.page_size, max_num_seqs=sched.max_num_seqs,
                              max_rows=sched.seq_buckets[-1], num_decode_steps=sched.num_decode_steps,
                              layers_per_call=config.model.layers_per_call,
-                             program_dir=None if xla_cache is None else xla_cache / "programs",
-                             kv_dtype=config.cache.kv_dtype(config.model.dtype))
+                             # stored programs are single-device ones; a mesh re-traces its own
+                             program_dir=None if xla_cache is None or sharded.mesh is not None
+                             else xla_cache / "programs",
+                             kv_dtype=config.cache.kv_dtype(config.model.dtype),
+                             mesh=sharded.mesh)
         # the buckets' shapes need no tokenizer: lower them now, and load the tokenizer while
         # XLA compiles (or loads) them on worker threads; the engine then builds its steps with
         # the same builder, its eos ids (values, never shapes) from the tokenizer too

@@ -26,6 +26,7 @@ RUN_OVERRIDES = {
     "weight_dtype": "model.weight_dtype",
     "kv_cache_dtype": "cache.dtype",
     "layers_per_call": "model.layers_per_call",
+    "tensor_parallel_size": "parallel.tensor_parallel_size",
 }
 
 
@@ -42,6 +43,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers-per-call", type=int,
                    help="decoder layers per compiled program (a divisor of the layer count); "
                         "default: the config's (none: the whole model in one program)")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int,
+                   help="devices to split the model over (a divisor of its attention heads)")
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--max-num-seqs", type=int)
     p.add_argument("--max-num-batched-tokens", type=int)

@@ -1,6 +1,7 @@
 """Configuration: msgspec Structs validated when built, loaded from YAML (host side, no jax).
 
-A config file has four sections, ``model``, ``cache``, ``scheduler`` and ``server``; every field
+A config file has five sections, ``model``, ``cache``, ``scheduler``, ``parallel`` and ``server``
+(each may be left out); every field
 has a default, so ``{}`` is a valid file. Errors name the offending field, e.g.
 ``scheduler.max_num_seqs: must be at least 1, got 0``.
 """
@@ -112,6 +113,16 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                f"largest rung {self.seq_buckets[-1]} must cover max_num_seqs {self.max_num_seqs}")
 
 
+class ParallelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # devices the model is split over (vLLM's --tensor-parallel-size): weights Megatron-style,
+    # the K/V cache over KV heads, see docs/scaling.md; it must divide the attention heads
+    tensor_parallel_size: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.tensor_parallel_size >= 1, "parallel.tensor_parallel_size",
+               f"must be at least 1, got {self.tensor_parallel_size}")
+
+
 class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -125,6 +136,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: ModelConfig = msgspec.field(default_factory=ModelConfig)
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = msgspec.field(default_factory=ParallelConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
 
     def __post_init__(self) -> None:

@@ -54,8 +54,10 @@ _QWEN2_SPLIT = (
 )
 
 
-def write_tiny_model(folder: Path, arch: Literal["llama", "qwen2"], seed: int = 0) -> None:
-    """Write config, float32 safetensors weights, tokenizer and generation config into `folder`."""
+def write_tiny_model(folder: Path, arch: Literal["llama", "qwen2"], seed: int = 0,
+                     **sizes: int) -> None:
+    """Write config, float32 safetensors weights, tokenizer and generation config into `folder`;
+    sizes override the default architecture (e.g. num_attention_heads=8)."""
     if arch not in _PADDED_VOCAB:
         raise ValueError(f"arch: must be one of {sorted(_PADDED_VOCAB)}, got {arch!r}")
     folder = Path(folder)
@@ -63,7 +65,7 @@ def write_tiny_model(folder: Path, arch: Literal["llama", "qwen2"], seed: int = 
     tokenizer = byte_tokenizer(arch)
     tokenizer.save(str(folder / "tokenizer.json"))
     vocab_size = _PADDED_VOCAB[arch] or tokenizer.get_vocab_size()
-    config = _config(arch, vocab_size)
+    config = _config(arch, vocab_size) | sizes
     save_file(_weights(config, seed), str(folder / "model.safetensors"), metadata={"format": "pt"})
     _write_json(folder / "config.json", config)
     _write_json(folder / "generation_config.json", _generation_config())

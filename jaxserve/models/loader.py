@@ -63,10 +63,13 @@ def abstract_model(
     backend: AttentionBackend,
     dtype: str = "float32",
     weight_dtype: str | None = None,
+    cfg: LlamaConfig | None = None,
 ) -> LlamaForCausalLM:
     """The model with ShapeDtypeStruct leaves: enough to lower its programs before any weight is
-    read. dtype: activations and K/V; weight_dtype: stored weights (None: the same as dtype)."""
-    cfg = LlamaConfig.from_hf(Path(folder))
+    read. dtype: activations and K/V; weight_dtype: stored weights (None: the same as dtype);
+    cfg: the served architecture when it differs from the folder's (KV heads repeated for
+    tensor parallelism)."""
+    cfg = cfg or LlamaConfig.from_hf(Path(folder))
     jdtype = jnp.dtype(dtype)
     wdtype = jnp.dtype(weight_dtype or dtype)
     return nnx.eval_shape(lambda: LlamaForCausalLM(cfg, backend, dtype=jdtype,
@@ -88,11 +91,34 @@ def _aligned_empty(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray
     return raw[start:start + size].view(dtype).reshape(shape)
 
 
-def load_weights(folder: str | Path, abstract: LlamaForCausalLM) -> LlamaForCausalLM:
-    """Fill every parameter of an abstract model from the folder's checkpoint tensors."""
+def repeat_kv_heads(array: np.ndarray, name: str, head_dim: int, repeats: int) -> np.ndarray:
+    """A k/v projection's weight ([in, Hkv * D], transposed) or bias ([Hkv * D]) with each KV
+    head repeated ``repeats`` times, in place: query head h still reads the copy of its head."""
+    if repeats == 1 or not name.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias",
+                                          "v_proj.bias")):
+        return array
+    heads = array.reshape(*array.shape[:-1], -1, head_dim)  # [..., Hkv, D]
+    return np.repeat(heads, repeats, axis=-2).reshape(*array.shape[:-1], -1)
+
+
+def _place(host: np.ndarray, spec: jax.ShapeDtypeStruct) -> jax.Array:
+    """A host array on the device(s) its spec names: split into its shards when it carries a
+    multi-device sharding, each device receiving only its own slice."""
+    sharding = getattr(spec, "sharding", None)
+    if sharding is None or len(sharding.device_set) == 1:
+        return jax.device_put(host)  # on CPU an aligned array is taken as is, not copied
+    return jax.make_array_from_callback(spec.shape, sharding, lambda index: host[index])
+
+
+def load_weights(folder: str | Path, abstract: LlamaForCausalLM,
+                 kv_repeats: int = 1) -> LlamaForCausalLM:
+    """Fill every parameter of an abstract model from the folder's checkpoint tensors (each KV
+    head repeated ``kv_repeats`` times); parameters whose spec carries a sharding are placed in
+    their shards."""
     folder = Path(folder)
     graphdef, abstract_state = nnx.split(abstract)
     tensors = _tensor_files(folder)
+    head_dim = abstract.cfg.head_dim
 
     def fill(path, spec: jax.ShapeDtypeStruct) -> jax.Array:
         name, transpose = hf_name(path)
@@ -101,11 +127,12 @@ def load_weights(folder: str | Path, abstract: LlamaForCausalLM) -> LlamaForCaus
         array = _read_tensor(tensors[name], name)
         if transpose:
             array = array.T
+        array = repeat_kv_heads(array, name, head_dim, kv_repeats)
         if tuple(array.shape) != tuple(spec.shape):
             raise ValueError(f"{name}: checkpoint shape {array.shape}, model expects {spec.shape}")
         host = _aligned_empty(spec.shape, spec.dtype)
         np.copyto(host, array, casting="unsafe")  # converts and lays out in one pass
-        return jax.device_put(host)  # on CPU an aligned array is taken as is, not copied
+        return _place(host, spec)
 
     state = jax.tree_util.tree_map_with_path(fill, abstract_state)
     return nnx.merge(graphdef, state)

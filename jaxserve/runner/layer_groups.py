@@ -38,10 +38,13 @@ class LayerGroups:
     """Lowers and runs one bucket's step as ``embed``, ``num_groups`` x ``layers``, ``head``."""
 
     def __init__(self, model: LlamaForCausalLM, layers_per_call: int, max_rows: int,
-                 programs: ProgramCache):
+                 programs: ProgramCache, input_sharding=None):
+        """input_sharding: where the step's inputs go (a tensor-parallel mesh's replicated
+        sharding); None: the default device."""
         assert len(model.layers) % layers_per_call == 0, (len(model.layers), layers_per_call)
         self.per_call = layers_per_call
         self.programs = programs
+        self.input_sharding = input_sharding
         layer_def, first = nnx.split(model.layers[0])
         self._layer_def = layer_def  # what every layer's (and every attached layer's) weights fit
         treedef = jax.tree.structure(first)
@@ -118,7 +121,7 @@ class GroupedStep:
         g = self.g
         # what every layer call reads goes to the device once; the embedding's and the head's
         # own inputs go with their one call, since a device_put per input is a cost every step
-        md = jax.device_put(md)
+        md = jax.device_put(md, g.input_sharding)
         x, rope = self.embed(g.embed_state, last_tokens, input_ids, prev_rows, positions)
         new_caches = []
         for i, group in enumerate(g.groups):

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from jaxserve.config import ConfigError
 from jaxserve.interfaces import StepInputs, StepResult
@@ -36,6 +37,7 @@ from jaxserve.models.loader import is_abstract
 from jaxserve.runner.compile_cache import backend_compile_count, release_free_memory
 from jaxserve.runner.layer_groups import LayerGroups
 from jaxserve.runner.program_cache import ProgramCache, describe_function
+from jaxserve.runner.sharding import kv_cache_sharding, replicated
 from jaxserve.runner.step_programs import (
     KV_CACHES_ARG,
     copy_pages_program,
@@ -48,9 +50,11 @@ class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, *, num_pages: int, page_size: int,
                  max_num_seqs: int, max_rows: int, num_decode_steps: int = 1,
                  layers_per_call: int | None = None, program_dir: Path | None = None,
-                 kv_dtype=None):
+                 kv_dtype=None, mesh: Mesh | None = None):
         """program_dir: where lowered programs are kept between starts (program_cache.py);
-        None: every start traces them. kv_dtype: the K/V cache's (None: the activations')."""
+        None: every start traces them. kv_dtype: the K/V cache's (None: the activations').
+        mesh: the tensor-parallel mesh the model's weights are sharded over (runner/sharding.py);
+        None: one device."""
         cfg = model.cfg
         self.cfg = cfg
         backend = model.layers[0].self_attn.backend
@@ -62,11 +66,15 @@ class ModelRunner:
         self.graphdef, self.state = nnx.split(model)
         # [num_pages, 2, Hkv, page_size, D] per layer, in the backend's storage dtype for the
         # cache's dtype; allocated with the weights (attach_weights), lowered from this spec before
+        self.mesh = mesh
+        # step inputs and the hand-over tokens: on every device of the mesh, whole
+        self.input_sharding = None if mesh is None else replicated(mesh)
         self.kv_spec = jax.ShapeDtypeStruct(
-            (num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim), kv_storage)
+            (num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim), kv_storage,
+            sharding=None if mesh is None else kv_cache_sharding(mesh))
         self.kv_caches: list[jax.Array] | None = None
         # i32[R]: the last token each sample row of the latest step drew; R = the widest bucket
-        self.last_tokens = jnp.zeros(max_rows, jnp.int32)
+        self.last_tokens = jnp.zeros(max_rows, jnp.int32, device=self.input_sharding)
         self.num_pages = num_pages
         self.max_copies = max_num_seqs
         self.executables: dict[tuple[int, int], object] = {}
@@ -87,7 +95,8 @@ class ModelRunner:
             if num_decode_steps > 1:
                 raise ConfigError("model.layers_per_call splits a step into several calls; it "
                                   "needs scheduler.num_decode_steps: 1")
-            self.layer_groups = LayerGroups(model, layers_per_call, max_rows, self.programs)
+            self.layer_groups = LayerGroups(model, layers_per_call, max_rows, self.programs,
+                                            self.input_sharding)
         if not is_abstract(self.state):
             self.attach_weights(model)
 
@@ -100,7 +109,8 @@ class ModelRunner:
             self.layer_groups.attach_weights(model)
         if self.kv_caches is None:
             spec = self.kv_spec
-            self.kv_caches = [jnp.zeros(spec.shape, spec.dtype) for _ in range(self.cfg.num_hidden_layers)]
+            self.kv_caches = [jnp.zeros(spec.shape, spec.dtype, device=spec.sharding)
+                              for _ in range(self.cfg.num_hidden_layers)]
 
     # ---- compilation -------------------------------------------------------------------------
     def device_args(self, inputs: StepInputs) -> tuple:
@@ -113,7 +123,8 @@ class ModelRunner:
 
     def _lower(self, inputs: StepInputs):
         specs = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
+                                           sharding=self.input_sharding),
             self.device_args(inputs),
         )
         kv = [self.kv_spec] * self.cfg.num_hidden_layers
