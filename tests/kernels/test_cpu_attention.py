@@ -12,13 +12,15 @@ import pytest
 from jaxserve.kernels.ragged_paged_attention import (
     cpu_ragged_paged_attention,
     cpu_update_kv_pages,
-    oracle,
     tuned,
 )
 from tests.support.attention_inputs import (
     CASES,
     Config,
+    cases,
     check_against_oracle,
+    check_kv_write,
+    check_padding_is_ignored,
     configs,
     make_inputs,
 )
@@ -39,56 +41,14 @@ def check_paths(args, num_real, **kw):  # f32 inputs, sm_scale and the backend's
 
 
 @configs
-def test_decode_only(cfg):
-    check(cfg, *CASES["decode_only"])
-
-
-@configs
-def test_prefill_only(cfg):
-    check(cfg, *CASES["prefill_only"])
-
-
-@configs
-def test_mixed(cfg):
-    check(cfg, *CASES["mixed"])
-
-
-@configs
-def test_chunked_prefill(cfg):
-    check(cfg, *CASES["chunked_prefill"])
-
-
-@configs
-def test_page_boundaries(cfg):
-    check(cfg, *CASES["page_boundaries"])
-
-
-@configs
-def test_single_token(cfg):
-    check(cfg, *CASES["single_token"])
-
-
-@configs
-def test_every_page_of_the_table(cfg):
-    check(cfg, *CASES["every_page_of_the_table"])
-
-
-@configs
-def test_zero_q_len_sequence(cfg):
-    check(cfg, *CASES["zero_q_len_sequence"])
+@cases
+def test_against_the_oracle(cfg, case):  # decode_only, prefill_only, mixed, chunked_prefill, ...
+    check(cfg, *CASES[case])
 
 
 @configs
 def test_padding_does_not_change_real_rows(cfg):
-    q_lens, kv_lens, _ = CASES["mixed"]
-    a, num_real = make_inputs(cfg, q_lens, kv_lens, seed=9, garbage="nan")
-    b, _ = make_inputs(cfg, q_lens, kv_lens, seed=9, garbage="random")
-    assert not np.array_equal(np.asarray(a[2]), np.asarray(b[2]))  # the padding does differ
-    kw = {"sm_scale": cfg.head_dim**-0.5}
-    out_a = np.asarray(cpu_ragged_paged_attention(*a, **kw))
-    out_b = np.asarray(cpu_ragged_paged_attention(*b, **kw))
-    np.testing.assert_array_equal(out_a[:num_real], out_b[:num_real])
-    assert (out_a[num_real:] == 0).all() and (out_b[num_real:] == 0).all()
+    check_padding_is_ignored(cfg, lambda args: cpu_ragged_paged_attention(*args, sm_scale=cfg.head_dim**-0.5))
 
 
 @pytest.mark.parametrize("page_size", [8, 32])
@@ -239,15 +199,4 @@ def test_single_query_rows_past_the_token_count_still_walk(lens):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_update_kv_pages(dtype):
-    rng = np.random.default_rng(13)
-    num_pages, hkv, ps, d, t = 6, 2, 16, 64, 21
-    kv_pages = jnp.asarray(rng.standard_normal((num_pages, 2, hkv, ps, d)), dtype)
-    k = jnp.asarray(rng.standard_normal((t, hkv, d)), dtype)
-    v = jnp.asarray(rng.standard_normal((t, hkv, d)), dtype)
-    slots = rng.permutation(num_pages * ps)[:t].astype(np.int32)
-    slots[[3, 7, 20]] = -1  # padding tokens
-    slots[5] = num_pages * ps - 1  # the very last slot of the cache
-    slots = jnp.asarray(slots)
-    out = cpu_update_kv_pages(kv_pages, k, v, slots)
-    np.testing.assert_array_equal(np.asarray(out), oracle.update_kv_pages(kv_pages, k, v, slots))
-    assert not np.array_equal(np.asarray(out), np.asarray(kv_pages))
+    check_kv_write(cpu_update_kv_pages, dtype)

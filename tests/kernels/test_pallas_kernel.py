@@ -12,14 +12,9 @@ import numpy as np
 import pytest
 from jax.experimental import pallas as pl
 
-from jaxserve.kernels.ragged_paged_attention import oracle, ragged_paged_attention, update_kv_pages
-from tests.support.attention_inputs import (
-    CASES,
-    Config,
-    check_against_oracle,
-    configs,
-    make_inputs,
-)
+from jaxserve.kernels.ragged_paged_attention import ragged_paged_attention, update_kv_pages
+from tests.support import attention_inputs as shared
+from tests.support.attention_inputs import Config, configs, make_inputs
 
 
 def run_kernel(cfg: Config, args, **kw):
@@ -34,59 +29,19 @@ def run_kernel(cfg: Config, args, **kw):
 
 def check(cfg: Config, q_lens, kv_lens, seed: int, **kw):
     args, num_real = make_inputs(cfg, q_lens, kv_lens, seed=seed)
-    check_against_oracle(run_kernel(cfg, args, **kw), args, num_real, cfg.tol,
+    shared.check_against_oracle(run_kernel(cfg, args, **kw), args, num_real, cfg.tol,
                          sm_scale=cfg.head_dim**-0.5, **kw)
 
 
 @configs
-def test_decode_only(cfg):
-    check(cfg, *CASES["decode_only"])
-
-
-@configs
-def test_prefill_only(cfg):
-    check(cfg, *CASES["prefill_only"])
-
-
-@configs
-def test_mixed(cfg):
-    check(cfg, *CASES["mixed"])
-
-
-@configs
-def test_chunked_prefill(cfg):
-    check(cfg, *CASES["chunked_prefill"])
-
-
-@configs
-def test_page_boundaries(cfg):
-    check(cfg, *CASES["page_boundaries"])
-
-
-@configs
-def test_single_token(cfg):
-    check(cfg, *CASES["single_token"])
-
-
-@configs
-def test_every_page_of_the_table(cfg):
-    check(cfg, *CASES["every_page_of_the_table"])
-
-
-@configs
-def test_zero_q_len_sequence(cfg):
-    check(cfg, *CASES["zero_q_len_sequence"])
+@shared.cases
+def test_against_the_oracle(cfg, case):  # decode_only, prefill_only, mixed, chunked_prefill, ...
+    check(cfg, *shared.CASES[case])
 
 
 @configs
 def test_padding_does_not_change_real_rows(cfg):
-    q_lens, kv_lens, _ = CASES["mixed"]
-    a, num_real = make_inputs(cfg, q_lens, kv_lens, seed=9, garbage="nan")
-    b, _ = make_inputs(cfg, q_lens, kv_lens, seed=9, garbage="random")
-    assert not np.array_equal(np.asarray(a[2]), np.asarray(b[2]))  # the padding does differ
-    out_a, out_b = np.asarray(run_kernel(cfg, a)), np.asarray(run_kernel(cfg, b))
-    np.testing.assert_array_equal(out_a[:num_real], out_b[:num_real])
-    assert (out_a[num_real:] == 0).all() and (out_b[num_real:] == 0).all()
+    shared.check_padding_is_ignored(cfg, lambda args: run_kernel(cfg, args))
 
 
 def test_default_block_sizes():
@@ -118,15 +73,4 @@ def test_interpret_mode_poisons_output():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_update_kv_pages(dtype):
-    rng = np.random.default_rng(13)
-    num_pages, hkv, ps, d, t = 6, 2, 16, 64, 21  # 21 tokens: the last program is partial
-    kv_pages = jnp.asarray(rng.standard_normal((num_pages, 2, hkv, ps, d)), dtype)
-    k = jnp.asarray(rng.standard_normal((t, hkv, d)), dtype)
-    v = jnp.asarray(rng.standard_normal((t, hkv, d)), dtype)
-    slots = rng.permutation(num_pages * ps)[:t].astype(np.int32)
-    slots[[3, 7, 20]] = -1  # padding tokens
-    slots[5] = num_pages * ps - 1  # the very last slot of the cache
-    slots = jnp.asarray(slots)
-    out = update_kv_pages(kv_pages, k, v, slots)
-    np.testing.assert_array_equal(np.asarray(out), oracle.update_kv_pages(kv_pages, k, v, slots))
-    assert not np.array_equal(np.asarray(out), np.asarray(kv_pages))
+    shared.check_kv_write(update_kv_pages, dtype)

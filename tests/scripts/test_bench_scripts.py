@@ -258,11 +258,11 @@ def test_report_gives_each_jaxserve_variant_its_ratio_and_never_counts_it_as_a_p
 
 
 def test_attention_ab_runs_both_variants_on_the_tiny_model(tmp_path, tiny_model_dir):
-    """A and B are the same reference here: the script must build, run and time both."""
+    """A and B are the same CPU backend here: the script must build, run and time both."""
     import os
     import subprocess
 
-    ref = ROOT / "jaxserve" / "kernels" / "ragged_paged_attention" / "reference.py"
+    ref = ROOT / "jaxserve" / "kernels" / "ragged_paged_attention" / "cpu_attention.py"
     script = ROOT / "scripts" / "bench_attention_ab.py"
     out = subprocess.run(
         [sys.executable, str(script), str(ref), str(ref), "--config", "configs/tiny.yaml",

@@ -62,6 +62,7 @@ CASES = {
     # the middle sequence has keys but no queries this step: it must contribute nothing
     "zero_q_len_sequence": ([3, 0, 2, 0], [3, 10, 6, 4], 8),
 }
+cases = pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 
 
 def make_inputs(cfg: Config, q_lens, kv_lens, *, seed: int, garbage: str = "nan"):
@@ -109,6 +110,18 @@ def rel_err(out, ref) -> float:
     return float(np.abs(out - ref).max() / np.abs(ref).max())
 
 
+def check_padding_is_ignored(cfg: Config, run) -> None:
+    """run(args) -> a backend's output: NaN or random garbage in the padding gives the same real
+    rows, and zeros past them."""
+    q_lens, kv_lens, _ = CASES["mixed"]
+    a, num_real = make_inputs(cfg, q_lens, kv_lens, seed=9, garbage="nan")
+    b, _ = make_inputs(cfg, q_lens, kv_lens, seed=9, garbage="random")
+    assert not np.array_equal(np.asarray(a[2]), np.asarray(b[2]))  # the padding does differ
+    out_a, out_b = np.asarray(run(a)), np.asarray(run(b))
+    np.testing.assert_array_equal(out_a[:num_real], out_b[:num_real])
+    assert (out_a[num_real:] == 0).all() and (out_b[num_real:] == 0).all()
+
+
 def check_against_oracle(out, args, num_real: int, tol: float, **kw) -> None:
     """A backend's output for ``args``: finite, zero past the real tokens, the oracle's answer."""
     out = np.asarray(out, np.float32)  # [T, Hq, D]
@@ -116,3 +129,20 @@ def check_against_oracle(out, args, num_real: int, tol: float, **kw) -> None:
     assert (out[num_real:] == 0).all(), "padding tokens must come out as zeros"
     expected = oracle.ragged_paged_attention(*args, **kw)
     assert rel_err(out[:num_real], expected[:num_real]) < tol
+
+
+def check_kv_write(write, dtype) -> None:
+    """write(kv_pages, k, v, slots) -> the cache with the step's K/V in their slots: the
+    oracle's, bit for bit, padding tokens (slot -1) and the cache's very last slot included."""
+    rng = np.random.default_rng(13)
+    num_pages, hkv, ps, d, t = 6, 2, 16, 64, 21  # 21 tokens: a kernel's last program is partial
+    kv_pages = jnp.asarray(rng.standard_normal((num_pages, 2, hkv, ps, d)), dtype)
+    k = jnp.asarray(rng.standard_normal((t, hkv, d)), dtype)
+    v = jnp.asarray(rng.standard_normal((t, hkv, d)), dtype)
+    slots = rng.permutation(num_pages * ps)[:t].astype(np.int32)
+    slots[[3, 7, 20]] = -1  # padding tokens
+    slots[5] = num_pages * ps - 1  # the very last slot of the cache
+    slots = jnp.asarray(slots)
+    out = write(kv_pages, k, v, slots)
+    np.testing.assert_array_equal(np.asarray(out), oracle.update_kv_pages(kv_pages, k, v, slots))
+    assert not np.array_equal(np.asarray(out), np.asarray(kv_pages))

@@ -21,16 +21,8 @@ from jaxserve.kernels.ragged_paged_attention.ragged import (
 )
 
 
-def in_step(
-    qg: jax.Array,  # f32[T, Hkv, G, D]: queries grouped under their KV head, pre-scaled
-    kv_pages: jax.Array,  # f32|bf16|u16[num_pages, 2, Hkv, page_size, D]
-    kv_lens: jax.Array,  # i32[S]
-    page_table: jax.Array,  # i32[S, P]
-    cu_q_lens: jax.Array,  # i32[S + 1]
-    num_seqs: jax.Array,  # i32[1]
-    window: int | None,
-    cap: float | None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:  # f32[T, Hkv, G], f32[T, Hkv, G], f32[T, Hkv, G, D]
+def in_step(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap):
+    # arguments as cpu_attention._mixed's; returns its (max, sum, output) state over [T, Hkv, G]
     """The step's own keys, attended by a dense masked product over all T x T token pairs.
 
     A prefill chunk's keys are the ones this step just wrote, so they are read back by slot
@@ -88,18 +80,9 @@ def in_step(
             jnp.where(keep[..., None], acc, 0.0))
 
 
-def prior_of_chunks(
-    qg: jax.Array,  # f32[T, Hkv, G, D]: queries grouped under their KV head, pre-scaled
-    kv_pages: jax.Array,  # f32|bf16|u16[num_pages, 2, Hkv, page_size, D]
-    kv_lens: jax.Array,  # i32[S]
-    page_table: jax.Array,  # i32[S, P]
-    cu_q_lens: jax.Array,  # i32[S + 1]
-    num_seqs: jax.Array,  # i32[1]
-    window: int | None,
-    cap: float | None,
-    key_block: int,
-    row_block: int,
-) -> tuple[jax.Array, jax.Array, jax.Array]:  # f32[T, Hkv, G], f32[T, Hkv, G], f32[T, Hkv, G, D]
+def prior_of_chunks(qg, kv_pages, kv_lens, page_table, cu_q_lens, num_seqs, window, cap,
+                    key_block: int, row_block: int):
+    # arguments as cpu_attention._mixed's; returns its (max, sum, output) state over [T, Hkv, G]
     """Earlier keys of the sequences with more than one query (prefill chunks).
 
     A chunk's queries all see the same earlier keys, so each chunk gathers its earlier keys once,
