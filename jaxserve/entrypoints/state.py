@@ -34,9 +34,9 @@ def random_id() -> str:
 class ServerState:
     def __init__(self, config: Config, *, max_waiting_requests: int | None = None):
         self.config = config
-        # waiting requests past which new ones get 503 + Retry-After instead of a long queue;
-        # generous by default, since load generators send bursts and vLLM queues them all
-        self.max_waiting_requests = max_waiting_requests or 64 * config.scheduler.max_num_seqs
+        # waiting requests past which new ones get 503 + Retry-After instead of a long queue
+        self.max_waiting_requests = (max_waiting_requests or config.server.max_waiting_requests
+                                     or 64 * config.scheduler.max_num_seqs)
         self.metrics = EngineMetrics(config.model.model_name)
         self.engine: AsyncEngine | None = None
         self.admission: Admission | None = None  # the engine's checks, run on worker threads
