@@ -135,3 +135,35 @@ def test_limits_have_flags():
         max_waiting_requests=3, max_body_bytes=1000, max_nesting_depth=8,
         max_prompts_per_request=4, max_request_id_length=5, max_stop_strings=6,
         max_stop_string_length=7, drain_timeout=2.5)
+
+
+def nested_schema(levels: int) -> dict:
+    schema = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+def json_schema_format(schema) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "deep", "schema": schema}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"response_format": json_schema_format(nested_schema(61))},
+     "response_format.json_schema.schema"),
+    ({"guided_json": msgspec.json.encode(nested_schema(150)).decode()}, "guided_json"),
+    ({"structured_outputs": {"json": msgspec.json.encode(nested_schema(150)).decode()}},
+     "structured_outputs.json"),
+], ids=["response_format", "guided_json", "structured_outputs"])
+def test_a_too_deep_schema_is_a_400_naming_the_field(http, fields, param, stream, no_tracebacks):
+    body = {"messages": HELLO, "max_tokens": 1, "stream": stream, **fields}
+    error = assert_error(http.post("/v1/chat/completions", json=body), 400, param)
+    assert "120" in error["message"]
+
+
+def test_a_schema_within_the_depth_limit_is_served(http):
+    body = {"messages": HELLO, "max_tokens": 1,
+            "response_format": json_schema_format(nested_schema(59))}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
