@@ -137,14 +137,20 @@ class ReplyBase:
         yield DONE
 
 
-async def respond(request: Request, streams: list[RequestStream], reply: ReplyBase,
-                  stream: bool) -> Response:
-    """An SSE stream, or one JSON body once every stream finished (aborted if the client
-    leaves first)."""
+async def respond(request: Request, submit: Callable[[], Awaitable[list[RequestStream]]],
+                  reply: ReplyBase, stream: bool) -> Response:
+    """An SSE stream, or one JSON body once every stream finished; a client that leaves before
+    that, even while its requests are being added, has them all aborted."""
     if stream:
-        return sse_response(reply.stream(streams))
+        return sse_response(reply.stream(await submit()))
+    streams: list[RequestStream] = []
+
+    async def run() -> list[RequestOutput]:
+        streams.extend(await submit())
+        return await collect(streams)
+
     try:
-        totals = await unless_disconnected(request, lambda: collect(streams))
+        totals = await unless_disconnected(request, run)
     except BaseException:
         for s in streams:
             s.abort()

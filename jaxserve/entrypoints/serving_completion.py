@@ -34,10 +34,9 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     req = admitted.req
     prompt_ids = [r.prompt_token_ids for r in admitted.requests]
     echoes = await _echoes(state, req, prompt_ids)
-    streams = await state.submit(admitted.requests)
     reply = _Reply(state, req, f"cmpl-{req.request_id or random_id()}",
                    admitted.num_prompt_tokens, echoes)
-    return await respond(request, streams, reply, req.stream)
+    return await respond(request, lambda: state.submit(admitted.requests), reply, req.stream)
 
 
 async def _prompt_ids(state: ServerState, req: CompletionRequest) -> list[list[int]]:
