@@ -29,7 +29,7 @@ def _build_in_background(config: Config, state: ServerState, server: uvicorn.Ser
         from jaxserve.builder import build_engine
 
         try:
-            engine, info = build_engine(config, progress=True)
+            engine, info = build_engine(config, progress=True, freeze=True)
         except BaseException:  # any failure must stop the server, not hang it
             log.exception("building the engine failed")
             failed.set()
