@@ -253,3 +253,19 @@ def test_a_many_prompt_completion_is_added_at_once_and_aborted_when_its_client_l
         runner.allowed.release(1000)
         server.should_exit = True
         thread.join(30)
+
+
+def test_limits_from_the_config_apply(make_engine):
+    engine, info = make_engine()
+    config = load_config(TINY_CONFIG, {"server.max_body_bytes": 2000,
+                                       "server.max_nesting_depth": 4,
+                                       "server.max_prompts_per_request": 2})
+    with TestClient(create_app(engine, info, config), timeout=30) as client:
+        big = client.post("/v1/completions", json={"prompt": "x" * 3000})
+        assert big.status_code == 413 and set(big.json()["error"]) >= {"message", "type"}
+        deep = client.post("/v1/completions", json={"prompt": "hi", "x": [[[[1]]]]})
+        assert deep.status_code == 400 and "max_nesting_depth" in deep.json()["error"]["message"]
+        many = client.post("/v1/completions", json={"prompt": ["a", "b", "c"], "max_tokens": 1})
+        assert many.status_code == 400 and many.json()["error"]["param"] == "prompt"
+        ok = client.post("/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 1})
+        assert ok.status_code == 200, ok.text
