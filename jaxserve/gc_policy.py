@@ -21,7 +21,6 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-
 _freezing = False  # inside a collector_paused(freeze=True)
 
 

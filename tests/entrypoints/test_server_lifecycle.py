@@ -102,9 +102,13 @@ LONG = {"prompt": "hi", "max_tokens": 500, "ignore_eos": True, "n": 8, "stream":
 
 def signal_mid_stream(proc: subprocess.Popen, url: str, *signals: signal.Signals) -> list[str]:
     """Send the signals once a long stream has begun; the data lines the client got after."""
-    behind = threading.Thread(target=lambda: httpx.post(url + "/v1/completions",
-                                                        json={**LONG, "stream": False},
-                                                        timeout=60), daemon=True)
+    def queue_behind() -> None:  # more work, so the stream cannot end before the signals
+        try:
+            httpx.post(url + "/v1/completions", json={**LONG, "stream": False}, timeout=60)
+        except httpx.HTTPError:  # the server went away first
+            pass
+
+    behind = threading.Thread(target=queue_behind, daemon=True)
     behind.start()
     lines = []
     try:
