@@ -62,12 +62,14 @@ def eos_ids(model_dir: Path, tokenizer, config_eos: tuple[int, ...]) -> tuple[in
     return tuple(sorted(ids))
 
 
-def build_engine(config: Config, progress: bool = True) -> tuple[LLMEngine, EngineInfo]:
+def build_engine(config: Config, progress: bool = True, *,
+                 freeze: bool = False) -> tuple[LLMEngine, EngineInfo]:
     """Weights load on a thread of their own while this one lowers every bucket from the
     model's shapes (or loads it, program_cache.py) and then loads the tokenizer, and while
     worker threads have XLA compile (or load from its cache) what was lowered. No garbage
-    collection runs meanwhile, and what the build leaves is frozen (gc_policy.py)."""
-    with collector_paused():
+    collection runs meanwhile; with ``freeze`` (the server's one engine) what the build leaves
+    is frozen (gc_policy.py)."""
+    with collector_paused(freeze=freeze):
         return _build_engine(config, progress)
 
 

@@ -27,6 +27,14 @@ RUN_OVERRIDES = {
     "kv_cache_dtype": "cache.dtype",
     "layers_per_call": "model.layers_per_call",
     "tensor_parallel_size": "parallel.tensor_parallel_size",
+    "max_waiting_requests": "server.max_waiting_requests",
+    "max_body_bytes": "server.max_body_bytes",
+    "max_nesting_depth": "server.max_nesting_depth",
+    "max_prompts_per_request": "server.max_prompts_per_request",
+    "max_request_id_length": "server.max_request_id_length",
+    "max_stop_strings": "server.max_stop_strings",
+    "max_stop_string_length": "server.max_stop_string_length",
+    "drain_timeout": "server.drain_timeout",
 }
 
 
@@ -74,7 +82,23 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--api-key", default=os.environ.get("JAXSERVE_API_KEY"),
                      help="require this bearer token (default: $JAXSERVE_API_KEY)")
     run.add_argument("--served-model-name")
+    _add_limit_flags(run)
     return root
+
+
+def _add_limit_flags(run: argparse.ArgumentParser) -> None:
+    """What a request may ask; defaults and meaning in docs/api.md."""
+    run.add_argument("--max-waiting-requests", type=int,
+                     help="waiting requests past which new ones get 503 (default 64 x max-num-seqs)")
+    run.add_argument("--max-body-bytes", type=int, help="largest request body (413 past it)")
+    run.add_argument("--max-nesting-depth", type=int, help="deepest JSON nesting of a body")
+    run.add_argument("--max-prompts-per-request", type=int,
+                     help="prompts in one completions request")
+    run.add_argument("--max-request-id-length", type=int)
+    run.add_argument("--max-stop-strings", type=int)
+    run.add_argument("--max-stop-string-length", type=int)
+    run.add_argument("--drain-timeout", type=float,
+                     help="seconds SIGTERM waits for requests in flight (default: no bound)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

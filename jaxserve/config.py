@@ -127,9 +127,31 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None  # also read from JAXSERVE_API_KEY
+    # waiting requests past which new ones get 503 + Retry-After; None: 64 x max_num_seqs, since
+    # load generators send bursts and vLLM queues them all
+    max_waiting_requests: int | None = None
+    max_body_bytes: int = 10 * 2**20  # a larger body is 413
+    # JSON nesting of a body; the decoder recurses per level, so an unbounded depth is a crash
+    max_nesting_depth: int = 128
+    max_prompts_per_request: int = 256  # completions' `prompt` list
+    max_request_id_length: int = 256
+    max_stop_strings: int = 64
+    max_stop_string_length: int = 1024  # characters
+    # seconds a SIGTERM waits for requests in flight before the server exits; None: no bound
+    drain_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", f"must be in [0, 65535], got {self.port}")
+        if self.max_waiting_requests is not None:
+            _check(self.max_waiting_requests >= 1, "server.max_waiting_requests",
+                   f"must be at least 1 (or null), got {self.max_waiting_requests}")
+        for name in ("max_body_bytes", "max_nesting_depth", "max_prompts_per_request",
+                     "max_request_id_length", "max_stop_strings", "max_stop_string_length"):
+            value = getattr(self, name)
+            _check(value >= 1, f"server.{name}", f"must be at least 1, got {value}")
+        if self.drain_timeout is not None:
+            _check(self.drain_timeout > 0, "server.drain_timeout",
+                   f"must be positive (or null), got {self.drain_timeout}")
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

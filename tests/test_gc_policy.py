@@ -101,3 +101,32 @@ def test_imports_are_frozen_before_the_final_collection():
         built = [[i] for i in range(100)]
         assert any(o is built[0] for o in gc.get_objects())
     assert not any(o is built[0] for o in gc.get_objects())  # frozen at the end
+
+
+def test_without_freeze_it_collects_and_freezes_nothing():
+    gc.enable()
+    gc.unfreeze()
+    with collector_paused(freeze=False):
+        freeze_imports()  # a no-op here: it would freeze a dropped engine awaiting collection
+        built = [[i] for i in range(100)]
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert any(o is built[0] for o in gc.get_objects())
+
+
+def test_a_dropped_llm_is_freed():
+    """An offline LLM's build freezes nothing, so a second LLM in a notebook does not keep the
+    first one's weights and K/V cache."""
+    import weakref
+
+    from jaxserve.llm import LLM
+    from tests.support.configs import TINY_CONFIG
+
+    gc.enable()
+    gc.unfreeze()
+    llm = LLM(TINY_CONFIG, progress=False)
+    assert gc.get_freeze_count() == 0
+    runner = weakref.ref(llm.engine.runner)  # holds the weights and the K/V cache
+    dropped = weakref.ref(llm)
+    del llm
+    gc.collect()
+    assert dropped() is None and runner() is None

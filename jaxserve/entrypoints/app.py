@@ -73,7 +73,7 @@ async def detokenize(request: Request) -> Response:
 
 
 # ---- API key ------------------------------------------------------------------------------------
-async def _check_api_key(request: Request) -> Response | None:
+def _unauthorised(request: Request) -> Response | None:
     """Only /v1 needs the key, as in vLLM: health checks and scrapers carry none."""
     key = _server(request).config.server.api_key
     if not key or not request.url.path.startswith("/v1"):
@@ -86,13 +86,20 @@ async def _check_api_key(request: Request) -> Response | None:
                                    code="invalid_api_key"))
 
 
+async def _check_api_key(request: Request) -> Response | None:
+    return _unauthorised(request)
+
+
 # ---- errors -------------------------------------------------------------------------------------
 def _api_error(_: Request, exc: APIError) -> Response:
     return error_response(exc)
 
 
-def _http_error(_: Request, exc: HTTPException) -> Response:
-    # the framework's own refusals: unknown route, wrong method, body too large
+def _http_error(request: Request, exc: HTTPException) -> Response:
+    # the framework's own refusals: unknown route, wrong method, body too large; no route ran
+    # before_request for the first two, so the key is checked here
+    if exc.status_code in (404, 405) and (refused := _unauthorised(request)) is not None:
+        return refused
     return error_response(APIError(exc.detail, status=exc.status_code, headers=exc.headers))
 
 
@@ -131,6 +138,7 @@ def create_app(engine: LLMEngine | None, info: EngineInfo | None, config: Config
         on_shutdown=[stop],
         openapi_config=None,
         logging_config=None,
+        request_max_body_size=config.server.max_body_bytes,
     )
     app.state.server = server
     return app

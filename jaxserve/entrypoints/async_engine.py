@@ -121,23 +121,32 @@ class AsyncEngine:
     async def add_request(self, request_id: str, admitted: AdmittedRequest) -> RequestStream:
         """Queue an admitted request (``engine.admission``, checked off this loop); raises the
         engine's ParamError if its id is already running."""
+        return (await self.add_requests([(request_id, admitted)]))[0]
+
+    async def add_requests(self, requests: list[tuple[str, AdmittedRequest]]
+                           ) -> list[RequestStream]:
+        """Queue several as one command, added between the same two steps, all or none: a
+        many-prompt request is never half added, nor added a prompt per step."""
         if self.dead is not None:
             raise EngineDeadError(f"the engine is not running: {self.dead}")
-        stream = RequestStream(request_id, self)
-        self._streams[request_id] = stream
+        streams = [RequestStream(request_id, self) for request_id, _ in requests]
+        for stream in streams:
+            self._streams[stream.request_id] = stream
         accepted = self._loop.create_future()
-        self._pending_adds += 1
-        self._commands.put(("add", request_id, admitted, accepted))
+        self._pending_adds += len(requests)
+        self._commands.put(("add", requests, accepted))
         try:
             await accepted
         except BaseException:
-            self._streams.pop(request_id, None)
-            if not accepted.done() or accepted.cancelled():  # we went away, it may still be added
-                self._commands.put(("abort", request_id))
+            for stream in streams:
+                self._streams.pop(stream.request_id, None)
+            if not accepted.done() or accepted.cancelled():  # we went away, they may be added
+                for stream in streams:
+                    self._commands.put(("abort", stream.request_id))
             raise
         finally:
-            self._pending_adds -= 1
-        return stream
+            self._pending_adds -= len(requests)
+        return streams
 
     async def generate(self, request_id: str, admitted: AdmittedRequest
                        ) -> AsyncIterator[RequestOutput]:
@@ -172,8 +181,8 @@ class AsyncEngine:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 break
-            if command[0] == "add" and not command[3].done():
-                command[3].set_exception(dead)
+            if command[0] == "add" and not command[2].done():
+                command[2].set_exception(dead)
 
     # ---- the engine thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -215,14 +224,20 @@ class AsyncEngine:
             elif kind == "add":
                 self._add(*command[1:])
 
-    def _add(self, request_id: str, admitted: AdmittedRequest, accepted: asyncio.Future) -> None:
-        error = None
+    def _add(self, requests: list[tuple[str, AdmittedRequest]], accepted: asyncio.Future) -> None:
+        error, added = None, []
         try:
-            self.engine.add_request(request_id, admitted)
-            if self.observer is not None:
-                self.observer.request_added(request_id)
+            for request_id, admitted in requests:
+                self.engine.add_request(request_id, admitted)
+                added.append(request_id)
+                if self.observer is not None:
+                    self.observer.request_added(request_id)
         except Exception as exc:  # noqa: BLE001 - the caller decides: a 400 or a 500
             error = exc
+            for request_id in added:  # all or none
+                self.engine.abort_request(request_id)
+                if self.observer is not None:
+                    self.observer.request_aborted(request_id)
         self._loop.call_soon_threadsafe(_settle, accepted, error)
 
 

@@ -7,18 +7,22 @@ so malformed JSON and wrong types get the same shape and name the offending fiel
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import TypeVar
 
 import msgspec
 
 from jaxserve.entrypoints.protocol import ErrorInfo, ErrorResponse
+from jaxserve.json_nesting import nesting_depth
 from jaxserve.sampling_params import ParamError
 
+log = logging.getLogger("jaxserve.server")
 T = TypeVar("T")
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}
+          405: "invalid_request_error", 413: "invalid_request_error",
+          415: "invalid_request_error", 429: "rate_limit_error"}
 
 
 class APIError(Exception):
@@ -48,9 +52,21 @@ def from_param_error(exc: ParamError) -> APIError:
     return APIError(str(exc), status=400, param=exc.param, code=exc.code)
 
 
-def decode_request(body: bytes, type_: type[T]) -> T:
+# a \uD800-\uDBFF escape not followed by a low one, or a low one alone (an even run of
+# backslashes before it, so it is an escape and not an escaped backslash)
+_LONE_SURROGATE = re.compile(
+    rb'(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])'
+    rb'|(?<!\\)(?:\\\\)*(?<![0-9a-fA-F]{4})\\u[dD][c-fC-F][0-9a-fA-F]{2}')
+
+
+def decode_request(body: bytes, type_: type[T], max_depth: int = 128) -> T:
+    """A client's JSON body as ``type_``; every way it can fail is a 400."""
     if not body.strip():
         raise bad_request("the request body is empty; expected a JSON object")
+    depth = nesting_depth(body, max_depth)
+    if depth > max_depth:
+        raise bad_request(f"the request body nests {depth} levels deep; the limit is "
+                          f"{max_depth} (server.max_nesting_depth)", code="nesting_too_deep")
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
@@ -63,4 +79,10 @@ def decode_request(body: bytes, type_: type[T]) -> T:
         message = f"{param}: {what}" if param else what
         raise bad_request(message, param=param) from None
     except msgspec.DecodeError as exc:
+        if _LONE_SURROGATE.search(body):  # msgspec reports it as "Input data was truncated"
+            raise bad_request("the request body is not valid JSON: invalid Unicode, a lone "
+                              "surrogate escape (\\ud800-\\udfff) in a string") from None
         raise bad_request(f"the request body is not valid JSON: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder meets is the input's fault
+        log.warning("a request body failed to decode: %s: %s", type(exc).__name__, exc)
+        raise bad_request(f"the request body could not be decoded: {type(exc).__name__}") from None

@@ -3,16 +3,19 @@
 The port answers from the first second (``/health`` says 503 while the model loads and each
 bucket compiles, with the progress on stderr), so an orchestrator can tell "starting" from
 "down". On SIGTERM or Ctrl-C uvicorn stops accepting connections, lets every request in flight
-finish (streams included), then the app's shutdown stops the engine thread; a second signal
-forces the exit.
+finish (streams included; ``server.drain_timeout`` bounds the wait), then the app's shutdown stops
+the engine thread and the process exits 0; a second signal exits at once.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
+import signal
 import sys
 import threading
+from types import FrameType
 
 import uvicorn
 
@@ -29,7 +32,7 @@ def _build_in_background(config: Config, state: ServerState, server: uvicorn.Ser
         from jaxserve.builder import build_engine
 
         try:
-            engine, info = build_engine(config, progress=True)
+            engine, info = build_engine(config, progress=True, freeze=True)
         except BaseException:  # any failure must stop the server, not hang it
             log.exception("building the engine failed")
             failed.set()
@@ -59,15 +62,27 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
+class _Server(uvicorn.Server):
+    """uvicorn with jaxserve's signals: the first SIGTERM or SIGINT drains, then the process
+    exits 0 (uvicorn re-raises the signal, a 143 that reads as a crash); a second exits at once."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            log.warning("second %s: exiting without draining", signal.Signals(sig).name)
+            os._exit(128 + sig)
+        self.should_exit = True
+
+
 def serve(config: Config) -> None:
     """Serve the OpenAI-compatible API; blocks until the server is told to stop."""
     _log_to_stderr()
     app = create_app(None, None, config)
     state: ServerState = app.state.server
-    server = uvicorn.Server(uvicorn.Config(
+    server = _Server(uvicorn.Config(
         app, host=config.server.host, port=config.server.port, lifespan="on",
         log_level="info", access_log=False,
-        timeout_graceful_shutdown=None,  # drain: every request in flight finishes
+        # drain: every request in flight finishes, or is cut after this many seconds
+        timeout_graceful_shutdown=config.server.drain_timeout,
     ))
     failed = threading.Event()
     _build_in_background(config, state, server, failed)

@@ -48,12 +48,11 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
     admitted = await admit_request(state, request, ChatCompletionRequest, chat_params,
                                    lambda req, structure: _prompt_ids(state, req, structure))
     req, structure = admitted.req, admitted.structure
-    streams = await state.submit(admitted.requests)
     reply = _Reply(state, req, f"chatcmpl-{req.request_id or random_id()}",
                    admitted.num_prompt_tokens)
     if structure.reads_tool_calls:
         reply.read_tool_calls(structure.tools.names, structure.tools.parallel)
-    return await respond(request, streams, reply, req.stream)
+    return await respond(request, lambda: state.submit(admitted.requests), reply, req.stream)
 
 
 async def _prompt_ids(state: ServerState, req: ChatCompletionRequest,

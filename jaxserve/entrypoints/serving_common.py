@@ -23,8 +23,10 @@ from msgspec import UNSET
 
 from jaxserve.engine.admission import Admission, AdmittedRequest
 from jaxserve.entrypoints.async_engine import RequestStream, merge_streams
-from jaxserve.entrypoints.errors import APIError, decode_request, from_param_error
+from jaxserve.entrypoints.errors import APIError, from_param_error
+from jaxserve.entrypoints.limits import check_request
 from jaxserve.entrypoints.protocol import PromptTokensDetails, UsageInfo
+from jaxserve.entrypoints.request_body import read_request
 from jaxserve.entrypoints.responses import (
     DONE,
     json_response,
@@ -59,7 +61,8 @@ class Admitted(Generic[Req]):
 async def admit_request(state: ServerState, request: Request, request_type: type[Req],
                         params_of: ParamsOf, prompts_of: PromptsOf) -> Admitted[Req]:
     """The request decoded, checked and admitted; every mistake an APIError naming its field."""
-    req = decode_request(await request.body(), request_type)
+    req = await read_request(request, request_type, state.config.server)
+    check_request(req, state.config.server)
     state.check_model(req.model)
     state.require_ready()  # before tokenizing: a loading server answers 503 at once
     params = params_of(req, state.defaults, state.info.vocab_size)
@@ -134,14 +137,20 @@ class ReplyBase:
         yield DONE
 
 
-async def respond(request: Request, streams: list[RequestStream], reply: ReplyBase,
-                  stream: bool) -> Response:
-    """An SSE stream, or one JSON body once every stream finished (aborted if the client
-    leaves first)."""
+async def respond(request: Request, submit: Callable[[], Awaitable[list[RequestStream]]],
+                  reply: ReplyBase, stream: bool) -> Response:
+    """An SSE stream, or one JSON body once every stream finished; a client that leaves before
+    that, even while its requests are being added, has them all aborted."""
     if stream:
-        return sse_response(reply.stream(streams))
+        return sse_response(reply.stream(await submit()))
+    streams: list[RequestStream] = []
+
+    async def run() -> list[RequestOutput]:
+        streams.extend(await submit())
+        return await collect(streams)
+
     try:
-        totals = await unless_disconnected(request, lambda: collect(streams))
+        totals = await unless_disconnected(request, run)
     except BaseException:
         for s in streams:
             s.abort()

@@ -18,6 +18,7 @@ from jaxserve.entrypoints.completion_protocol import (
     CompletionRequest,
     CompletionResponse,
 )
+from jaxserve.entrypoints.limits import check_prompt_count
 from jaxserve.entrypoints.logprobs import completion_logprobs
 from jaxserve.entrypoints.prompts import completion_prompts
 from jaxserve.entrypoints.protocol import UsageInfo
@@ -33,14 +34,14 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     req = admitted.req
     prompt_ids = [r.prompt_token_ids for r in admitted.requests]
     echoes = await _echoes(state, req, prompt_ids)
-    streams = await state.submit(admitted.requests)
     reply = _Reply(state, req, f"cmpl-{req.request_id or random_id()}",
                    admitted.num_prompt_tokens, echoes)
-    return await respond(request, streams, reply, req.stream)
+    return await respond(request, lambda: state.submit(admitted.requests), reply, req.stream)
 
 
 async def _prompt_ids(state: ServerState, req: CompletionRequest) -> list[list[int]]:
     prompts = completion_prompts(req.prompt, state.info.vocab_size)
+    check_prompt_count(len(prompts), state.config.server)  # before any is tokenized
     return [await state.prompts.encode(p, req.add_special_tokens) if isinstance(p, str) else p
             for p in prompts]
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 from litestar import Request, Response
 
 import jaxserve
-from jaxserve.entrypoints.errors import bad_request, decode_request
+from jaxserve.entrypoints.errors import bad_request
 from jaxserve.entrypoints.metrics import CONTENT_TYPE
 from jaxserve.entrypoints.prompts import template_messages
 from jaxserve.entrypoints.protocol import ModelCard, ModelList, VersionResponse
+from jaxserve.entrypoints.request_body import read_request
 from jaxserve.entrypoints.responses import json_response
 from jaxserve.entrypoints.state import ServerState
 from jaxserve.entrypoints.tokenize_protocol import (
@@ -43,7 +44,7 @@ def version() -> Response:
 
 
 async def tokenize(state: ServerState, request: Request) -> Response:
-    req = decode_request(await request.body(), TokenizeRequest)
+    req = await read_request(request, TokenizeRequest, state.config.server)
     state.check_model(req.model)
     state.require_ready()
     if req.messages is not None:
@@ -63,7 +64,7 @@ async def tokenize(state: ServerState, request: Request) -> Response:
 
 
 async def detokenize(state: ServerState, request: Request) -> Response:
-    req = decode_request(await request.body(), DetokenizeRequest)
+    req = await read_request(request, DetokenizeRequest, state.config.server)
     state.check_model(req.model)
     state.require_ready()
     vocab = state.info.vocab_size

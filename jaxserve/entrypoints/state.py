@@ -34,9 +34,9 @@ def random_id() -> str:
 class ServerState:
     def __init__(self, config: Config, *, max_waiting_requests: int | None = None):
         self.config = config
-        # waiting requests past which new ones get 503 + Retry-After instead of a long queue;
-        # generous by default, since load generators send bursts and vLLM queues them all
-        self.max_waiting_requests = max_waiting_requests or 64 * config.scheduler.max_num_seqs
+        # waiting requests past which new ones get 503 + Retry-After instead of a long queue
+        self.max_waiting_requests = (max_waiting_requests or config.server.max_waiting_requests
+                                     or 64 * config.scheduler.max_num_seqs)
         self.metrics = EngineMetrics(config.model.model_name)
         self.engine: AsyncEngine | None = None
         self.admission: Admission | None = None  # the engine's checks, run on worker threads
@@ -104,20 +104,13 @@ class ServerState:
                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     async def submit(self, requests: list[AdmittedRequest]) -> list[RequestStream]:
-        """Hand admitted requests to the engine; every refusal becomes an APIError, and a
-        refusal of a later request withdraws the earlier ones."""
+        """Hand admitted requests to the engine as one unit; every refusal becomes an APIError,
+        and none of them is left running."""
         engine = self.require_ready()
         self.check_capacity(engine)
-        streams: list[RequestStream] = []
         try:
-            for admitted in requests:
-                streams.append(await engine.add_request(random_id(), admitted))
-        except BaseException as exc:
-            for stream in streams:
-                stream.abort()
-            if isinstance(exc, EngineDeadError):
-                raise APIError(str(exc), status=503) from None
-            if isinstance(exc, ParamError):  # a request id already running
-                raise from_param_error(exc) from None
-            raise
-        return streams
+            return await engine.add_requests([(random_id(), a) for a in requests])
+        except EngineDeadError as exc:
+            raise APIError(str(exc), status=503) from None
+        except ParamError as exc:  # a request id already running
+            raise from_param_error(exc) from None

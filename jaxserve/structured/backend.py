@@ -98,7 +98,10 @@ class GrammarBackend:
                 self._cache.move_to_end(grammar)
                 return matcher
         # outside the lock: a slow compilation must not hold up other requests' cache hits
-        matcher = LLMatcher(self.ll_tokenizer, grammar, log_level=0)
+        try:
+            matcher = LLMatcher(self.ll_tokenizer, grammar, log_level=0)
+        except (ValueError, RecursionError) as exc:  # the input's fault: a 400, not a 500
+            raise GrammarError(_error_message(str(exc)), constraint_field(so)) from None
         if matcher.is_error():
             raise GrammarError(_error_message(matcher.get_error()), constraint_field(so))
         with self._lock:

@@ -16,8 +16,11 @@ from typing import Any
 
 from llguidance import LLMatcher, grammar_from
 
+from jaxserve.json_nesting import nesting_depth
 from jaxserve.sampling_params import StructuredOutputs
 
+# JSON nesting of a schema; llguidance's JSON parser gives up a few levels short of 128
+MAX_SCHEMA_DEPTH = 120
 # llguidance's JSON options, applied over whatever a schema's "x-guidance" says
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ",
                                 "key_separator": ": "}
@@ -35,6 +38,7 @@ class GrammarError(ValueError):
 def load_schema(schema: dict | str, field: str = "json") -> dict:
     """A JSON schema given as an object or as JSON text, as a dict."""
     if isinstance(schema, str):
+        check_depth(schema, field)
         try:
             schema = json.loads(schema)
         except json.JSONDecodeError as exc:
@@ -42,6 +46,25 @@ def load_schema(schema: dict | str, field: str = "json") -> dict:
     if not isinstance(schema, dict):
         raise GrammarError("the JSON schema must be a JSON object", field)
     return schema
+
+
+def check_depth(text: str, field: str) -> None:
+    depth = nesting_depth(text, MAX_SCHEMA_DEPTH)
+    if depth > MAX_SCHEMA_DEPTH:
+        raise GrammarError(f"the JSON schema nests {depth} levels deep; the limit is "
+                           f"{MAX_SCHEMA_DEPTH}", field)
+
+
+def _schema_grammar(schema: dict, field: str) -> str:
+    try:
+        text = json.dumps(schema)
+    except (RecursionError, TypeError, ValueError) as exc:  # a dict from the offline API
+        raise GrammarError(f"the JSON schema cannot be serialised: {exc}", field) from None
+    check_depth(text, field)
+    try:
+        return LLMatcher.grammar_from_json_schema(text, overrides=JSON_OPTIONS)
+    except ValueError as exc:
+        raise GrammarError(str(exc), field) from None
 
 
 def strict_json_schema(schema: dict) -> dict:
@@ -55,17 +78,14 @@ def grammar_text(so: StructuredOutputs) -> str:
     so.validate()
     if so.json is not None or so.json_object:
         schema = {"type": "object"} if so.json_object else load_schema(so.json)
-        return LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=JSON_OPTIONS)
-    if so.regex is not None:
-        return grammar_from("regex", so.regex)
-    if so.choice is not None:
-        if not all(isinstance(c, str) for c in so.choice):
-            raise GrammarError("every choice must be a string", "choice")
-        return grammar_from("choice", so.choice)
-    try:
-        return grammar_from("grammar", so.grammar)  # Lark, or GBNF converted to Lark
-    except ValueError as exc:
-        raise GrammarError(str(exc), "grammar") from None
+        return _schema_grammar(schema, constraint_field(so))
+    if so.choice is not None and not all(isinstance(c, str) for c in so.choice):
+        raise GrammarError("every choice must be a string", "choice")
+    kind = "regex" if so.regex is not None else "choice" if so.choice is not None else "grammar"
+    try:  # a grammar is Lark, or GBNF converted to Lark
+        return grammar_from(kind, getattr(so, kind))
+    except (ValueError, RecursionError) as exc:
+        raise GrammarError(str(exc), kind) from None
 
 
 def constraint_field(so: StructuredOutputs) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import threading
 import time
 
+import httpx
 import msgspec
 import pytest
 from litestar.testing import TestClient
@@ -20,6 +21,7 @@ from jaxserve.interfaces import EngineInfo
 from jaxserve.sampling_params import ParamError, SamplingParams
 from tests.support.configs import TINY_CONFIG
 from tests.support.fake_runner import FakeRunner
+from tests.support.live_server import run_uvicorn
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -198,3 +200,72 @@ def test_loading_server_answers_503_then_200(make_engine):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert client.post("/v1/chat/completions", json=HELLO).status_code == 200
+
+
+class SteppedRunner(FakeRunner):
+    """Each step waits for the test to allow one more."""
+
+    def __init__(self):
+        super().__init__()
+        self.allowed = threading.Semaphore(0)
+        self.entered = threading.Event()
+
+    def execute(self, inputs):
+        self.entered.set()
+        assert self.allowed.acquire(timeout=120), "the test never allowed the step"
+        return super().execute(inputs)
+
+
+def test_a_many_prompt_completion_is_added_at_once_and_aborted_when_its_client_leaves(
+        make_engine):
+    runner = SteppedRunner()
+    engine, info = make_engine(runner)
+    app = create_app(engine, info, load_config(TINY_CONFIG))
+    server, thread, url = run_uvicorn(app)
+    body = {"prompt": [[5, 6, 7]] * 8, "max_tokens": 400, "ignore_eos": True}
+    try:
+        def leave_early() -> None:  # a client that gives up while the first step runs
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(url + "/v1/completions", json=body, timeout=1.0)
+
+        client = threading.Thread(target=leave_early)
+        client.start()
+        assert runner.entered.wait(10)
+        deadline = time.monotonic() + 10
+        while len(engine.requests) < 8:  # all eight were added before the first step ...
+            assert time.monotonic() < deadline, f"{len(engine.requests)} of 8 added"
+            time.sleep(0.01)
+        client.join(10)
+        deadline = time.monotonic() + 10
+        async_engine = app.state.server.engine
+        while async_engine._streams:  # ... and the client's leaving aborts them all
+            assert time.monotonic() < deadline, "the disconnect was not noticed"
+            time.sleep(0.01)
+        # the step under way, and the one async scheduling launched behind it, end; the aborts
+        # apply before any other (a third step would block here for good)
+        runner.allowed.release(2)
+        deadline = time.monotonic() + 10
+        while engine.has_unfinished_requests():
+            assert time.monotonic() < deadline, f"still running: {list(engine.requests)}"
+            time.sleep(0.01)
+        engine.allocator.check_all_free()
+    finally:
+        runner.allowed.release(1000)
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_limits_from_the_config_apply(make_engine):
+    engine, info = make_engine()
+    config = load_config(TINY_CONFIG, {"server.max_body_bytes": 2000,
+                                       "server.max_nesting_depth": 4,
+                                       "server.max_prompts_per_request": 2})
+    with TestClient(create_app(engine, info, config), timeout=30) as client:
+        big = client.post("/v1/completions", json={"prompt": "x" * 3000})
+        assert big.status_code == 413 and set(big.json()["error"]) >= {"message", "type"}
+        deep = client.post("/v1/completions", json={"prompt": "hi", "x": [[[[1]]]]})
+        assert deep.status_code == 400 and "max_nesting_depth" in deep.json()["error"]["message"]
+        many = client.post("/v1/completions", json={"prompt": ["a", "b", "c"], "max_tokens": 1})
+        assert many.status_code == 400 and many.json()["error"]["param"] == "prompt"
+        ok = client.post("/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 1})
+        assert ok.status_code == 200, ok.text

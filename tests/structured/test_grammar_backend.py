@@ -129,3 +129,35 @@ def test_invalid_constraints_raise_naming_the_field(backend, so, field, words):
         backend.constraints(so, 1)
     assert info.value.field == field
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def _nested_list(levels: int) -> list:
+    value: list = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _nested_schema(levels: int) -> dict:
+    schema = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+@pytest.mark.parametrize("so, field", [
+    (StructuredOutputs(json=_nested_schema(150)), "json"),
+    (StructuredOutputs(json=json.dumps(_nested_schema(150))), "json"),
+    (StructuredOutputs(json={"type": "array", "enum": _nested_list(3000)}), "json"),
+    (StructuredOutputs(regex="(" * 3000 + "a" + ")" * 3000), "regex"),
+    (StructuredOutputs(grammar="start: " + "(" * 3000 + '"a"' + ")" * 3000), "grammar"),
+], ids=["schema", "schema-text", "unserialisable", "regex", "lark"])
+def test_too_deep_constraints_are_grammar_errors(backend, so, field):
+    """llguidance's own recursion limits raised ValueError, a 500 over HTTP."""
+    with pytest.raises(GrammarError) as info:
+        backend.constraints(so, 1)
+    assert info.value.field == field
+
+
+def test_a_schema_at_the_depth_limit_compiles(backend):
+    backend.constraints(StructuredOutputs(json=_nested_schema(59)), 1)  # 119 JSON levels
