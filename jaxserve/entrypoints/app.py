@@ -13,6 +13,7 @@ import logging
 from litestar import Litestar, Request, Response, get, post
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 
 from jaxserve.config import Config
 from jaxserve.engine.llm_engine import LLMEngine
@@ -45,6 +46,12 @@ async def completions(request: Request) -> Response:
 @get("/v1/models")
 async def models(request: Request) -> Response:
     return serving_misc.list_models(_server(request))
+
+
+@get("/v1/models/{model_id:path}")
+async def model(request: Request, model_id: FromPath[str]) -> Response:
+    # a path parameter: served names may hold a slash (HuggingFaceTB/SmolLM2-135M-Instruct)
+    return serving_misc.retrieve_model(_server(request), model_id.lstrip("/"))
 
 
 @get("/health")
@@ -120,7 +127,7 @@ def create_app(engine: LLMEngine | None, info: EngineInfo | None, config: Config
         await server.close()
 
     app = Litestar(
-        route_handlers=[chat_completions, completions, models, health, metrics, version,
+        route_handlers=[chat_completions, completions, models, model, health, metrics, version,
                         tokenize, detokenize],
         before_request=_check_api_key,
         exception_handlers={APIError: _api_error, HTTPException: _http_error,

@@ -1,4 +1,4 @@
-"""The small endpoints: ``/v1/models``, ``/health``, ``/metrics``, ``/tokenize``,
+"""The small endpoints: ``/v1/models`` (and one model), ``/health``, ``/metrics``, ``/tokenize``,
 ``/detokenize``, ``/version``."""
 
 from __future__ import annotations
@@ -20,12 +20,21 @@ from jaxserve.entrypoints.tokenize_protocol import (
 )
 
 
-def list_models(state: ServerState) -> Response:
+def _card(state: ServerState) -> ModelCard:
     state.require_ready()
     info = state.info
-    card = ModelCard(id=state.config.model.model_name, created=state.created,
+    return ModelCard(id=state.config.model.model_name, created=state.created,
                      root=str(info.model_dir), max_model_len=info.max_model_len)
-    return json_response(ModelList(data=[card]))
+
+
+def list_models(state: ServerState) -> Response:
+    return json_response(ModelList(data=[_card(state)]))
+
+
+def retrieve_model(state: ServerState, model_id: str) -> Response:
+    """One entry of ``list_models``; any other name is OpenAI's 404 ``model_not_found``."""
+    state.check_model(model_id)
+    return json_response(_card(state))
 
 
 def health(state: ServerState) -> Response:

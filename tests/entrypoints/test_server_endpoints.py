@@ -18,6 +18,19 @@ def test_models(http, live_server):
     assert [m.id for m in client.models.list()] == [live_server.model]
 
 
+def test_retrieve_model(http, live_server, openai_client):
+    listed = http.get("/v1/models").json()["data"][0]
+    response = http.get(f"/v1/models/{live_server.model}")
+    assert response.status_code == 200 and response.json() == listed
+    model = openai_client.models.retrieve(live_server.model)
+    assert model.id == live_server.model and model.object == "model"
+    with pytest.raises(openai.NotFoundError) as info:
+        openai_client.models.retrieve("org/not-served")
+    assert info.value.code == "model_not_found"
+    body = http.get("/v1/models/not-served").json()["error"]
+    assert body["code"] == "model_not_found" and body["type"] == "invalid_request_error"
+
+
 def test_health_and_version(http):
     health = http.get("/health")
     assert health.status_code == 200 and health.content == b""
