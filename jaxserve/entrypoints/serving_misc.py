@@ -44,7 +44,8 @@ def health(state: ServerState) -> Response:
 
 
 def metrics(state: ServerState) -> Response:
-    return Response(content=state.metrics.render(), media_type=CONTENT_TYPE)
+    # the header set whole: a text/* media_type would get a second charset from Litestar
+    return Response(content=state.metrics.render(), headers={"content-type": CONTENT_TYPE})
 
 
 def version() -> Response:

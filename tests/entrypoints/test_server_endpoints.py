@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import jaxserve
 
@@ -62,6 +63,18 @@ def test_metrics(http):
     assert value("jaxserve:e2e_request_latency_seconds_count") >= 1
     assert value("jaxserve:inter_token_latency_seconds_count") >= 2
     assert value("jaxserve:compilations_after_warmup_total") == 0  # the buckets were enough
+
+
+def test_metrics_exposition_parses(http):
+    response = http.get("/metrics")
+    (content_type,) = response.headers.get_list("content-type")
+    media, *params = [p.strip() for p in content_type.split(";")]
+    assert media == "text/plain"
+    names = [p.partition("=")[0].lower() for p in params]
+    assert sorted(names) == sorted(set(names)) and "charset" in names, content_type
+    families = {f.name for f in text_string_to_metric_families(response.text)}
+    assert {"jaxserve:time_to_first_token_seconds", "jaxserve:kv_cache_usage_perc",
+            "jaxserve:generation_tokens"} <= families
 
 
 def test_tokenize_prompt_and_detokenize(http, live_server):
