@@ -26,6 +26,7 @@ RUN_OVERRIDES = {
     "weight_dtype": "model.weight_dtype",
     "kv_cache_dtype": "cache.dtype",
     "layers_per_call": "model.layers_per_call",
+    "enable_log_requests": "server.log_requests",
 }
 
 
@@ -71,6 +72,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--api-key", default=os.environ.get("JAXSERVE_API_KEY"),
                      help="require this bearer token (default: $JAXSERVE_API_KEY)")
     run.add_argument("--served-model-name")
+    run.add_argument("--enable-log-requests", action=argparse.BooleanOptionalAction,
+                     help="one jaxserve.access line per request (default: on); "
+                          "--no-enable-log-requests turns it off, as vLLM names it")
+    run.add_argument("--disable-log-requests", dest="enable_log_requests",
+                     action="store_false", default=None, help=argparse.SUPPRESS)
     return root
 
 

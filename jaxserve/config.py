@@ -116,6 +116,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None  # also read from JAXSERVE_API_KEY
+    log_requests: bool = True  # one jaxserve.access line per request
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", f"must be in [0, 65535], got {self.port}")

@@ -20,6 +20,7 @@ from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.entrypoints import serving_misc
 from jaxserve.entrypoints.async_engine import EngineDeadError
 from jaxserve.entrypoints.errors import APIError
+from jaxserve.entrypoints.request_log import RequestLog
 from jaxserve.entrypoints.responses import ClientDisconnected, error_response
 from jaxserve.entrypoints.serving_chat import create_chat_completion
 from jaxserve.entrypoints.serving_completion import create_completion
@@ -140,4 +141,6 @@ def create_app(engine: LLMEngine | None, info: EngineInfo | None, config: Config
         logging_config=None,
     )
     app.state.server = server
+    # around the whole handler, so 404s and refusals carry x-request-id and get a line too
+    app.asgi_handler = RequestLog(app.asgi_handler, config.server.log_requests)
     return app

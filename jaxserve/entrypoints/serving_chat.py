@@ -37,7 +37,7 @@ from jaxserve.entrypoints.prompts import template_messages
 from jaxserve.entrypoints.protocol import UsageInfo
 from jaxserve.entrypoints.sampling import chat_params
 from jaxserve.entrypoints.serving_common import ReplyBase, admit_request, respond
-from jaxserve.entrypoints.state import ServerState, random_id
+from jaxserve.entrypoints.state import ServerState
 from jaxserve.entrypoints.structured import RequestStructure
 from jaxserve.outputs import RequestOutput
 from jaxserve.structured.tool_parser import ToolCallDelta, ToolCallParser
@@ -49,7 +49,7 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
                                    lambda req, structure: _prompt_ids(state, req, structure))
     req, structure = admitted.req, admitted.structure
     streams = await state.submit(admitted.requests)
-    reply = _Reply(state, req, f"chatcmpl-{req.request_id or random_id()}",
+    reply = _Reply(state, req, f"chatcmpl-{admitted.request_id}",
                    admitted.num_prompt_tokens)
     if structure.reads_tool_calls:
         reply.read_tool_calls(structure.tools.names, structure.tools.parallel)

@@ -25,6 +25,7 @@ from jaxserve.engine.admission import Admission, AdmittedRequest
 from jaxserve.entrypoints.async_engine import RequestStream, merge_streams
 from jaxserve.entrypoints.errors import APIError, decode_request, from_param_error
 from jaxserve.entrypoints.protocol import PromptTokensDetails, UsageInfo
+from jaxserve.entrypoints.request_log import record_of, resolve_request_id
 from jaxserve.entrypoints.responses import (
     DONE,
     json_response,
@@ -50,6 +51,7 @@ class Admitted(Generic[Req]):
     req: Req
     structure: RequestStructure
     requests: list[AdmittedRequest]  # one per prompt
+    request_id: str  # the response id's suffix, and the x-request-id header
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -60,6 +62,7 @@ async def admit_request(state: ServerState, request: Request, request_type: type
                         params_of: ParamsOf, prompts_of: PromptsOf) -> Admitted[Req]:
     """The request decoded, checked and admitted; every mistake an APIError naming its field."""
     req = decode_request(await request.body(), request_type)
+    request_id = resolve_request_id(request, req.request_id)
     state.check_model(req.model)
     state.require_ready()  # before tokenizing: a loading server answers 503 at once
     params = params_of(req, state.defaults, state.info.vocab_size)
@@ -67,7 +70,9 @@ async def admit_request(state: ServerState, request: Request, request_type: type
     params.structured_outputs = structure.constraint
     prompt_ids = await prompts_of(req, structure)
     requests = await asyncio.to_thread(_admit, state.admission, prompt_ids, params, structure)
-    return Admitted(req, structure, requests)
+    admitted = Admitted(req, structure, requests, request_id)
+    record_of(request).prompt_tokens = admitted.num_prompt_tokens
+    return admitted
 
 
 def _admit(admission: Admission, prompts: list[list[int]], params: SamplingParams,
@@ -138,6 +143,8 @@ async def respond(request: Request, streams: list[RequestStream], reply: ReplyBa
                   stream: bool) -> Response:
     """An SSE stream, or one JSON body once every stream finished (aborted if the client
     leaves first)."""
+    for s in streams:
+        s.observer = record_of(request).observe  # the access line's tokens and first token
     if stream:
         return sse_response(reply.stream(streams))
     try:
