@@ -20,6 +20,7 @@ from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.entrypoints import serving_misc
 from jaxserve.entrypoints.async_engine import EngineDeadError
 from jaxserve.entrypoints.errors import APIError
+from jaxserve.entrypoints.openapi import describe_bodies, openapi_config
 from jaxserve.entrypoints.request_log import RequestLog
 from jaxserve.entrypoints.responses import ClientDisconnected, error_response
 from jaxserve.entrypoints.serving_chat import create_chat_completion
@@ -68,6 +69,12 @@ async def metrics(request: Request) -> Response:
 @get("/version")
 async def version() -> Response:
     return serving_misc.version()
+
+
+@get("/openapi.json", include_in_schema=False)
+async def openapi_json(request: Request) -> Response:
+    # vLLM's path; the same document Swagger UI at /docs reads from /docs/openapi.json
+    return Response(content=request.app.openapi_schema.to_schema())
 
 
 @post("/tokenize")
@@ -129,7 +136,7 @@ def create_app(engine: LLMEngine | None, info: EngineInfo | None, config: Config
 
     app = Litestar(
         route_handlers=[chat_completions, completions, models, model, health, metrics, version,
-                        tokenize, detokenize],
+                        tokenize, detokenize, openapi_json],
         before_request=_check_api_key,
         exception_handlers={APIError: _api_error, HTTPException: _http_error,
                             EngineDeadError: _engine_dead, ClientDisconnected: _disconnected,
@@ -137,10 +144,11 @@ def create_app(engine: LLMEngine | None, info: EngineInfo | None, config: Config
         cors_config=CORSConfig(allow_origins=["*"]),  # vLLM's default: browser clients work
         on_startup=[start],
         on_shutdown=[stop],
-        openapi_config=None,
+        openapi_config=openapi_config(),
         logging_config=None,
     )
     app.state.server = server
+    describe_bodies(app)
     # around the whole handler, so 404s and refusals carry x-request-id and get a line too
     app.asgi_handler = RequestLog(app.asgi_handler, config.server.log_requests)
     return app

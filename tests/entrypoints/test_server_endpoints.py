@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -30,6 +31,23 @@ def test_retrieve_model(http, live_server, openai_client):
     assert info.value.code == "model_not_found"
     body = http.get("/v1/models/not-served").json()["error"]
     assert body["code"] == "model_not_found" and body["type"] == "invalid_request_error"
+
+
+def test_openapi_and_docs_need_no_key(live_server):
+    with httpx.Client(base_url=live_server.url) as anonymous:  # no Authorization header
+        response = anonymous.get("/openapi.json")
+        assert response.status_code == 200
+        document = response.json()
+        docs = anonymous.get("/docs")
+    assert document["openapi"].startswith("3.")
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/models"):
+        assert path in document["paths"], path
+    chat = document["paths"]["/v1/chat/completions"]["post"]
+    ref = chat["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    name = ref.rsplit("/", 1)[1]
+    assert "messages" in document["components"]["schemas"][name]["properties"]
+    assert docs.status_code == 200 and "swagger-ui" in docs.text
+    assert '"/v1/chat/completions"' in docs.text  # the page embeds the same document
 
 
 def test_health_and_version(http):
