@@ -107,7 +107,7 @@ class _Reply(ReplyBase):
             message, finish_reason = ChatCompletionMessage(content=c.text), c.finish_reason
             parser = self._parser()
             if parser is not None:
-                parser.feed(c.text, final=True)
+                parser.feed(c.text, final=True, cut=c.finish_reason == "length")
                 message = _message(parser)
                 finish_reason = _finish_reason(parser, c.finish_reason)
             choices.append(ChatCompletionChoice(
@@ -137,7 +137,8 @@ class _Reply(ReplyBase):
                 text, calls, finish_reason = c.text, UNSET, c.finish_reason
                 parser = parsers[c.index]
                 if parser is not None:
-                    text, deltas = parser.feed(c.text, final=c.finish_reason is not None)
+                    text, deltas = parser.feed(c.text, final=c.finish_reason is not None,
+                                               cut=c.finish_reason == "length")
                     calls = _delta_tool_calls(deltas) or UNSET
                     finish_reason = _finish_reason(parser, c.finish_reason)
                 if not (text or calls or with_logprobs or c.finish_reason):
