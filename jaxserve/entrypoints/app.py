@@ -73,7 +73,7 @@ async def version() -> Response:
 
 @get("/openapi.json", include_in_schema=False)
 async def openapi_json(request: Request) -> Response:
-    # vLLM's path; the same document Swagger UI at /docs reads from /docs/openapi.json
+    # vLLM's path; /docs embeds the same document (Litestar also serves it at /docs/openapi.json)
     return Response(content=request.app.openapi_schema.to_schema())
 
 

@@ -59,8 +59,9 @@ def test_round_trip_call_result_answer(openai_client, live_server):
 @pytest.mark.parametrize("stream", [False, True])
 def test_required_with_parallel_calls_ends_by_itself(http, live_server, stream):
     # the grammar used to refuse SmolLM2's "\n\n" before EOS: it repeated the call to the limit
-    body = {"model": live_server.model, "messages": [{"role": "user", "content": "Weather in Paris?"}],
-            "tools": [WEATHER], "tool_choice": "required", "temperature": 0, "max_tokens": 64}
+    body = {"model": live_server.model,
+            "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER],
+            "tool_choice": "required", "temperature": 0, "max_tokens": 64}
     if stream:
         events = http.sse("/v1/chat/completions", body)
         chunks = [e["choices"][0] for e in events if e != "[DONE]" and e["choices"]]
