@@ -35,6 +35,7 @@ RUN_OVERRIDES = {
     "max_stop_strings": "server.max_stop_strings",
     "max_stop_string_length": "server.max_stop_string_length",
     "drain_timeout": "server.drain_timeout",
+    "enable_log_requests": "server.log_requests",
 }
 
 
@@ -83,6 +84,11 @@ def parser() -> argparse.ArgumentParser:
                      help="require this bearer token (default: $JAXSERVE_API_KEY)")
     run.add_argument("--served-model-name")
     _add_limit_flags(run)
+    run.add_argument("--enable-log-requests", action=argparse.BooleanOptionalAction,
+                     help="one jaxserve.access line per request (default: on); "
+                          "--no-enable-log-requests turns it off, as vLLM names it")
+    run.add_argument("--disable-log-requests", dest="enable_log_requests",
+                     action="store_false", default=None, help=argparse.SUPPRESS)
     return root
 
 

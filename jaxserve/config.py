@@ -139,6 +139,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_stop_string_length: int = 1024  # characters
     # seconds a SIGTERM waits for requests in flight before the server exits; None: no bound
     drain_timeout: float | None = None
+    log_requests: bool = True  # one jaxserve.access line per request
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", f"must be in [0, 65535], got {self.port}")

@@ -1,4 +1,7 @@
-"""Offline use without HTTP: ``jaxserve.LLM(config).generate(prompts, params)`` and ``.chat``.
+"""Offline use without HTTP: ``jaxserve.LLM(model=...).generate(prompts, params)`` and ``.chat``.
+
+``LLM`` takes vLLM's keywords (``model``, ``dtype``, ``max_model_len``, ...), a config file, or
+both (``llm_args.py``).
 
 Requests go through the engine's admission in the caller's thread, as the server's do on its
 worker threads; a refused request raises ``ParamError`` (or ``GrammarError``) naming its field, and
@@ -11,18 +14,19 @@ import itertools
 from pathlib import Path
 from typing import Any, Iterator
 
-from jaxserve.config import Config, load_config
+from jaxserve.config import Config
+from jaxserve.llm_args import resolve_config
 from jaxserve.outputs import RequestOutput, merge_delta
 from jaxserve.sampling_params import SamplingParams
 
 
 class LLM:
-    def __init__(self, config: Config | str | Path | None = None, *, progress: bool = True,
-                 **overrides: Any):
+    def __init__(self, model: Config | str | Path | None = None, *,
+                 config: Config | str | Path | None = None, progress: bool = True,
+                 **kwargs: Any):
         from jaxserve.builder import build_engine
 
-        if not isinstance(config, Config):
-            config = load_config(config, overrides)
+        config = resolve_config(model, config, kwargs)
         self.config = config
         self.engine, self.info = build_engine(config, progress=progress)
         self.tokenizer = self.engine.tokenizer

@@ -13,12 +13,15 @@ import logging
 from litestar import Litestar, Request, Response, get, post
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 
 from jaxserve.config import Config
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.entrypoints import serving_misc
 from jaxserve.entrypoints.async_engine import EngineDeadError
 from jaxserve.entrypoints.errors import APIError
+from jaxserve.entrypoints.openapi import describe_bodies, openapi_config
+from jaxserve.entrypoints.request_log import RequestLog
 from jaxserve.entrypoints.responses import ClientDisconnected, error_response
 from jaxserve.entrypoints.serving_chat import create_chat_completion
 from jaxserve.entrypoints.serving_completion import create_completion
@@ -47,6 +50,12 @@ async def models(request: Request) -> Response:
     return serving_misc.list_models(_server(request))
 
 
+@get("/v1/models/{model_id:path}")
+async def model(request: Request, model_id: FromPath[str]) -> Response:
+    # a path parameter: served names may hold a slash (HuggingFaceTB/SmolLM2-135M-Instruct)
+    return serving_misc.retrieve_model(_server(request), model_id.lstrip("/"))
+
+
 @get("/health")
 async def health(request: Request) -> Response:
     return serving_misc.health(_server(request))
@@ -60,6 +69,12 @@ async def metrics(request: Request) -> Response:
 @get("/version")
 async def version() -> Response:
     return serving_misc.version()
+
+
+@get("/openapi.json", include_in_schema=False)
+async def openapi_json(request: Request) -> Response:
+    # vLLM's path; /docs embeds the same document (Litestar also serves it at /docs/openapi.json)
+    return Response(content=request.app.openapi_schema.to_schema())
 
 
 @post("/tokenize")
@@ -127,8 +142,8 @@ def create_app(engine: LLMEngine | None, info: EngineInfo | None, config: Config
         await server.close()
 
     app = Litestar(
-        route_handlers=[chat_completions, completions, models, health, metrics, version,
-                        tokenize, detokenize],
+        route_handlers=[chat_completions, completions, models, model, health, metrics, version,
+                        tokenize, detokenize, openapi_json],
         before_request=_check_api_key,
         exception_handlers={APIError: _api_error, HTTPException: _http_error,
                             EngineDeadError: _engine_dead, ClientDisconnected: _disconnected,
@@ -136,9 +151,13 @@ def create_app(engine: LLMEngine | None, info: EngineInfo | None, config: Config
         cors_config=CORSConfig(allow_origins=["*"]),  # vLLM's default: browser clients work
         on_startup=[start],
         on_shutdown=[stop],
-        openapi_config=None,
+        openapi_config=openapi_config(),
         logging_config=None,
         request_max_body_size=config.server.max_body_bytes,
     )
     app.state.server = server
+    describe_bodies(app)
+    # around the whole handler, so 404s and refusals carry x-request-id and get a line too
+    app.asgi_handler = RequestLog(app.asgi_handler, config.server.log_requests,
+                                  config.server.max_request_id_length)
     return app

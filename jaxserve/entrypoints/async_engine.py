@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from jaxserve.engine.admission import AdmittedRequest
@@ -50,6 +50,7 @@ class RequestStream:
         self._items: deque[RequestOutput] = deque()
         self._error: BaseException | None = None
         self._ready = asyncio.Event()
+        self.observer: Callable[[RequestOutput], None] | None = None  # sees each delta read
 
     def put(self, output: RequestOutput) -> None:
         self._items.append(output)
@@ -77,6 +78,8 @@ class RequestStream:
             while self._items:
                 out = merge_delta(out, self._items.popleft())
         self.finished = out.finished
+        if self.observer is not None:
+            self.observer(out)
         return out
 
     def abort(self) -> None:

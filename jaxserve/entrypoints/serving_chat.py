@@ -37,7 +37,7 @@ from jaxserve.entrypoints.prompts import template_messages
 from jaxserve.entrypoints.protocol import UsageInfo
 from jaxserve.entrypoints.sampling import chat_params
 from jaxserve.entrypoints.serving_common import ReplyBase, admit_request, respond
-from jaxserve.entrypoints.state import ServerState, random_id
+from jaxserve.entrypoints.state import ServerState
 from jaxserve.entrypoints.structured import RequestStructure
 from jaxserve.outputs import RequestOutput
 from jaxserve.structured.tool_parser import ToolCallDelta, ToolCallParser
@@ -48,7 +48,7 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
     admitted = await admit_request(state, request, ChatCompletionRequest, chat_params,
                                    lambda req, structure: _prompt_ids(state, req, structure))
     req, structure = admitted.req, admitted.structure
-    reply = _Reply(state, req, f"chatcmpl-{req.request_id or random_id()}",
+    reply = _Reply(state, req, f"chatcmpl-{admitted.request_id}",
                    admitted.num_prompt_tokens)
     if structure.reads_tool_calls:
         reply.read_tool_calls(structure.tools.names, structure.tools.parallel)
@@ -106,7 +106,7 @@ class _Reply(ReplyBase):
             message, finish_reason = ChatCompletionMessage(content=c.text), c.finish_reason
             parser = self._parser()
             if parser is not None:
-                parser.feed(c.text, final=True)
+                parser.feed(c.text, final=True, cut=c.finish_reason == "length")
                 message = _message(parser)
                 finish_reason = _finish_reason(parser, c.finish_reason)
             choices.append(ChatCompletionChoice(
@@ -136,7 +136,8 @@ class _Reply(ReplyBase):
                 text, calls, finish_reason = c.text, UNSET, c.finish_reason
                 parser = parsers[c.index]
                 if parser is not None:
-                    text, deltas = parser.feed(c.text, final=c.finish_reason is not None)
+                    text, deltas = parser.feed(c.text, final=c.finish_reason is not None,
+                                               cut=c.finish_reason == "length")
                     calls = _delta_tool_calls(deltas) or UNSET
                     finish_reason = _finish_reason(parser, c.finish_reason)
                 if not (text or calls or with_logprobs or c.finish_reason):

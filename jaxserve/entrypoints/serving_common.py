@@ -27,6 +27,7 @@ from jaxserve.entrypoints.errors import APIError, from_param_error
 from jaxserve.entrypoints.limits import check_request
 from jaxserve.entrypoints.protocol import PromptTokensDetails, UsageInfo
 from jaxserve.entrypoints.request_body import read_request
+from jaxserve.entrypoints.request_log import record_of, resolve_request_id
 from jaxserve.entrypoints.responses import (
     DONE,
     json_response,
@@ -52,6 +53,7 @@ class Admitted(Generic[Req]):
     req: Req
     structure: RequestStructure
     requests: list[AdmittedRequest]  # one per prompt
+    request_id: str  # the response id's suffix, and the x-request-id header
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -63,6 +65,7 @@ async def admit_request(state: ServerState, request: Request, request_type: type
     """The request decoded, checked and admitted; every mistake an APIError naming its field."""
     req = await read_request(request, request_type, state.config.server)
     check_request(req, state.config.server)
+    request_id = resolve_request_id(request, req.request_id)
     state.check_model(req.model)
     state.require_ready()  # before tokenizing: a loading server answers 503 at once
     params = params_of(req, state.defaults, state.info.vocab_size)
@@ -70,7 +73,9 @@ async def admit_request(state: ServerState, request: Request, request_type: type
     params.structured_outputs = structure.constraint
     prompt_ids = await prompts_of(req, structure)
     requests = await asyncio.to_thread(_admit, state.admission, prompt_ids, params, structure)
-    return Admitted(req, structure, requests)
+    admitted = Admitted(req, structure, requests, request_id)
+    record_of(request).prompt_tokens = admitted.num_prompt_tokens
+    return admitted
 
 
 def _admit(admission: Admission, prompts: list[list[int]], params: SamplingParams,
@@ -141,12 +146,20 @@ async def respond(request: Request, submit: Callable[[], Awaitable[list[RequestS
                   reply: ReplyBase, stream: bool) -> Response:
     """An SSE stream, or one JSON body once every stream finished; a client that leaves before
     that, even while its requests are being added, has them all aborted."""
+    observe = record_of(request).observe  # the access line's tokens and first token
+
+    async def submitted() -> list[RequestStream]:
+        added = await submit()
+        for s in added:
+            s.observer = observe
+        return added
+
     if stream:
-        return sse_response(reply.stream(await submit()))
+        return sse_response(reply.stream(await submitted()))
     streams: list[RequestStream] = []
 
     async def run() -> list[RequestOutput]:
-        streams.extend(await submit())
+        streams.extend(await submitted())
         return await collect(streams)
 
     try:

@@ -24,7 +24,7 @@ from jaxserve.entrypoints.prompts import completion_prompts
 from jaxserve.entrypoints.protocol import UsageInfo
 from jaxserve.entrypoints.sampling import completion_params
 from jaxserve.entrypoints.serving_common import ReplyBase, admit_request, respond
-from jaxserve.entrypoints.state import ServerState, random_id
+from jaxserve.entrypoints.state import ServerState
 from jaxserve.outputs import CompletionOutput, RequestOutput
 
 
@@ -34,7 +34,7 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     req = admitted.req
     prompt_ids = [r.prompt_token_ids for r in admitted.requests]
     echoes = await _echoes(state, req, prompt_ids)
-    reply = _Reply(state, req, f"cmpl-{req.request_id or random_id()}",
+    reply = _Reply(state, req, f"cmpl-{admitted.request_id}",
                    admitted.num_prompt_tokens, echoes)
     return await respond(request, lambda: state.submit(admitted.requests), reply, req.stream)
 

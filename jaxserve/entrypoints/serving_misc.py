@@ -1,4 +1,4 @@
-"""The small endpoints: ``/v1/models``, ``/health``, ``/metrics``, ``/tokenize``,
+"""The small endpoints: ``/v1/models`` (and one model), ``/health``, ``/metrics``, ``/tokenize``,
 ``/detokenize``, ``/version``."""
 
 from __future__ import annotations
@@ -21,12 +21,21 @@ from jaxserve.entrypoints.tokenize_protocol import (
 )
 
 
-def list_models(state: ServerState) -> Response:
+def _card(state: ServerState) -> ModelCard:
     state.require_ready()
     info = state.info
-    card = ModelCard(id=state.config.model.model_name, created=state.created,
+    return ModelCard(id=state.config.model.model_name, created=state.created,
                      root=str(info.model_dir), max_model_len=info.max_model_len)
-    return json_response(ModelList(data=[card]))
+
+
+def list_models(state: ServerState) -> Response:
+    return json_response(ModelList(data=[_card(state)]))
+
+
+def retrieve_model(state: ServerState, model_id: str) -> Response:
+    """One entry of ``list_models``; any other name is OpenAI's 404 ``model_not_found``."""
+    state.check_model(model_id)
+    return json_response(_card(state))
 
 
 def health(state: ServerState) -> Response:
@@ -36,7 +45,8 @@ def health(state: ServerState) -> Response:
 
 
 def metrics(state: ServerState) -> Response:
-    return Response(content=state.metrics.render(), media_type=CONTENT_TYPE)
+    # the header set whole: a text/* media_type would get a second charset from Litestar
+    return Response(content=state.metrics.render(), headers={"content-type": CONTENT_TYPE})
 
 
 def version() -> Response:

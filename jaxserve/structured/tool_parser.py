@@ -16,8 +16,9 @@ and tool-call deltas in OpenAI's order (a call's index, id and name first, then 
 fragments). Text that might still turn out to be the start of a tool call (a partial
 ``<tool_call``, a JSON object whose name is not complete) is held back until it is decided.
 Content is stripped of leading and trailing whitespace, so the newlines around calls vanish.
-A reply cut off (max_tokens) inside a call keeps the call with its arguments cut short, or,
-when even the name was not whole, drops the unfinished block.
+A reply that ends inside a call (max_tokens) drops the unfinished call, so no call is reported
+with broken arguments; a stream has said its fragments already, and ends with ``length``. With
+``cut`` the start of a ``<tool_call>`` tag at the very end is dropped too, not shown as content.
 """
 
 from __future__ import annotations
@@ -66,11 +67,14 @@ class ToolCallParser:
         # the call being read: its index in self.calls once its name is known
         self._current: int | None = None
         self._said_arguments = 0  # characters of the current call's arguments already said
+        self._cut = False  # the reply was cut off by max_tokens
 
-    def feed(self, text: str, final: bool = False) -> tuple[str, list[ToolCallDelta]]:
+    def feed(self, text: str, final: bool = False,
+             cut: bool = False) -> tuple[str, list[ToolCallDelta]]:
         """Add new model text; returns the content and the tool-call deltas it decides. With
-        ``final`` everything still held back is decided."""
+        ``final`` everything still held back is decided; ``cut`` says max_tokens ended it."""
         self._buffer += text
+        self._cut = cut
         content: list[str] = []
         deltas: list[ToolCallDelta] = []
         while True:
@@ -98,9 +102,9 @@ class ToolCallParser:
             self._buffer = self._buffer[at + len(TOOL_CALL_OPEN):]
             self._mode = "tagged"
             return True
-        keep = 0 if final else _partial_suffix(self._buffer, TOOL_CALL_OPEN)
+        keep = 0 if final and not self._cut else _partial_suffix(self._buffer, TOOL_CALL_OPEN)
         content.append(self._buffer[:len(self._buffer) - keep])
-        self._buffer = self._buffer[len(self._buffer) - keep:]
+        self._buffer = "" if final else self._buffer[len(self._buffer) - keep:]
         return False
 
     def _call(self, content, deltas, final) -> bool:
@@ -130,12 +134,12 @@ class ToolCallParser:
             else:
                 self._current = -1  # a second call when only one is allowed: read, then drop
         if self._current is not None:
-            self._say_arguments(scan, deltas, complete=scan.end is not None or final)
+            self._say_arguments(scan, deltas, complete=scan.end is not None)
         if scan.end is None:
             if final:
                 if self._current is None:
                     return self._cut_off(content, tagged)
-                self._end_call(len(self._buffer))  # announced: its arguments are cut short
+                self._drop_unfinished(scan)
             return False
         if self._current is None:  # a whole object without a name
             return self._give_up(content, tagged)
@@ -145,8 +149,10 @@ class ToolCallParser:
             tail = self._buffer[close:]
             if tail.startswith(TOOL_CALL_CLOSE):
                 rest = close + len(TOOL_CALL_CLOSE)
-            elif TOOL_CALL_CLOSE.startswith(tail) and not final:
-                return False  # the closing tag may be arriving
+            elif TOOL_CALL_CLOSE.startswith(tail):
+                if not final:
+                    return False  # the closing tag may be arriving
+                rest = len(self._buffer)  # the call is whole; only its closing tag was cut
         self._end_call(rest)
         return True
 
@@ -189,6 +195,13 @@ class ToolCallParser:
         self._current = None
         self._said_arguments = 0
         self._mode = "text"
+
+    def _drop_unfinished(self, scan: ObjectScan) -> None:
+        """The reply ended inside an announced call: kept only if its arguments are whole."""
+        span = self._arguments_span(scan)
+        if self._current >= 0 and (span is None or span[1] is None):
+            del self.calls[self._current]
+        self._end_call(len(self._buffer))
 
     def _give_up(self, content: list[str], tagged: bool) -> bool:
         """What looked like a call is not one: it is content after all."""

@@ -10,7 +10,11 @@ chat templates (Qwen2.5, Hermes) use natively::
 ``tool_choice`` "required" or a named function turns into a Lark grammar of exactly that: the
 name is one of the allowed functions, written as a literal, and the arguments are that function's
 parameter schema inlined as ``%json``; with "required" and ``parallel_tool_calls`` more calls may
-follow, one per block, while a named function is called once. "auto" adds no grammar: the model decides and ``tool_parser`` reads what it wrote.
+follow, one block per line, while a named function is called once. After the last of several
+calls a blank line may come before the end: a model ends its turn that way (SmolLM2 writes
+``"\n\n"`` then EOS), and a grammar that refused it left "\n" and another call as its only way
+on, so it repeated its call until ``max_tokens``. "auto" adds no grammar: the model decides and
+``tool_parser`` reads what it wrote.
 """
 
 from __future__ import annotations
@@ -137,7 +141,7 @@ def _named_choice(tool_choice: Any) -> str:
 def call_grammar(functions: list[Function] | tuple[Function, ...], parallel: bool) -> str:
     """Lark: one Hermes tool-call block per call, the name a literal, the arguments the
     function's parameter schema."""
-    lines = ['start: call ("\\n" call)*' if parallel else "start: call",
+    lines = ['start: call ("\\n" call)* /[ \\t\\r\\n]{1,2}/?' if parallel else "start: call",
              "call: " + " | ".join(f"call_{i}" for i in range(len(functions)))]
     tail = _lark_string("}\n" + TOOL_CALL_CLOSE)
     for i, function in enumerate(functions):

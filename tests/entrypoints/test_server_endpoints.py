@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import jaxserve
 
@@ -16,6 +18,36 @@ def test_models(http, live_server):
     assert card["max_model_len"] == live_server.max_model_len
     client = openai.OpenAI(base_url=live_server.base_url, api_key=live_server.api_key)
     assert [m.id for m in client.models.list()] == [live_server.model]
+
+
+def test_retrieve_model(http, live_server, openai_client):
+    listed = http.get("/v1/models").json()["data"][0]
+    response = http.get(f"/v1/models/{live_server.model}")
+    assert response.status_code == 200 and response.json() == listed
+    model = openai_client.models.retrieve(live_server.model)
+    assert model.id == live_server.model and model.object == "model"
+    with pytest.raises(openai.NotFoundError) as info:
+        openai_client.models.retrieve("org/not-served")
+    assert info.value.code == "model_not_found"
+    body = http.get("/v1/models/not-served").json()["error"]
+    assert body["code"] == "model_not_found" and body["type"] == "invalid_request_error"
+
+
+def test_openapi_and_docs_need_no_key(live_server):
+    with httpx.Client(base_url=live_server.url) as anonymous:  # no Authorization header
+        response = anonymous.get("/openapi.json")
+        assert response.status_code == 200
+        document = response.json()
+        docs = anonymous.get("/docs")
+    assert document["openapi"].startswith("3.")
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/models"):
+        assert path in document["paths"], path
+    chat = document["paths"]["/v1/chat/completions"]["post"]
+    ref = chat["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    name = ref.rsplit("/", 1)[1]
+    assert "messages" in document["components"]["schemas"][name]["properties"]
+    assert docs.status_code == 200 and "swagger-ui" in docs.text
+    assert '"/v1/chat/completions"' in docs.text  # the page embeds the same document
 
 
 def test_health_and_version(http):
@@ -49,6 +81,18 @@ def test_metrics(http):
     assert value("jaxserve:e2e_request_latency_seconds_count") >= 1
     assert value("jaxserve:inter_token_latency_seconds_count") >= 2
     assert value("jaxserve:compilations_after_warmup_total") == 0  # the buckets were enough
+
+
+def test_metrics_exposition_parses(http):
+    response = http.get("/metrics")
+    (content_type,) = response.headers.get_list("content-type")
+    media, *params = [p.strip() for p in content_type.split(";")]
+    assert media == "text/plain"
+    names = [p.partition("=")[0].lower() for p in params]
+    assert sorted(names) == sorted(set(names)) and "charset" in names, content_type
+    families = {f.name for f in text_string_to_metric_families(response.text)}
+    assert {"jaxserve:time_to_first_token_seconds", "jaxserve:kv_cache_usage_perc",
+            "jaxserve:generation_tokens"} <= families
 
 
 def test_tokenize_prompt_and_detokenize(http, live_server):

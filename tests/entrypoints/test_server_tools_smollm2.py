@@ -56,6 +56,28 @@ def test_round_trip_call_result_answer(openai_client, live_server):
         answer.message.content
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_required_with_parallel_calls_ends_by_itself(http, live_server, stream):
+    # the grammar used to refuse SmolLM2's "\n\n" before EOS: it repeated the call to the limit
+    body = {"model": live_server.model,
+            "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER],
+            "tool_choice": "required", "temperature": 0, "max_tokens": 64}
+    if stream:
+        events = http.sse("/v1/chat/completions", body)
+        chunks = [e["choices"][0] for e in events if e != "[DONE]" and e["choices"]]
+        finish_reason = next(c["finish_reason"] for c in chunks if c["finish_reason"])
+        content = "".join(c["delta"].get("content") or "" for c in chunks)
+        arguments = "".join(t["function"].get("arguments") or ""
+                            for c in chunks for t in c["delta"].get("tool_calls") or [])
+        calls = [json.loads(arguments)]  # a lone call: its fragments join
+    else:
+        (choice,) = http.post("/v1/chat/completions", json=body).json()["choices"]
+        finish_reason, content = choice["finish_reason"], choice["message"]["content"]
+        calls = [json.loads(c["function"]["arguments"]) for c in choice["message"]["tool_calls"]]
+    assert finish_reason == "tool_calls" and not content
+    assert calls and all("paris" in c["city"].lower() for c in calls)
+
+
 def test_streamed_named_call_accumulates_in_the_sdk(openai_client, live_server):
     named = {"type": "function", "function": {"name": "get_weather"}}
     with openai_client.chat.completions.stream(model=live_server.model, messages=ASK,

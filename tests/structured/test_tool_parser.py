@@ -45,7 +45,9 @@ CASES = [
     ("Hello <tool there", "Hello <tool there", []),
     ("<tool_call>not json</tool_call> ok", "<tool_call>not json</tool_call> ok", []),
     ("Plain answer.\n\n", "Plain answer.", []),
-    (WEATHER[:-20], None, [("get_weather", '{"city": "P')]),  # cut off by max_tokens
+    (WEATHER[:-20], None, []),  # cut off by max_tokens inside the arguments: dropped
+    (WEATHER[:-5], None, [("get_weather", '{"city": "Paris"}')]),  # only the closing tag cut
+    (WEATHER + "\n" + WEATHER[:-20], None, [("get_weather", '{"city": "Paris"}')]),
     ("Hi " + WEATHER[:20], "Hi", []),  # cut off before the name was whole
     ("Hi <tool_call>", "Hi", []),
     ('{"name": "ad', '{"name": "ad', []),  # a bare object cut short: nothing says it is a call
@@ -67,7 +69,35 @@ def test_streamed_deltas_add_up_to_the_whole_reply(text, content, calls):
         cuts = list(range(step, len(text), step))
         got_content, got_calls, _ = stream(text, cuts)
         assert got_content == content, step
-        assert [(name, args) for _, name, args in got_calls] == calls, step
+        streamed = [(name, args) for _, name, args in got_calls]
+        if text.endswith(WEATHER[:-20]):  # the cut call's fragments went out before the cut
+            streamed = streamed[:-1]
+        assert streamed == calls, step
+
+
+@pytest.mark.parametrize("text", [WEATHER + "\n<tool", WEATHER + "\n<tool_call>\n{\"na"])
+def test_markup_cut_by_max_tokens_is_not_content(text):
+    parser = ToolCallParser(NAMES)
+    content, _ = parser.feed(text, final=True, cut=True)
+    assert content == "" and parser.content == ""
+    assert [(c.name, c.arguments) for c in parser.calls] == [("get_weather", '{"city": "Paris"}')]
+    for step in (1, 3):
+        got_content, got_calls, _ = stream_cut(text, list(range(step, len(text), step)))
+        assert got_content == "" and len(got_calls) == 1
+
+
+def stream_cut(text: str, cuts: list[int]):
+    parser = ToolCallParser(NAMES)
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    said = "".join(parser.feed(p, final=i == len(pieces) - 1, cut=True)[0]
+                   for i, p in enumerate(pieces))
+    return said, parser.calls, None
+
+
+def test_a_plain_reply_ending_in_a_tag_start_keeps_it_unless_cut():
+    assert parse_tool_calls("a <tool", NAMES)[0] == "a <tool"
+    parser = ToolCallParser(NAMES)
+    assert parser.feed("a <tool", final=True, cut=True)[0] == "a"
 
 
 def test_name_comes_first_then_argument_fragments():
