@@ -77,12 +77,14 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
     from jaxserve.models.llama_config import LlamaConfig
     from jaxserve.models.loader import load_weights
     from jaxserve.pull import resolve_model
+    from jaxserve.runner import distributed
     from jaxserve.runner.attention import make_attention_backend
     from jaxserve.runner.compile_cache import backend_compile_count, enable_persistent_cache
     from jaxserve.runner.model_runner import ModelRunner
     from jaxserve.runner.sharding import abstract_sharded_model
     from jaxserve.structured import GrammarBackend
 
+    distributed.initialize(config.parallel)  # before jax touches a device
     freeze_imports()
     xla_cache = enable_persistent_cache()
     backend_compile_count()  # install the listener before the first compilation
@@ -135,6 +137,8 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
             widest = min(sched.max_num_seqs, sched.multi_step_max_seqs or sched.max_num_seqs)
             padding += [shapes.padding_inputs(b, sched.num_decode_steps)
                         for b in decode_buckets(sched.token_buckets, sched.seq_buckets, widest)]
+        if config.parallel.nnodes > 1:  # rank 0 sends its steps; the others receive them
+            runner.channel = distributed.StepChannel(shapes.padding_inputs)
         runner.start_warmup(padding, progress)
         tokenizer = load_tokenizer(model_dir, config.model.chat_template)
         eos = eos_ids(model_dir, tokenizer, model_cfg.eos_token_ids)

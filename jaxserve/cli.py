@@ -27,6 +27,10 @@ RUN_OVERRIDES = {
     "kv_cache_dtype": "cache.dtype",
     "layers_per_call": "model.layers_per_call",
     "tensor_parallel_size": "parallel.tensor_parallel_size",
+    "nnodes": "parallel.nnodes",
+    "node_rank": "parallel.node_rank",
+    "master_addr": "parallel.master_addr",
+    "master_port": "parallel.master_port",
     "max_waiting_requests": "server.max_waiting_requests",
     "max_body_bytes": "server.max_body_bytes",
     "max_nesting_depth": "server.max_nesting_depth",
@@ -54,6 +58,10 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                         "default: the config's (none: the whole model in one program)")
     p.add_argument("--tensor-parallel-size", "-tp", type=int,
                    help="devices to split the model over (a divisor of its attention heads)")
+    p.add_argument("--nnodes", type=int, help="processes sharing one mesh (jax.distributed)")
+    p.add_argument("--node-rank", type=int, help="this process's rank; 0 serves HTTP")
+    p.add_argument("--master-addr", help="rank 0's address, for jax.distributed")
+    p.add_argument("--master-port", type=int, help="rank 0's coordination port")
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--max-num-seqs", type=int)
     p.add_argument("--max-num-batched-tokens", type=int)

@@ -117,10 +117,25 @@ class ParallelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # devices the model is split over (vLLM's --tensor-parallel-size): weights Megatron-style,
     # the K/V cache over KV heads, see docs/scaling.md; it must divide the attention heads
     tensor_parallel_size: int = 1
+    # processes (hosts) that share one mesh through jax.distributed (vLLM's --nnodes); rank 0
+    # serves HTTP and leads, the others run its steps on their devices (docs/scaling.md)
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"  # rank 0's address, where jax.distributed coordinates
+    master_port: int = 29500
+    # seconds without a heartbeat after which a lost process fails the others
+    heartbeat_timeout: int = 10
 
     def __post_init__(self) -> None:
         _check(self.tensor_parallel_size >= 1, "parallel.tensor_parallel_size",
                f"must be at least 1, got {self.tensor_parallel_size}")
+        _check(self.nnodes >= 1, "parallel.nnodes", f"must be at least 1, got {self.nnodes}")
+        _check(0 <= self.node_rank < self.nnodes, "parallel.node_rank",
+               f"must be in [0, {self.nnodes}), got {self.node_rank}")
+        _check(0 < self.master_port <= 65535, "parallel.master_port",
+               f"must be in [1, 65535], got {self.master_port}")
+        _check(self.heartbeat_timeout >= 1, "parallel.heartbeat_timeout",
+               f"must be at least 1, got {self.heartbeat_timeout}")
 
 
 class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

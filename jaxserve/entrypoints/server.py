@@ -73,9 +73,27 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
+def follow(config: Config) -> None:
+    """A follower process (``--node-rank`` > 0): build the same engine, serve no port, run rank
+    0's steps on this process's devices until rank 0 stops them."""
+    from jaxserve.builder import build_engine
+
+    try:
+        engine, _ = build_engine(config, progress=True, freeze=True)
+    finally:
+        gc.enable()
+    log.info("rank %d ready: following rank 0 at %s:%d", config.parallel.node_rank,
+             config.parallel.master_addr, config.parallel.master_port)
+    engine.runner.follow()
+    log.info("rank 0 stopped; exiting")
+
+
 def serve(config: Config) -> None:
     """Serve the OpenAI-compatible API; blocks until the server is told to stop."""
     _log_to_stderr()
+    if config.parallel.node_rank > 0:
+        follow(config)
+        return
     app = create_app(None, None, config)
     state: ServerState = app.state.server
     server = _Server(uvicorn.Config(
@@ -87,5 +105,8 @@ def serve(config: Config) -> None:
     failed = threading.Event()
     _build_in_background(config, state, server, failed)
     server.run()
+    channel = None if state.engine is None else state.engine.engine.runner.channel
+    if channel is not None:  # the engine thread has stopped: no step is in flight
+        channel.send_stop()
     if failed.is_set():
         sys.exit("jaxserve: the engine could not be built (see the error above)")

@@ -73,6 +73,7 @@ class ModelRunner:
             (num_pages, 2, cfg.num_key_value_heads, page_size, cfg.head_dim), kv_storage,
             sharding=None if mesh is None else kv_cache_sharding(mesh))
         self.kv_caches: list[jax.Array] | None = None
+        self.channel = None  # a StepChannel when the mesh spans processes (runner/distributed.py)
         # i32[R]: the last token each sample row of the latest step drew; R = the widest bucket
         self.last_tokens = jnp.zeros(max_rows, jnp.int32, device=self.input_sharding)
         self.num_pages = num_pages
@@ -200,7 +201,18 @@ class ModelRunner:
 
     # ---- the step ----------------------------------------------------------------------------
     def launch(self, inputs: StepInputs) -> tuple:
-        """Dispatch the step; returns its (still computing) device outputs."""
+        """Dispatch the step; returns its (still computing) device outputs. Across processes
+        the step first goes to the followers, which make the same call (runner/distributed.py)."""
+        if self.channel is not None:
+            self.channel.send(inputs)
+        return self._dispatch(inputs)
+
+    def follow(self) -> None:
+        """A follower's loop: run the leader's steps on this process's shards until it stops."""
+        while (inputs := self.channel.receive()) is not None:
+            self._dispatch(inputs)
+
+    def _dispatch(self, inputs: StepInputs) -> tuple:
         if len(inputs.page_copies):
             self._run_copies(inputs.page_copies)
         key = (inputs.bucket, inputs.num_steps)
@@ -214,8 +226,11 @@ class ModelRunner:
         return outs
 
     def fetch(self, outs: tuple) -> StepResult:
-        # the one device-to-host transfer of the step
-        tokens, logprobs, top_ids, top_lps = jax.device_get(outs)
+        # the one device-to-host transfer of the step; the outputs are replicated, so across
+        # processes this one's own copy is the whole of them
+        tokens, logprobs, top_ids, top_lps = (
+            jax.device_get(x) if x.is_fully_addressable else np.asarray(x.addressable_data(0))
+            for x in outs)
         if tokens.ndim == 1:  # one step: give it the [K = 1] axis the engine reads
             tokens, logprobs, top_ids, top_lps = (x[None] for x in (tokens, logprobs, top_ids, top_lps))
         return StepResult(tokens, logprobs, top_ids, top_lps)

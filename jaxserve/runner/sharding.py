@@ -73,6 +73,9 @@ def make_mesh(tp: int) -> Mesh:
     if tp > len(devices):
         raise ConfigError(f"parallel.tensor_parallel_size: {tp} exceeds the {len(devices)} "
                           f"{jax.default_backend()} devices this process sees")
+    if jax.process_count() > 1 and tp != len(devices):
+        raise ConfigError(f"parallel.tensor_parallel_size: {tp} must be all {len(devices)} "
+                          f"devices of the {jax.process_count()} processes")
     return Mesh(np.array(devices[:tp]), (AXIS,))
 
 

@@ -160,3 +160,19 @@ def test_tensor_parallel_size_flag_and_config():
     assert config_from_args(parser().parse_args(run)).parallel.tensor_parallel_size == 1
     with pytest.raises(ConfigError, match="parallel.tensor_parallel_size: must be at least 1"):
         load_config(TINY_CONFIG, {"parallel.tensor_parallel_size": 0})
+
+
+def test_multihost_flags_and_config():
+    """vLLM's --nnodes, --node-rank, --master-addr and --master-port set the parallel section;
+    a rank outside [0, nnodes) is a config error naming the field."""
+    from jaxserve.cli import config_from_args, parser
+    from jaxserve.config import load_config
+    from tests.support.configs import TINY_CONFIG
+
+    flags = ["run", "--config", str(TINY_CONFIG), "--nnodes", "2", "--node-rank", "1",
+             "--master-addr", "10.0.0.1", "--master-port", "29501"]
+    parallel = config_from_args(parser().parse_args(flags)).parallel
+    assert (parallel.nnodes, parallel.node_rank, parallel.master_addr,
+            parallel.master_port) == (2, 1, "10.0.0.1", 29501)
+    with pytest.raises(ConfigError, match=r"parallel.node_rank: must be in \[0, 2\), got 2"):
+        load_config(TINY_CONFIG, {"parallel.nnodes": 2, "parallel.node_rank": 2})
