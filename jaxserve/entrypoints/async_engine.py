@@ -7,14 +7,17 @@ loop in one ``call_soon_threadsafe``, where each lands in its request's ``Reques
 client therefore never stalls the batch: its deltas wait in its stream and are merged into one
 when it reads again.
 
-If the step loop raises, the engine is dead: every waiting caller gets ``EngineDeadError`` and new
-requests are refused, so nothing hangs.
+If the step loop raises, the engine is dead: every waiting caller gets ``EngineDeadError``, new
+requests are refused, so nothing hangs, and ``on_death`` tells the server (which then exits
+non-zero, for a supervisor to restart it). ``JAXSERVE_INJECT_FAULT_AFTER_STEPS=N`` makes step
+N + 1 raise, for the tests of that path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -90,9 +93,12 @@ class RequestStream:
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, observer: StepObserver | None = None):
+    def __init__(self, engine: LLMEngine, observer: StepObserver | None = None,
+                 on_death: Callable[[BaseException], None] | None = None):
+        """on_death: called on the event loop once the step loop failed (not when stopped)."""
         self.engine = engine
         self.observer = observer
+        self.on_death = on_death
         self.dead: BaseException | None = None
         self._commands: queue.Queue[tuple] = queue.Queue()
         self._streams: dict[str, RequestStream] = {}
@@ -189,18 +195,24 @@ class AsyncEngine:
 
     # ---- the engine thread -------------------------------------------------------------------
     def _run(self) -> None:
+        fault_after = int(os.environ.get("JAXSERVE_INJECT_FAULT_AFTER_STEPS", "0") or 0)
+        steps = 0
         try:
             while self._apply_commands(block=not self.engine.has_unfinished_requests()):
                 if self.engine.has_unfinished_requests():
+                    steps += 1
+                    if fault_after and steps > fault_after:
+                        raise RuntimeError(f"injected fault after {fault_after} steps")
                     outputs = self.engine.step()
                     if self.observer is not None:
                         self.observer.step_done(self.engine, outputs)
                     if outputs:
                         self._loop.call_soon_threadsafe(self._deliver, outputs)
             error: BaseException = EngineDeadError("the engine was stopped")
+            failed = False
         except BaseException as exc:  # any failure must reach the waiting callers
             log.exception("the engine step loop failed")
-            error = exc
+            error, failed = exc, True
         try:
             for request_id in list(self.engine.requests):
                 self.engine.abort_request(request_id)
@@ -208,6 +220,8 @@ class AsyncEngine:
             log.exception("aborting the requests of a failed engine")
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._fail_all, error)
+            if failed and self.on_death is not None:
+                self._loop.call_soon_threadsafe(self.on_death, error)
 
     def _apply_commands(self, block: bool) -> bool:
         """Apply queued commands; block for the first one when idle. False means stop."""

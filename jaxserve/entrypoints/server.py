@@ -103,10 +103,20 @@ def serve(config: Config) -> None:
         timeout_graceful_shutdown=config.server.drain_timeout,
     ))
     failed = threading.Event()
+    died: list[BaseException] = []
+
+    def engine_died(error: BaseException) -> None:  # on the event loop; the callers have errors
+        died.append(error)
+        server.should_exit = True
+
+    state.on_engine_death = engine_died
     _build_in_background(config, state, server, failed)
     server.run()
-    channel = None if state.engine is None else state.engine.engine.runner.channel
+    runner = None if state.engine is None else state.engine.engine.runner
+    channel = getattr(runner, "channel", None)
     if channel is not None:  # the engine thread has stopped: no step is in flight
         channel.send_stop()
+    if died:
+        sys.exit(f"jaxserve: the engine failed ({died[0]!r}); exiting so a supervisor restarts it")
     if failed.is_set():
         sys.exit("jaxserve: the engine could not be built (see the error above)")

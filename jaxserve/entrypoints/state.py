@@ -11,6 +11,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from jaxserve.config import Config
 from jaxserve.engine.admission import Admission, AdmittedRequest
@@ -47,6 +48,8 @@ class ServerState:
         self.created = int(time.time())
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started = threading.Event()  # the app's startup ran: self.loop is set
+        # what to do when the engine's step loop fails (serve: exit non-zero); None: nothing
+        self.on_engine_death: Callable[[BaseException], None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self, engine: LLMEngine | None, info: EngineInfo | None) -> None:
@@ -64,7 +67,7 @@ class ServerState:
         self.prompts = Prompts(engine.tokenizer)
         self.token_str = TokenStrings(engine.tokenizer)
         self.metrics.attach(engine)
-        self.engine = AsyncEngine(engine, observer=self.metrics)
+        self.engine = AsyncEngine(engine, observer=self.metrics, on_death=self.on_engine_death)
         self.engine.start()
 
     def attach_threadsafe(self, engine: LLMEngine, info: EngineInfo) -> None:

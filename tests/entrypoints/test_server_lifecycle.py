@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,12 +16,7 @@ import msgspec
 import pytest
 
 from tests.support.configs import ROOT, TINY_CONFIG
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.subprocess_server import free_port, start_server
 
 
 def test_run_reports_progress_and_drains_on_sigterm(tmp_path):
@@ -71,29 +65,6 @@ def test_run_reports_progress_and_drains_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def start_server(tmp_path, *flags: str) -> tuple[subprocess.Popen, str, object]:
-    """`jaxserve run` on the tiny model, once /health says 200; (process, url, log path)."""
-    port = free_port()
-    log = tmp_path / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jaxserve.cli", "run", "--config", str(TINY_CONFIG),
-             "--host", "127.0.0.1", "--port", str(port), *flags],
-            stdout=stderr, stderr=stderr, env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
-                return proc, url, log
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
 
 
 # eight samples of 500 tokens, twice over: seconds of work for the tiny model
