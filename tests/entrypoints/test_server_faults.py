@@ -10,7 +10,7 @@ import time
 import httpx
 import msgspec
 
-from tests.support.subprocess_server import start_server
+from tests.support.subprocess_server import start_server, stop
 
 
 def test_a_fault_in_a_step_fails_every_request_and_exits_non_zero(tmp_path):
@@ -42,6 +42,4 @@ def test_a_fault_in_a_step_fails_every_request_and_exits_non_zero(tmp_path):
         assert time.monotonic() - started < 30
         assert "the engine failed" in log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)

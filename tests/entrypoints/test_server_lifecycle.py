@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from tests.support.configs import ROOT, TINY_CONFIG
-from tests.support.subprocess_server import free_port, start_server
+from tests.support.subprocess_server import free_port, start_server, stop
 
 
 def test_run_reports_progress_and_drains_on_sigterm(tmp_path):
@@ -62,9 +62,7 @@ def test_run_reports_progress_and_drains_on_sigterm(tmp_path):
         assert proc.wait(timeout=30) == 0, log.read_text()
         assert "Application shutdown complete" in log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 # eight samples of 500 tokens, twice over: seconds of work for the tiny model
@@ -113,9 +111,7 @@ def test_a_drain_timeout_cuts_the_drain_short_then_exits_0(tmp_path):
         assert time.monotonic() - started < 30
         assert "Application shutdown complete" in log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -127,6 +123,4 @@ def test_a_second_signal_exits_at_once(tmp_path, second):
         assert "data: [DONE]" not in lines
         assert "exiting without draining" in log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)

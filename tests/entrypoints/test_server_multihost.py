@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,10 @@ import openai
 import pytest
 
 from tests.support.configs import ROOT, TINY_CONFIG
+from tests.support.subprocess_server import free_port, stop, wait_healthy
 
 KEY = "mh-key"
 PROMPTS = ["hello there", "the quick brown fox " * 6, "a"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_pair(tmp_path) -> tuple[subprocess.Popen, subprocess.Popen, str]:
@@ -43,27 +37,12 @@ def start_pair(tmp_path) -> tuple[subprocess.Popen, subprocess.Popen, str]:
                                       cwd=ROOT))
     follower, leader = procs
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        assert leader.poll() is None and follower.poll() is None, logs(tmp_path)
-        assert time.monotonic() < deadline, logs(tmp_path)
-        try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
-                return leader, follower, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
+    wait_healthy(url, procs, lambda: logs(tmp_path))
+    return leader, follower, url
 
 
 def logs(tmp_path) -> str:
     return "\n".join((tmp_path / f"rank{r}.log").read_text()[-2000:] for r in (0, 1))
-
-
-def stop(*procs: subprocess.Popen) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def completions(base_url: str, api_key: str, model: str) -> list[list[str]]:

@@ -7,17 +7,10 @@ subprocess; the one-device reference is the session's live server (tests/entrypo
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
-import httpx
 import openai
 import pytest
 
-from tests.support.configs import ROOT, TINY_CONFIG
+from tests.support.subprocess_server import start_server, stop
 
 KEY = "tp-key"
 MESSAGES = [[{"role": "user", "content": f"Tell me about {topic}."}]
@@ -26,37 +19,18 @@ MESSAGES = [[{"role": "user", "content": f"Tell me about {topic}."}]
 
 @pytest.fixture(scope="module")
 def tp_client(tmp_path_factory):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = tmp_path_factory.mktemp("tp-server") / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAXSERVE_API_KEY": KEY,
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jaxserve.cli", "run", "--config", str(TINY_CONFIG),
-             "--host", "127.0.0.1", "--port", str(port), "-tp", "2"],
-            stdout=out, stderr=out, env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
+    proc, url, log = start_server(
+        tmp_path_factory.mktemp("tp-server"), "-tp", "2",
+        env={"JAXSERVE_API_KEY": KEY, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
         assert "tensor parallel 2" in log.read_text()
         yield openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        finally:
+            stop(proc)
 
 
 def chat(client, model, **kwargs):

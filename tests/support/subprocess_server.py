@@ -33,13 +33,27 @@ def start_server(tmp_path, *flags: str, env: dict[str, str] | None = None
              "--host", "127.0.0.1", "--port", str(port), *flags],
             stdout=stderr, stderr=stderr, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
+    wait_healthy(url, [proc], log.read_text)
+    return proc, url, log
+
+
+def wait_healthy(url: str, procs: list[subprocess.Popen], logs, timeout: float = 300) -> None:
+    """Until url's /health says 200; fails with logs() if a process ends or time runs out."""
+    deadline = time.monotonic() + timeout
     while True:
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
+        assert all(p.poll() is None for p in procs), logs()
+        assert time.monotonic() < deadline, logs()
         try:
             if httpx.get(url + "/health", timeout=5).status_code == 200:
-                return proc, url, log
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
+
+
+def stop(*procs: subprocess.Popen) -> None:
+    """Kill what still runs (a test's cleanup, whatever it asserted)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
