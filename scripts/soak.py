@@ -7,9 +7,9 @@ mid-stream, bad inputs mixed in, optionally a SIGTERM in the middle; then the ch
 Every request that was read to its end must have produced exactly its ``max_tokens`` (it asks
 ``ignore_eos``), every bad input must get a 4xx, no response may be a 5xx, and at the end (unless
 SIGTERM ended the server) the server must be idle with every KV page free (``/metrics``), its RSS
-grown by at most ``--max-rss-growth``, and its log free of tracebacks. It prints a one-screen
-summary and exits non-zero on any failure. Traffic goes to the given URL only; the loops are
-bounded by ``--minutes``.
+grown by at most ``--max-rss-growth`` since the end of a warm-up, and its log free of
+tracebacks. It prints a one-screen summary and exits non-zero on any failure. Traffic goes to
+the given URL only; the loops are bounded by ``--minutes``.
 """
 
 from __future__ import annotations
@@ -158,6 +158,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sigterm-after", type=float, default=None, metavar="SECONDS",
                    help="send the server SIGTERM this long into the run (needs --pid)")
     p.add_argument("--max-rss-growth", type=float, default=0.05)
+    p.add_argument("--warmup-minutes", type=float, default=0.5,
+                   help="traffic before the RSS baseline is read: first-use allocations of the "
+                        "server (connection buffers, executables' scratch) are not growth")
     return p
 
 
@@ -166,15 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     tally, stop = Tally(), threading.Event()
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     admin = httpx.Client(base_url=args.url, headers=headers, timeout=30)
-    rss_start = rss_bytes(args.pid)
     started = time.monotonic()
     deadline = started + 60 * args.minutes
     threads = [threading.Thread(target=worker, args=(args, i, deadline, stop, tally))
                for i in range(args.streams)]
     for thread in threads:
         thread.start()
+    time.sleep(min(60 * args.warmup_minutes, 60 * args.minutes))
+    rss_start = rss_bytes(args.pid)
     if args.sigterm_after is not None and args.pid is not None:
-        time.sleep(args.sigterm_after)
+        time.sleep(max(0.0, args.sigterm_after - (time.monotonic() - started)))
         stop.set()
         os.kill(args.pid, signal.SIGTERM)
     for thread in threads:
