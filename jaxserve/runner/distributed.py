@@ -107,17 +107,19 @@ class StepChannel:
                                     for x, e in zip(received, expected)])
 
 
+# the array fields a step sends, in order: StepInputs' own (its ints travel in the header), then
+# its SamplingArrays'
+_STEP_ARRAYS = tuple(f.name for f in dataclasses.fields(StepInputs)
+                     if f.name not in ("bucket", "sampling", "num_steps", "num_sample_rows"))
+_SAMPLING_ARRAYS = tuple(f.name for f in dataclasses.fields(SamplingArrays))
+
+
 def _arrays(inputs: StepInputs) -> tuple:
-    fields = [f.name for f in dataclasses.fields(StepInputs)
-              if f.name not in ("bucket", "sampling", "num_steps", "num_sample_rows")]
-    sampling = [getattr(inputs.sampling, f.name) for f in dataclasses.fields(SamplingArrays)]
-    return tuple(np.asarray(getattr(inputs, name)) for name in fields) + tuple(sampling)
+    return (tuple(np.asarray(getattr(inputs, name)) for name in _STEP_ARRAYS)
+            + tuple(getattr(inputs.sampling, name) for name in _SAMPLING_ARRAYS))
 
 
 def _from_arrays(shape: StepInputs, arrays: list[np.ndarray]) -> StepInputs:
-    fields = [f.name for f in dataclasses.fields(StepInputs)
-              if f.name not in ("bucket", "sampling", "num_steps", "num_sample_rows")]
-    sampling_names = [f.name for f in dataclasses.fields(SamplingArrays)]
-    step = dict(zip(fields, arrays[:len(fields)]))
-    sampling = SamplingArrays(**dict(zip(sampling_names, arrays[len(fields):])))
+    step = dict(zip(_STEP_ARRAYS, arrays[:len(_STEP_ARRAYS)]))
+    sampling = SamplingArrays(**dict(zip(_SAMPLING_ARRAYS, arrays[len(_STEP_ARRAYS):])))
     return dataclasses.replace(shape, sampling=sampling, **step)
