@@ -107,7 +107,7 @@ def greedy_parity(model_dir: Path, prompts: list[list[int]], tokens: int, dtype:
     for backend in ("pallas", "reference"):
         llm = LLM(None, progress=False, **{
             "model.path": str(model_dir), "model.attention_backend": backend,
-            "model.dtype": dtype, "model.max_model_len": 1024, "cache.num_pages": 512,
+            "model.dtype": dtype, "model.max_model_len": 512, "cache.num_pages": 512,
             "scheduler.max_num_seqs": 8, "scheduler.max_num_batched_tokens": 256,
             "scheduler.token_buckets": [8, 64, 256], "scheduler.seq_buckets": [8]})
         params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
