@@ -61,7 +61,8 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
 class OutputText(msgspec.Struct, kw_only=True, tag_field="type", tag="output_text"):
     text: str
     annotations: list[Any] = msgspec.field(default_factory=list)
-    logprobs: list[TokenLogprobEntry] | UnsetType = UNSET  # with include message.output_text.logprobs
+    # with include: ["message.output_text.logprobs"]
+    logprobs: list[TokenLogprobEntry] | UnsetType = UNSET
 
 
 class OutputMessage(msgspec.Struct, kw_only=True, tag_field="type", tag="message"):

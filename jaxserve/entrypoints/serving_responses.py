@@ -40,8 +40,8 @@ from jaxserve.entrypoints.responses_protocol import (
     CreatedEvent,
     ErrorEvent,
     IncompleteDetails,
-    InputTokensDetails,
     InProgressEvent,
+    InputTokensDetails,
     OutputTokensDetails,
     ResponseDeleted,
     ResponsesRequest,
@@ -55,8 +55,8 @@ from jaxserve.entrypoints.structured import RequestStructure
 from jaxserve.outputs import RequestOutput, merge_delta
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.structured.tool_parser import ToolCallParser
-from jaxserve.structured.tools import ToolPlan
 from jaxserve.structured.tool_prompt import prompt_messages, template_supports_tools
+from jaxserve.structured.tools import ToolPlan
 
 log = logging.getLogger("jaxserve.server")
 

@@ -240,3 +240,12 @@ def test_delete_says_whether_it_held_the_response():
     store = ResponseStore(max_size=10, ttl=60, clock=Clock())
     store.put("a", "A", [])
     assert store.delete("a") and not store.delete("a") and store.get("a") is None
+
+
+@pytest.mark.parametrize("field, value", [("responses_store_size", -1),
+                                          ("responses_store_ttl", 0)])
+def test_the_store_bounds_are_checked_in_the_config(field, value):
+    from jaxserve.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=f"server.{field}"):
+        load_config(overrides={f"server.{field}": value})
