@@ -11,7 +11,7 @@ template renders; every malformed item a 400 naming it, e.g. ``input[2].content[
 - a ``reasoning`` item is left out, as vLLM leaves out the reasoning of earlier turns.
 
 With ``previous_response_id`` the conversation is that response's input, then its output (text
-as an assistant message, calls as its ``tool_calls``), then the new input; ``instructions`` are
+as an assistant message, whole calls as its ``tool_calls``), then the new input; ``instructions`` are
 a system message before all of it and are not carried over to the next response (OpenAI's rule).
 """
 
@@ -73,7 +73,8 @@ def output_messages(output: list[OutputItem]) -> list[dict[str, Any]]:
                 messages[-1]["content"] = text
             else:
                 messages.append({"role": "assistant", "content": text})
-        elif isinstance(item, FunctionCallItem):
+        elif isinstance(item, FunctionCallItem) and item.status == "completed":
+            # a call cut off by max_output_tokens has broken arguments: not replayed
             _add_call(messages, {"id": item.call_id, "type": "function",
                                  "function": {"name": item.name, "arguments": item.arguments}})
     return messages

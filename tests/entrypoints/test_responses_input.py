@@ -1,5 +1,6 @@
 """The Responses API without a model: input items to chat messages, the conversation of a
-previous response, the request's options, and the store's bounds."""
+previous response, the request's options, output items, the store's bounds, and the routes in
+the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -249,3 +250,16 @@ def test_the_store_bounds_are_checked_in_the_config(field, value):
 
     with pytest.raises(ConfigError, match=f"server.{field}"):
         load_config(overrides={f"server.{field}": value})
+
+
+def test_the_routes_are_in_the_openapi_document():
+    from jaxserve.config import Config
+    from jaxserve.entrypoints.app import create_app
+
+    document = create_app(None, None, Config()).openapi_schema.to_schema()
+    paths = document["paths"]
+    assert set(paths["/v1/responses/{response_id}"]) >= {"get", "delete"}
+    ref = paths["/v1/responses"]["post"]["requestBody"]["content"]["application/json"]
+    name = ref["schema"]["$ref"].rsplit("/", 1)[1]
+    properties = document["components"]["schemas"][name]["properties"]
+    assert {"input", "instructions", "previous_response_id", "tools", "text"} <= set(properties)

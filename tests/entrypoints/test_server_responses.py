@@ -5,6 +5,8 @@ store's GET and DELETE, and the refusals."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 
 import httpx
 import jsonschema
@@ -121,6 +123,11 @@ def test_tool_call_and_result_round_trip(openai_client, live_server):
                    tools=[WEATHER], max_output_tokens=60)
     assert [item.type for item in final.output] == ["message"]
     assert "24" in final.output_text or "sunny" in final.output_text.lower(), final.output_text
+    # the same turn with the call taken from the stored response: the same prompt
+    chained = create(openai_client, live_server, input=[result], previous_response_id=first.id,
+                     tools=[WEATHER], max_output_tokens=60)
+    assert chained.usage.input_tokens == final.usage.input_tokens
+    assert chained.output_text == final.output_text
 
 
 def test_streamed_function_call(openai_client, live_server):
@@ -180,11 +187,13 @@ def test_get_and_delete_by_id(openai_client, live_server, http):
     got = openai_client.responses.retrieve(response.id)
     assert got.id == response.id and got.output_text == response.output_text
     assert got.usage == response.usage
+    cancel = http.post(f"/v1/responses/{response.id}/cancel")  # vLLM: only background ones
+    assert cancel.status_code == 400 and "synchronous" in cancel.json()["error"]["message"]
     deleted = http.delete(f"/v1/responses/{response.id}")
     assert deleted.status_code == 200
     assert deleted.json() == {"id": response.id, "object": "response", "deleted": True}
-    for method in ("GET", "DELETE"):
-        missing = http.request(method, f"/v1/responses/{response.id}")
+    for method, path in (("GET", ""), ("DELETE", ""), ("POST", "/cancel")):
+        missing = http.request(method, f"/v1/responses/{response.id}{path}")
         assert missing.status_code == 404
         assert missing.json() == {"error": {
             "message": f"Response with id '{response.id}' not found.",
@@ -225,14 +234,41 @@ def test_bad_input_shapes_are_a_400(http, body, param):
     assert response.json()["error"]["param"] == param
 
 
-def test_the_api_key_and_request_id_cover_responses(live_server):
+def test_the_api_key_request_id_and_access_log_cover_responses(live_server, http, caplog):
     with httpx.Client(base_url=live_server.url) as anonymous:
         assert anonymous.post("/v1/responses", json={"input": "x"}).status_code == 401
         assert anonymous.get("/v1/responses/resp_x").status_code == 401
-    with httpx.Client(base_url=live_server.url, timeout=60,
-                      headers={"Authorization": f"Bearer {live_server.api_key}",
-                               "X-Request-Id": "abc-123"}) as client:
-        response = client.post("/v1/responses", json={"input": "Hi", "max_output_tokens": 2})
+        assert anonymous.delete("/v1/responses/resp_x").status_code == 401
+    caplog.set_level(logging.INFO, logger="jaxserve.access")
+    response = http.post("/v1/responses", headers={"X-Request-Id": "abc-123"},
+                         json={"input": "Hi", "max_output_tokens": 2, "ignore_eos": True})
     assert response.headers["x-request-id"] == "abc-123"
     assert response.json()["id"] == "resp_abc-123"
-    live_server.wait_idle()
+    deadline = time.monotonic() + 5  # the line is written just after the last byte goes
+    while not (lines := [r.getMessage() for r in caplog.records
+                         if "request_id=abc-123" in r.getMessage()]):
+        assert time.monotonic() < deadline, "no access line"
+        time.sleep(0.02)
+    (line,) = lines
+    assert line.startswith("POST /v1/responses 200 request_id=abc-123 prompt_tokens=")
+    assert "output_tokens=2" in line
+
+
+def test_output_logprobs(openai_client, live_server):
+    response = create(openai_client, live_server, input=ASK, max_output_tokens=6,
+                      include=["message.output_text.logprobs"], top_logprobs=2)
+    (part,) = response.output[0].content
+    assert len(part.logprobs) == response.usage.output_tokens == 6
+    assert "".join(entry.token for entry in part.logprobs) == part.text
+    for entry in part.logprobs:
+        assert len(entry.top_logprobs) == 2 and entry.logprob <= 0
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)  # greedy
+    events = list(create(openai_client, live_server, input=ASK, max_output_tokens=6,
+                         include=["message.output_text.logprobs"], top_logprobs=2,
+                         stream=True))
+    streamed = [entry for e in events if e.type == "response.output_text.delta"
+                for entry in e.logprobs]
+    assert [e.token for e in streamed] == [e.token for e in part.logprobs]
+    assert create(openai_client, live_server, input=ASK, max_output_tokens=2,
+                  top_logprobs=2).output[0].content[0].logprobs is None  # not included
