@@ -155,6 +155,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # seconds a SIGTERM waits for requests in flight before the server exits; None: no bound
     drain_timeout: float | None = None
     log_requests: bool = True  # one jaxserve.access line per request
+    # /v1/responses kept for previous_response_id and GET: a bounded count, oldest evicted, and
+    # seconds each is kept, so the memory they take stays bounded
+    responses_store_size: int = 1024
+    responses_store_ttl: float = 3600.0
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", f"must be in [0, 65535], got {self.port}")
@@ -168,6 +172,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.drain_timeout is not None:
             _check(self.drain_timeout > 0, "server.drain_timeout",
                    f"must be positive (or null), got {self.drain_timeout}")
+        _check(self.responses_store_size >= 0, "server.responses_store_size",
+               f"must be at least 0 (0 keeps none), got {self.responses_store_size}")
+        _check(self.responses_store_ttl > 0, "server.responses_store_ttl",
+               f"must be positive, got {self.responses_store_ttl}")
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

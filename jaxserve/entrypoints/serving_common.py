@@ -46,6 +46,7 @@ log = logging.getLogger("jaxserve.server")
 Req = TypeVar("Req")
 ParamsOf = Callable[[Any, dict, int], SamplingParams]  # (request, defaults, vocab size)
 PromptsOf = Callable[[Any, RequestStructure], Awaitable[list[list[int]]]]
+StructureOf = Callable[[Any], RequestStructure]
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,17 @@ class Admitted(Generic[Req]):
 
 
 async def admit_request(state: ServerState, request: Request, request_type: type[Req],
-                        params_of: ParamsOf, prompts_of: PromptsOf) -> Admitted[Req]:
-    """The request decoded, checked and admitted; every mistake an APIError naming its field."""
+                        params_of: ParamsOf, prompts_of: PromptsOf,
+                        structure_of: StructureOf = request_structure) -> Admitted[Req]:
+    """The request decoded, checked and admitted; every mistake an APIError naming its field.
+    ``structure_of`` reads the output constraint and tools (the Responses API's differ)."""
     req = await read_request(request, request_type, state.config.server)
     check_request(req, state.config.server)
     request_id = resolve_request_id(request, req.request_id)
     state.check_model(req.model)
     state.require_ready()  # before tokenizing: a loading server answers 503 at once
     params = params_of(req, state.defaults, state.info.vocab_size)
-    structure = request_structure(req)
+    structure = structure_of(req)
     params.structured_outputs = structure.constraint
     prompt_ids = await prompts_of(req, structure)
     requests = await asyncio.to_thread(_admit, state.admission, prompt_ids, params, structure)
