@@ -61,8 +61,8 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
 class OutputText(msgspec.Struct, kw_only=True, tag_field="type", tag="output_text"):
     text: str
     annotations: list[Any] = msgspec.field(default_factory=list)
-    # with include: ["message.output_text.logprobs"]
-    logprobs: list[TokenLogprobEntry] | UnsetType = UNSET
+    # filled with include: ["message.output_text.logprobs"]; OpenAI's schema requires the field
+    logprobs: list[TokenLogprobEntry] = msgspec.field(default_factory=list)
 
 
 class OutputMessage(msgspec.Struct, kw_only=True, tag_field="type", tag="message"):
@@ -85,7 +85,8 @@ OutputItem = OutputMessage | FunctionCallItem
 
 # ---- the response -------------------------------------------------------------------------------
 class InputTokensDetails(msgspec.Struct):
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # read from the prefix cache
+    cache_write_tokens: int = 0  # computed, so written to the K/V cache
 
 
 class OutputTokensDetails(msgspec.Struct):
@@ -135,7 +136,7 @@ class ResponsesResponse(msgspec.Struct, kw_only=True):
     truncation: str = "disabled"
     background: bool = False
     usage: ResponseUsage | None = None
-    user: str | None = None
+    user: str | UnsetType = UNSET  # absent unless given: OpenAI's schema has no null here
 
 
 class ResponseDeleted(msgspec.Struct):

@@ -111,7 +111,7 @@ class ResponseOutput:
     def _text(self, text: str) -> list[msgspec.Struct]:
         events: list[msgspec.Struct] = []
         if self._message is None:
-            part = OutputText(text="", logprobs=[] if self.want_logprobs else msgspec.UNSET)
+            part = OutputText(text="")
             self._message = OutputMessage(id=_item_id("msg"), status="in_progress",
                                           content=[part])
             self.items.append(self._message)

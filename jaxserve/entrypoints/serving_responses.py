@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 
 from jaxserve.entrypoints.async_engine import RequestStream
@@ -169,16 +170,17 @@ class _Reply:
             previous_response_id=req.previous_response_id, reasoning=req.reasoning,
             service_tier=req.service_tier, store=req.store is not False,
             text=req.text or {"format": {"type": "text"}}, top_logprobs=req.top_logprobs,
-            user=req.user, usage=usage)
+            user=msgspec.UNSET if req.user is None else req.user, usage=usage)
 
     def _final(self, out: ResponseOutput, total: RequestOutput | None) -> ResponsesResponse:
         """The finished response, stored when asked."""
         completion = total.outputs[0] if total is not None and total.outputs else None
         incomplete = completion is not None and completion.finish_reason == "length"
         output_tokens = len(completion.token_ids) if completion is not None else 0
+        cached = total.num_cached_tokens if total else 0
         usage = ResponseUsage(
             input_tokens=self.num_prompt_tokens,
-            input_tokens_details=InputTokensDetails(total.num_cached_tokens if total else 0),
+            input_tokens_details=InputTokensDetails(cached, self.num_prompt_tokens - cached),
             output_tokens=output_tokens, output_tokens_details=OutputTokensDetails(),
             total_tokens=self.num_prompt_tokens + output_tokens)
         response = self._body("incomplete" if incomplete else "completed", out.items, usage,
