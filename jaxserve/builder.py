@@ -8,11 +8,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import msgspec
+
 from jaxserve.config import Config, ConfigError
 from jaxserve.engine.buckets import all_buckets, decode_buckets
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.engine.step_inputs import StepInputBuilder
 from jaxserve.gc_policy import collector_paused, freeze_imports
+from jaxserve.hardware import CpuInfo, DtypeChoice, choose_dtypes
 from jaxserve.interfaces import EngineInfo
 
 
@@ -73,6 +76,19 @@ def build_engine(config: Config, progress: bool = True, *,
         return _build_engine(config, progress)
 
 
+def resolve_dtypes(config: Config) -> tuple[Config, DtypeChoice]:
+    """The config with ``auto`` dtypes made concrete for the first device (hardware.py)."""
+    import jax
+
+    device = jax.devices()[0]
+    dtypes = choose_dtypes(config.model.dtype, config.model.weight_dtype, config.cache.dtype,
+                           jax.default_backend(), cpu=CpuInfo.read(),
+                           compute_capability=getattr(device, "compute_capability", None))
+    model = msgspec.structs.replace(config.model, weight_dtype=dtypes.weights)
+    cache = msgspec.structs.replace(config.cache, dtype=dtypes.kv_cache)
+    return msgspec.structs.replace(config, model=model, cache=cache), dtypes
+
+
 def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo]:
     from jaxserve.models.llama_config import LlamaConfig
     from jaxserve.models.loader import load_weights
@@ -96,10 +112,10 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
         raise ConfigError(f"model.max_model_len: {max_model_len} exceeds the model's "
                          f"max_position_embeddings {model_cfg.max_position_embeddings}")
     backend = make_attention_backend(config.model.attention_backend)
-    weights = config.model.weight_dtype or config.model.dtype
+    config, dtypes = resolve_dtypes(config)
     tp = config.parallel.tensor_parallel_size
-    _log(f"loading {model_dir} ({config.model.dtype}, {weights} weights, "
-         f"{config.cache.kv_dtype(config.model.dtype)} K/V, attention={backend.name}, "
+    _log(f"loading {model_dir} ({dtypes.activations}, {dtypes.weights} weights, "
+         f"{dtypes.kv_cache} K/V ({dtypes.reason}), attention={backend.name}, "
          f"tensor parallel {tp})", progress)
     sharded = abstract_sharded_model(model_dir, backend, model_cfg, tp, config.model.dtype,
                                      config.model.weight_dtype)
@@ -123,7 +139,7 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
                              # stored programs are single-device ones; a mesh re-traces its own
                              program_dir=None if xla_cache is None or sharded.mesh is not None
                              else xla_cache / "programs",
-                             kv_dtype=config.cache.kv_dtype(config.model.dtype),
+                             kv_dtype=dtypes.kv_cache,
                              mesh=sharded.mesh)
         # the buckets' shapes need no tokenizer: lower them now, and load the tokenizer while
         # XLA compiles (or loads) them on worker threads; the engine then builds its steps with
@@ -149,5 +165,5 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
         compile_seconds = runner.finish_warmup(weights=loading.result)
     _log(f"{len(buckets)} buckets ready in {time.perf_counter() - start:.1f}s from the start", progress)
     info = EngineInfo(model_dir, config.model.model_name, max_model_len, model_cfg.vocab_size,
-                      eos, backend.name, load_seconds, compile_seconds)
+                      eos, backend.name, load_seconds, compile_seconds, dtypes)
     return engine, info

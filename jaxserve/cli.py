@@ -48,10 +48,11 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="a known model name or a local Hugging Face folder")
     p.add_argument("--dtype", choices=["float32", "bfloat16"],
                    help="activations (and the K/V cache when its dtype is auto)")
-    p.add_argument("--weight-dtype", choices=["float32", "bfloat16"],
-                   help="stored weights (default: --dtype); bfloat16 with float32 is mixed precision")
+    p.add_argument("--weight-dtype", choices=["auto", "float32", "bfloat16"],
+                   help="stored weights (default: --dtype; auto: bfloat16 where the hardware "
+                        "multiplies it natively); bfloat16 with float32 is mixed precision")
     p.add_argument("--kv-cache-dtype", choices=["auto", "float32", "bfloat16"],
-                   help="the K/V cache (auto: --dtype), as vLLM's flag")
+                   help="the K/V cache (auto: the weights' dtype), as vLLM's flag")
     p.add_argument("--attention-backend", choices=["pallas", "reference", "auto"])
     p.add_argument("--layers-per-call", type=int,
                    help="decoder layers per compiled program (a divisor of the layer count); "

@@ -36,9 +36,10 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     path: str = "smollm2-135m-instruct"
     served_model_name: str | None = None  # the id clients send; defaults to `path`
     dtype: Literal["float32", "bfloat16"] = "float32"  # activations and K/V cache
-    # stored weights; None: the same as dtype. bfloat16 under float32 activations is mixed
+    # stored weights; None: the same as dtype; auto: bfloat16 where the hardware multiplies it
+    # natively, else float32 (hardware.py). bfloat16 under float32 activations is mixed
     # precision (bf16 dot inputs, f32 accumulation): half the weight bytes, see docs/performance.md
-    weight_dtype: Literal["float32", "bfloat16"] | None = None
+    weight_dtype: Literal["auto", "float32", "bfloat16"] | None = None
     max_model_len: int | None = None  # defaults to the model's max_position_embeddings
     attention_backend: Literal["pallas", "reference", "auto"] = "auto"
     # decoder layers per compiled program; None: the whole model is one program per bucket. A
@@ -66,12 +67,13 @@ class CacheConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     page_size: int = 16  # tokens per KV page
     num_pages: int = 1024  # pages in the whole cache, shared by all sequences
     enable_prefix_caching: bool = True  # reuse the K/V of full pages of a prompt seen before
-    # K/V as stored (vLLM's --kv-cache-dtype); auto: model.dtype. bfloat16 under float32
+    # K/V as stored (vLLM's --kv-cache-dtype); auto: the weights' dtype. bfloat16 under float32
     # activations halves the cache and the bytes each attention step reads
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
-    def kv_dtype(self, model_dtype: str) -> str:
-        return model_dtype if self.dtype == "auto" else self.dtype
+    def kv_dtype(self, weight_dtype: str) -> str:
+        """weight_dtype: the weights' resolved dtype (hardware.choose_dtypes)."""
+        return weight_dtype if self.dtype == "auto" else self.dtype
 
     def __post_init__(self) -> None:
         _check(self.page_size >= 1 and self.page_size & (self.page_size - 1) == 0,

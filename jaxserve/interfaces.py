@@ -18,6 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
+from jaxserve.hardware import DtypeChoice
+
 
 @dataclass(frozen=True)
 class SamplingArrays:
@@ -100,3 +102,4 @@ class EngineInfo:
     attention_backend: str
     load_seconds: float
     compile_seconds: float
+    dtypes: DtypeChoice | None = None  # what auto resolved to, and why (hardware.py)

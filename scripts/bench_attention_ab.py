@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import fill, synthetic_step
 
+from jaxserve.builder import resolve_dtypes
 from jaxserve.config import load_config
 from jaxserve.engine.scheduler import SchedulerOutput
 from jaxserve.kernels.ragged_paged_attention.kv_storage import kv_storage_dtype
@@ -91,7 +92,7 @@ def main() -> None:
     from jaxserve.pull import resolve_model
     from jaxserve.runner.compile_cache import enable_persistent_cache
 
-    config = load_config(args.config)
+    config, _ = resolve_dtypes(load_config(args.config))
     kv_dtypes = (args.kv_dtypes or f"{config.cache.dtype},{config.cache.dtype}").split(",")
     enable_persistent_cache()
     model_dir = resolve_model(config.model.path)
@@ -106,7 +107,7 @@ def main() -> None:
                                    getattr(variant, f"{prefix}_update_kv_pages"),
                                    getattr(variant, "kv_storage_dtype", kv_storage_dtype))
         model = load_model(model_dir, backend, config.model.dtype, config.model.weight_dtype)
-        variant_config = load_config(args.config, {"cache.dtype": kv_dtype})
+        variant_config, _ = resolve_dtypes(load_config(args.config, {"cache.dtype": kv_dtype}))
         runner, builder, pages_per_seq = synthetic_step(variant_config, cfg, model, max_seqs)
         runners.append(runner)
     page_size = config.cache.page_size

@@ -75,7 +75,8 @@ def synthetic_step(config, cfg, model, max_seqs: int, num_decode_steps: int = 1)
                          page_size=page_size, max_num_seqs=max_seqs, max_rows=max_seqs,
                          num_decode_steps=num_decode_steps,
                          layers_per_call=config.model.layers_per_call if num_decode_steps == 1 else None,
-                         kv_dtype=config.cache.kv_dtype(str(model.dtype)))
+                         kv_dtype=config.cache.kv_dtype(config.model.weight_dtype
+                                                       or str(model.dtype)))
     builder = StepInputBuilder(token_buckets=[], seq_buckets=[], page_size=page_size,
                                max_pages_per_seq=pages_per_seq, max_model_len=max_len,
                                eos_token_ids=cfg.eos_token_ids, vocab_size=cfg.vocab_size)
@@ -118,6 +119,7 @@ def main() -> None:
     p.add_argument("--result-json", default=None)
     args = p.parse_args()
 
+    from jaxserve.builder import resolve_dtypes
     from jaxserve.models.llama_config import LlamaConfig
     from jaxserve.models.loader import load_model
     from jaxserve.pull import resolve_model
@@ -127,14 +129,15 @@ def main() -> None:
     if args.layers_per_call is not None:
         overrides["model.layers_per_call"] = args.layers_per_call or None
         overrides["scheduler.num_decode_steps"] = 1
-    if args.kv_dtype is not None:
-        overrides["cache.dtype"] = args.kv_dtype
-    config = load_config(args.config, overrides)
+    for flag, field in ((args.kv_dtype, "cache.dtype"), (args.dtype, "model.dtype"),
+                        (args.weight_dtype, "model.weight_dtype")):
+        if flag is not None:
+            overrides[field] = flag
+    config, dtypes = resolve_dtypes(load_config(args.config, overrides))
     enable_persistent_cache()
     model_dir = resolve_model(config.model.path)
     cfg = LlamaConfig.from_hf(model_dir)
-    dtype = args.dtype or config.model.dtype
-    weight_dtype = args.weight_dtype or config.model.weight_dtype or dtype
+    dtype, weight_dtype = dtypes.activations, dtypes.weights
     backend = make_attention_backend(config.model.attention_backend)
     model = load_model(model_dir, backend, dtype, weight_dtype)
     cache, sched = config.cache, config.scheduler
@@ -143,7 +146,7 @@ def main() -> None:
     runner, builder, pages_per_seq = synthetic_step(config, cfg, model, max_seqs, multi)
     rows = []
     print(f"{config.model.path} {dtype} ({weight_dtype} weights, "
-          f"{cache.kv_dtype(dtype)} K/V) attention={backend.name}", flush=True)
+          f"{dtypes.kv_cache} K/V: {dtypes.reason}) attention={backend.name}", flush=True)
     print(f"{'kind':8} {'bucket':>9} {'seqs':>4} {'q/seq':>5} {'context':>7} {'steps':>5} "
           f"{'ms/call':>8} {'ms/step':>8} {'tok/s':>8}", flush=True)
 

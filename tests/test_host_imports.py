@@ -13,7 +13,7 @@ HOST_PACKAGES = ["jaxserve.engine", "jaxserve.entrypoints", "jaxserve.structured
                  "jaxserve.checkpoints"]
 HOST_MODULES = ["jaxserve", "jaxserve.builder", "jaxserve.cli", "jaxserve.config",
                 "jaxserve.interfaces", "jaxserve.llm", "jaxserve.outputs", "jaxserve.pull",
-                "jaxserve.sampling_params", "jaxserve.gc_policy"]
+                "jaxserve.sampling_params", "jaxserve.gc_policy", "jaxserve.hardware"]
 DEVICE_PACKAGES = ("jax", "jaxlib", "flax")
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram,
+                               generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from jaxserve.engine.llm_engine import LLMEngine
+from jaxserve.hardware import DtypeChoice
 from jaxserve.outputs import RequestOutput
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST  # the exposition format generate_latest writes
@@ -81,8 +83,14 @@ class EngineMetrics:
         return Histogram(name, doc, ["model_name"], registry=self.registry,
                          buckets=buckets).labels(self.model_name)
 
-    def attach(self, engine: LLMEngine) -> None:
+    def attach(self, engine: LLMEngine, dtypes: DtypeChoice | None = None) -> None:
         self.registry.register(_EngineCollector(engine, self.model_name))
+        if dtypes is not None:  # vLLM's cache_config_info pattern: a constant 1 carrying labels
+            info = Gauge("jaxserve:dtype_info", "The dtypes served, and why auto chose them.",
+                         ["model_name", "activations", "weights", "kv_cache", "reason"],
+                         registry=self.registry)
+            info.labels(self.model_name, dtypes.activations, dtypes.weights, dtypes.kv_cache,
+                        dtypes.reason).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

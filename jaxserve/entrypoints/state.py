@@ -69,7 +69,7 @@ class ServerState:
         self.defaults = generation_defaults(info.model_dir)
         self.prompts = Prompts(engine.tokenizer)
         self.token_str = TokenStrings(engine.tokenizer)
-        self.metrics.attach(engine)
+        self.metrics.attach(engine, info.dtypes)
         self.engine = AsyncEngine(engine, observer=self.metrics, on_death=self.on_engine_death)
         self.engine.start()
 

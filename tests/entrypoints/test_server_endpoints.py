@@ -95,6 +95,16 @@ def test_metrics_exposition_parses(http):
             "jaxserve:generation_tokens"} <= families
 
 
+def test_metrics_show_the_served_dtypes(http):
+    (family,) = [f for f in text_string_to_metric_families(http.get("/metrics").text)
+                 if f.name == "jaxserve:dtype_info"]
+    (sample,) = family.samples
+    assert sample.value == 1
+    assert {k: sample.labels[k] for k in ("activations", "weights", "kv_cache")} == {
+        "activations": "float32", "weights": "float32", "kv_cache": "float32"}
+    assert sample.labels["reason"] == "as configured"
+
+
 def test_tokenize_prompt_and_detokenize(http, live_server):
     body = http.post("/tokenize", json={"prompt": "héllo", "return_token_strs": True}).json()
     expected = live_server.tokenizer("héllo", add_special_tokens=True).input_ids

@@ -138,7 +138,7 @@ def test_engine_serves_with_a_bf16_cache():
 
 
 def test_cli_kv_cache_dtype_flag_and_config():
-    """--kv-cache-dtype (vLLM's flag) sets cache.dtype; auto follows model.dtype; anything else
+    """--kv-cache-dtype (vLLM's flag) sets cache.dtype; auto follows the weights; anything else
     is a clean config error naming the field."""
     from jaxserve.cli import config_from_args, parser
     from jaxserve.config import ConfigError, load_config
