@@ -45,4 +45,8 @@ PYTHONPATH="$ROOT/scripts${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=fuzz_ap
   --include-operation-id createChatCompletion \
   --include-operation-id createCompletion \
   --include-operation-id listModels \
+  --include-operation-id retrieveModel \
+  --include-operation-id createResponse \
+  --include-operation-id getResponse \
+  --include-operation-id deleteResponse \
   --checks "$CHECKS" -n "$EXAMPLES" --workers 1
