@@ -9,13 +9,26 @@ rather than msgspec's guess at a union.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from jaxserve.entrypoints.chat_protocol import TokenLogprobEntry
 from jaxserve.sampling_params import StructuredOutputs
+
+
+_Summary = Literal["auto", "concise", "detailed"]
+
+
+class Reasoning(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """OpenAI's reasoning options, typed so a value outside their enums is a 400, not echoed."""
+
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    summary: _Summary | None = None
+    generate_summary: _Summary | None = None  # deprecated by OpenAI for summary
+    context: Literal["auto", "current_turn", "all_turns"] | None = None
+    mode: str | UnsetType = UNSET  # a string in OpenAI's schema, never null
 
 
 class ResponsesRequest(msgspec.Struct, kw_only=True):
@@ -36,7 +49,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     user: str | None = None
     include: list[str] | None = None
     top_logprobs: int | None = None
-    reasoning: dict[str, Any] | None = None
+    reasoning: Reasoning | None = None  # its effort goes to the chat template (vLLM)
     service_tier: str | None = "auto"
     # refused when set: served by OpenAI, not here (responses_input.refuse_unsupported)
     background: bool | None = False
@@ -128,7 +141,7 @@ class ResponsesResponse(msgspec.Struct, kw_only=True):
     tools: list[dict[str, Any]] = msgspec.field(default_factory=list)
     max_output_tokens: int | None = None
     previous_response_id: str | None = None
-    reasoning: dict[str, Any] | None = None
+    reasoning: Reasoning | None = None
     service_tier: str | None = "auto"
     store: bool = True
     text: dict[str, Any] | None = None

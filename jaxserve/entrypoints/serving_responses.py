@@ -75,7 +75,7 @@ async def create_response(state: ServerState, request: Request) -> Response:
         rendered, tools = prompt_messages(
             messages, structure.tools,
             template_supports_tools(state.prompts.tokenizer.chat_template))
-        effort = (req.reasoning or {}).get("effort")
+        effort = req.reasoning.effort if req.reasoning else None
         continued = continues_final_message(req.input)
         ids = await state.prompts.encode_chat(
             rendered, add_generation_prompt=not continued, continue_final_message=continued,

@@ -263,3 +263,17 @@ def test_the_routes_are_in_the_openapi_document():
     name = ref["schema"]["$ref"].rsplit("/", 1)[1]
     properties = document["components"]["schemas"][name]["properties"]
     assert {"input", "instructions", "previous_response_id", "tools", "text"} <= set(properties)
+
+
+def test_reasoning_options_are_typed_so_only_openai_values_are_echoed():
+    from jaxserve.entrypoints.responses_protocol import ResponsesRequest
+
+    req = msgspec.json.decode(b'{"input": "hi", "reasoning": {"effort": "high", "summary": null}}',
+                              type=ResponsesRequest)
+    assert req.reasoning.effort == "high"
+    echoed = msgspec.json.decode(msgspec.json.encode(req.reasoning))
+    assert "mode" not in echoed  # OpenAI's schema has a string there, never null
+    for bad in (b'{"generate_summary": "AAA"}', b'{"effort": "huge"}', b'{"colour": "red"}'):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.json.decode(b'{"input": "hi", "reasoning": ' + bad + b"}",
+                                type=ResponsesRequest)

@@ -271,4 +271,4 @@ def test_output_logprobs(openai_client, live_server):
                 for entry in e.logprobs]
     assert [e.token for e in streamed] == [e.token for e in part.logprobs]
     assert create(openai_client, live_server, input=ASK, max_output_tokens=2,
-                  top_logprobs=2).output[0].content[0].logprobs is None  # not included
+                  top_logprobs=2).output[0].content[0].logprobs == []  # not included: empty
