@@ -155,6 +155,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # seconds a SIGTERM waits for requests in flight before the server exits; None: no bound
     drain_timeout: float | None = None
     log_requests: bool = True  # one jaxserve.access line per request
+    # render a chat template sent in a request; off, as in vLLM, since a template is code that
+    # runs on the tokenizer thread every request shares
+    trust_request_chat_template: bool = False
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", f"must be in [0, 65535], got {self.port}")

@@ -64,6 +64,8 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token plus top-k
     prompt_logprobs: int | None = None
     structured_outputs: StructuredOutputs | None = None  # constrained decoding
+    allowed_token_ids: list[int] | None = None  # sampling keeps to these ids (vLLM)
+    cache_salt: str | None = None  # prefix-cache pages are shared only under the same salt
 
     @property
     def has_penalties(self) -> bool:
@@ -112,6 +114,14 @@ class SamplingParams(msgspec.Struct, kw_only=True):
             for token_id in self.stop_token_ids:
                 if not 0 <= token_id < vocab_size:
                     raise bad("stop_token_ids", f"has token id {token_id} outside [0, {vocab_size})")
+            for token_id in self.allowed_token_ids or ():
+                if not 0 <= token_id < vocab_size:
+                    raise bad("allowed_token_ids",
+                              f"has token id {token_id} outside [0, {vocab_size})")
+        if self.allowed_token_ids is not None and not self.allowed_token_ids:
+            raise bad("allowed_token_ids", "must not be empty")
+        if self.cache_salt is not None and not self.cache_salt:
+            raise bad("cache_salt", "must be a non-empty string")
         if self.structured_outputs is not None:
             self.structured_outputs.validate()
         if self.logit_bias:

@@ -12,6 +12,8 @@ there itself.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from jaxserve.config import Config
@@ -142,6 +144,10 @@ class StepInputBuilder:
             if seq.constraint is not None:
                 seq.constraint.fill_bitmask(token_bitmask, row)
                 any_mask = True
+            if p.allowed_token_ids is not None:  # a fixed mask, the same every step
+                token_bitmask[row] &= allowed_bitmask(tuple(p.allowed_token_ids),
+                                                      self.bitmask_words)
+                any_mask = True
             if p.has_penalties:
                 any_penalty = True
                 penalty_rows.append((row, seq))
@@ -161,3 +167,13 @@ class StepInputBuilder:
             token_bitmask=token_bitmask, any_mask=np.array(any_mask),
             any_logprobs=np.array(any(s.seq.params.logprobs is not None for s in rows)),
         )
+
+
+@lru_cache(maxsize=256)
+def allowed_bitmask(token_ids: tuple[int, ...], num_words: int) -> np.ndarray:  # i32[W]
+    """The packed mask that allows exactly token_ids (bit t % 32 of word t // 32)."""
+    ids = np.asarray(token_ids, np.int64)
+    words = np.zeros(num_words, np.uint32)
+    np.bitwise_or.at(words, ids // 32, np.left_shift(np.uint32(1), (ids % 32).astype(np.uint32)))
+    words.flags.writeable = False  # cached: shared by every step that reads it
+    return words.view(np.int32)

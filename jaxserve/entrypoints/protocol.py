@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import msgspec
 
+from jaxserve.entrypoints.vllm_fields import VllmFields
+
 
 # ---- errors -------------------------------------------------------------------------------------
 class ErrorInfo(msgspec.Struct):
@@ -40,7 +42,7 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     continuous_usage_stats: bool | None = False  # vLLM: usage in every chunk
 
 
-class SamplingFields(msgspec.Struct, kw_only=True):
+class SamplingFields(VllmFields, kw_only=True):
     """What chat and completion requests share: model, limits, sampling, stopping, streaming.
 
     None means "not given", so the model's generation_config.json defaults can fill it in.

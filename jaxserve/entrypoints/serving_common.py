@@ -37,6 +37,12 @@ from jaxserve.entrypoints.responses import (
 )
 from jaxserve.entrypoints.state import ServerState
 from jaxserve.entrypoints.structured import RequestStructure, constraint_error, request_structure
+from jaxserve.entrypoints.vllm_fields import (
+    apply_fields,
+    check_fields,
+    token_strings,
+    truncate_prompts,
+)
 from jaxserve.outputs import RequestOutput, merge_delta
 from jaxserve.sampling_params import ParamError, SamplingParams
 from jaxserve.structured import GrammarError
@@ -68,14 +74,24 @@ async def admit_request(state: ServerState, request: Request, request_type: type
     request_id = resolve_request_id(request, req.request_id)
     state.check_model(req.model)
     state.require_ready()  # before tokenizing: a loading server answers 503 at once
+    _as_400(check_fields, req, state.config.server)
     params = params_of(req, state.defaults, state.info.vocab_size)
+    apply_fields(params, req)
     structure = request_structure(req)
     params.structured_outputs = structure.constraint
-    prompt_ids = await prompts_of(req, structure)
+    prompt_ids = _as_400(truncate_prompts, await prompts_of(req, structure),
+                         req.truncate_prompt_tokens, state.info.max_model_len, params.max_tokens)
     requests = await asyncio.to_thread(_admit, state.admission, prompt_ids, params, structure)
     admitted = Admitted(req, structure, requests, request_id)
     record_of(request).prompt_tokens = admitted.num_prompt_tokens
     return admitted
+
+
+def _as_400(fn: Callable, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ParamError as exc:
+        raise from_param_error(exc) from None
 
 
 def _admit(admission: Admission, prompts: list[list[int]], params: SamplingParams,
@@ -104,6 +120,10 @@ class ReplyBase:
         self.created = int(time.time())
         self.model = state.config.model.model_name
         self.num_prompt_tokens = num_prompt_tokens
+        self.token_str = token_strings(req, state.token_str)  # for logprobs
+        self.return_token_ids = bool(req.return_token_ids)
+        self.held_ids: dict[int, list[int]] = {}  # choice -> token ids of chunks not sent
+        self.prompt_ids: list[list[int]] = []  # each prompt's ids, as admitted
         options = req.stream_options
         self.include_usage = bool(options and options.include_usage)
         self.continuous_usage = bool(options and options.continuous_usage_stats)
@@ -117,9 +137,20 @@ class ReplyBase:
         return self.response_type(id=self.id, created=self.created, model=self.model,
                                   choices=choices, usage=usage)
 
-    def chunk(self, choices: list, usage: Any = UNSET) -> bytes:
+    def chunk(self, choices: list, usage: Any = UNSET, **fields: Any) -> bytes:
         return sse_event(self.chunk_type(id=self.id, created=self.created, model=self.model,
-                                         choices=choices, usage=usage))
+                                         choices=choices, usage=usage, **fields))
+
+    def hold_ids(self, index: int, token_ids: list[int]) -> None:
+        """A chunk of choice index is not sent (its text held back): its ids go with the next."""
+        if self.return_token_ids:
+            self.held_ids.setdefault(index, []).extend(token_ids)
+
+    def take_ids(self, index: int, token_ids: list[int]) -> list[int] | Any:
+        """return_token_ids: the ids a chunk (or a whole choice) of index carries; else UNSET."""
+        if not self.return_token_ids:
+            return UNSET
+        return self.held_ids.pop(index, []) + token_ids
 
     def response(self, totals: list[RequestOutput]) -> msgspec.Struct:
         raise NotImplementedError
