@@ -66,12 +66,19 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     structured_outputs: StructuredOutputs | None = None  # constrained decoding
     allowed_token_ids: list[int] | None = None  # sampling keeps to these ids (vLLM)
     cache_salt: str | None = None  # prefix-cache pages are shared only under the same salt
+    # vLLM's bad_words, tokenized: a word's last token is banned once its others were generated
+    bad_words_token_ids: list[list[int]] | None = None
 
     @property
     def has_penalties(self) -> bool:
         """Penalties read the token history, which the host builds before each step."""
         return bool(self.presence_penalty or self.frequency_penalty
                     or self.repetition_penalty != 1.0)
+
+    @property
+    def bans_by_history(self) -> bool:
+        """A bad word of several tokens: whether its last is banned depends on the output."""
+        return any(len(ids) > 1 for ids in self.bad_words_token_ids or ())
 
     @property
     def greedy(self) -> bool:
@@ -114,6 +121,10 @@ class SamplingParams(msgspec.Struct, kw_only=True):
             for token_id in self.stop_token_ids:
                 if not 0 <= token_id < vocab_size:
                     raise bad("stop_token_ids", f"has token id {token_id} outside [0, {vocab_size})")
+            for ids in self.bad_words_token_ids or ():
+                if not ids or any(not 0 <= t < vocab_size for t in ids):
+                    raise bad("bad_words", f"has a word whose token ids {ids} are not all in "
+                              f"[0, {vocab_size})")
             for token_id in self.allowed_token_ids or ():
                 if not 0 <= token_id < vocab_size:
                     raise bad("allowed_token_ids",

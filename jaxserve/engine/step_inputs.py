@@ -22,7 +22,7 @@ from jaxserve.engine.constraints import bitmask_words
 from jaxserve.engine.scheduler_output import ScheduledSeq, SchedulerOutput
 from jaxserve.interfaces import SamplingArrays, StepInputs
 
-MAX_BIAS_ENTRIES = 384  # logit_bias (<= 300) plus eos/stop ids suppressed for min_tokens
+MAX_BIAS_ENTRIES = 384  # logit_bias (<= 300), eos/stop ids for min_tokens, bad words' bans
 _SUPPRESS = -1e9
 
 
@@ -137,6 +137,9 @@ class StepInputBuilder:
             if seq.num_sampled_tokens < p.min_tokens:
                 for token_id in (*self.eos_token_ids, *p.stop_token_ids):
                     bias[token_id] = _SUPPRESS
+            if p.bad_words_token_ids:
+                for token_id in bad_word_bans(p.bad_words_token_ids, seq.output_token_ids):
+                    bias[token_id] = _SUPPRESS
             if bias:
                 ids = list(bias)[:MAX_BIAS_ENTRIES]
                 bias_ids[row, :len(ids)] = ids
@@ -167,6 +170,17 @@ class StepInputBuilder:
             token_bitmask=token_bitmask, any_mask=np.array(any_mask),
             any_logprobs=np.array(any(s.seq.params.logprobs is not None for s in rows)),
         )
+
+
+def bad_word_bans(words: list[list[int]] | None, output: list[int]) -> list[int]:
+    """vLLM's bad_words rule: a word's last token is banned when the output ends with the
+    word's other tokens (a one-token word always)."""
+    bans = []
+    for ids in words or ():
+        prefix = len(ids) - 1
+        if prefix <= len(output) and output[len(output) - prefix:] == ids[:-1]:
+            bans.append(ids[-1])
+    return bans
 
 
 @lru_cache(maxsize=256)

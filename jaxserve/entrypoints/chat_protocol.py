@@ -69,7 +69,6 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     documents: list[dict[str, str]] | None = None  # for RAG templates
     reasoning_effort: str | None = None  # a template variable, as in vLLM
     include_reasoning: bool = True
-    bad_words: list[str] | None = None
     mm_processor_kwargs: dict[str, Any] | None = None
     media_io_kwargs: dict[str, Any] | None = None
     structural_tag: str | None = None

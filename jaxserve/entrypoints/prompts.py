@@ -89,6 +89,11 @@ class Prompts:
     async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return await self._run(self._encode, text, add_special_tokens)
 
+    async def bad_words_ids(self, words: list[str]) -> list[list[int]]:
+        """vLLM's tokenizing of bad_words: each word as it is, and after a space when that is
+        other tokens of the same count (a word inside text, not at its start)."""
+        return await self._run(self._bad_words_ids, words)
+
     async def decode(self, token_ids: list[int]) -> str:
         return await self._run(self.tokenizer.decode, token_ids)
 
@@ -112,6 +117,18 @@ class Prompts:
     # ---- on the tokenizer thread -------------------------------------------------------------
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids
+
+    def _bad_words_ids(self, words: list[str]) -> list[list[int]]:
+        out = []
+        for i, word in enumerate(words):
+            plain = self._encode(word.lstrip(), False)
+            if not plain:
+                raise bad_request(f"bad_words[{i}] must not be empty", param="bad_words")
+            out.append(plain)
+            spaced = self._encode(" " + word.lstrip(), False)
+            if spaced[0] != plain[0] and len(spaced) == len(plain):
+                out.append(spaced)
+        return out
 
     def _encode_chat(self, messages, add_generation_prompt, continue_final_message, tools,
                      template_kwargs, add_special_tokens, chat_template, documents) -> list[int]:

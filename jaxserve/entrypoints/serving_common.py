@@ -77,6 +77,8 @@ async def admit_request(state: ServerState, request: Request, request_type: type
     _as_400(check_fields, req, state.config.server)
     params = params_of(req, state.defaults, state.info.vocab_size)
     apply_fields(params, req)
+    if req.bad_words:
+        params.bad_words_token_ids = await state.prompts.bad_words_ids(req.bad_words)
     structure = request_structure(req)
     params.structured_outputs = structure.constraint
     prompt_ids = _as_400(truncate_prompts, await prompts_of(req, structure),

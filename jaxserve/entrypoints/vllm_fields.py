@@ -6,8 +6,9 @@ reaches the engine or is refused below; none is accepted and ignored. The table 
 lists them with the tests that cover each.
 
 Served here: ``truncate_prompt_tokens`` (keep the last k prompt tokens), ``allowed_token_ids`` and
-``cache_salt`` (onto ``SamplingParams``), ``return_tokens_as_token_ids`` (the token strings of
-logprobs). ``return_token_ids`` is the replies' (``serving_chat.py``, ``serving_completion.py``);
+``cache_salt`` (onto ``SamplingParams``; ``bad_words`` too, tokenized by ``prompts.py``),
+``return_tokens_as_token_ids`` (the token strings of logprobs). ``return_token_ids`` is the
+replies' (``serving_chat.py``, ``serving_completion.py``);
 ``chat_template``, ``documents`` and ``reasoning_effort`` go to the chat template
 (``prompts.py``), a request's own template only when the server trusts it, as vLLM's
 ``--trust-request-chat-template``.
@@ -34,6 +35,7 @@ class VllmFields(msgspec.Struct, kw_only=True):
     return_token_ids: bool | None = None  # prompt_token_ids and token_ids in the reply
     cache_salt: str | None = None
     priority: int = 0
+    bad_words: list[str] | None = None  # vLLM's chat field; completions take it too
     # refused unless left at their defaults: see _REFUSED
     use_beam_search: bool = False
     length_penalty: float = 1.0
@@ -67,8 +69,6 @@ _REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_repetition_pattern_size": (_given, "repetition detection is not supported"),
     "repetition_min_count": (_given, "repetition detection is not supported"),
     # chat only
-    "bad_words": (_given, "is not supported: jaxserve cannot yet ban multi-token words; "
-                  "use logit_bias with -100 for single tokens"),
     "mm_processor_kwargs": (_given, "the served model takes text only"),
     "media_io_kwargs": (_given, "the served model takes text only"),
     "structural_tag": (_given, "structural tags are not supported; use structured_outputs"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxserve.engine.step_inputs import allowed_bitmask
+from jaxserve.engine.step_inputs import allowed_bitmask, bad_word_bans
 from jaxserve.sampling_params import SamplingParams, StructuredOutputs
 from tests.engine.test_llm_engine import OnlyThenStopFactory
 from tests.support.fake_engine import add, make_engine, run_all
@@ -62,3 +62,26 @@ def test_cache_salt_keeps_prefixes_apart(tiny_tokenizer):
     assert cached("d", "x") == 12
     assert cached("e", None) == 12
     engine.allocator.check_all_free()
+
+
+def test_bad_word_bans_follow_the_output():
+    words = [[5], [7, 8], [1, 2, 3]]
+    assert bad_word_bans(words, []) == [5]
+    assert bad_word_bans(words, [9, 7]) == [5, 8]
+    assert bad_word_bans(words, [1, 2]) == [5, 3]
+    assert bad_word_bans(words, [2]) == [5]
+
+
+def test_bad_words_ban_in_the_bias_and_run_one_step_at_a_time(tiny_tokenizer):
+    engine = make_engine(tiny_tokenizer, **{"scheduler.num_decode_steps": 4})
+    params = SamplingParams(max_tokens=4, temperature=0, bad_words_token_ids=[[11, 12], [90]])
+    add(engine, "a", [10], params)  # the fake rule yields 11, 12, ...: 12 is banned after 11
+    run_all(engine)
+    steps = engine.runner.steps
+    assert all(s.num_steps == 1 for s in steps)
+
+    def banned(step) -> set[int]:
+        ids, values = step.sampling.bias_ids[0], step.sampling.bias_values[0]
+        return {int(t) for t, v in zip(ids, values) if t >= 0 and v <= -1e8}
+
+    assert banned(steps[0]) == {90} and banned(steps[1]) == {12, 90}

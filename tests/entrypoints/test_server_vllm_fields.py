@@ -63,6 +63,26 @@ def test_allowed_token_ids_refused_when_empty_or_outside_vocab(http, ids):
     assert error["param"] == "allowed_token_ids"
 
 
+# ---- bad_words -----------------------------------------------------------------------------------
+AB = dict(temperature=1.0, seed=3, n=2, max_tokens=32, ignore_eos=True,
+          allowed_token_ids=LETTERS[:2])  # only "a" and "b": "ab" comes up by chance
+
+
+def test_bad_words_never_appear_in_the_output(http):
+    assert any("ab" in c["message"]["content"] for c in chat(http, **AB)["choices"])
+    for choice in chat(http, bad_words=["ab"], **AB)["choices"]:
+        text = choice["message"]["content"]
+        assert len(text) == 32 and "ab" not in text and "a" in text  # "a" alone still comes
+    events = http.sse("/v1/completions", dict(prompt="x", bad_words=["a"], **AB))
+    text = "".join(c["text"] for e in events[:-1] for c in e["choices"])
+    assert text == "b" * 64  # a one-token word is banned from the first token on
+
+
+def test_bad_words_refused_when_empty(http):
+    error = refused(http, "/v1/chat/completions", {"messages": HELLO, "bad_words": ["ok", " "]})
+    assert error["param"] == "bad_words" and "bad_words[1]" in error["message"]
+
+
 # ---- truncate_prompt_tokens ----------------------------------------------------------------------
 GREEDY = dict(temperature=0, max_tokens=8, ignore_eos=True)
 
@@ -186,7 +206,6 @@ REFUSED = [
     (CHAT, "repetition_detection", {"max_pattern_size": 4}),
     (CHAT, "max_repetition_pattern_size", 4), (CHAT, "min_repetition_pattern_size", 2),
     (CHAT, "repetition_min_count", 3),
-    (CHAT, "bad_words", ["hello"]),
     (CHAT, "mm_processor_kwargs", {"num_crops": 4}), (CHAT, "media_io_kwargs", {"video": {}}),
     (CHAT, "structural_tag", '{"structures": []}'),
     (CHAT, "guided_whitespace_pattern", r"\s*"), (COMPLETIONS, "guided_whitespace_pattern", " "),
