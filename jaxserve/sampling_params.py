@@ -30,8 +30,20 @@ class StructuredOutputs(msgspec.Struct, kw_only=True, omit_defaults=True):
     regex: str | None = None
     choice: list[str] | None = None
     grammar: str | None = None  # Lark (or GBNF) grammar text
+    # vLLM's options: one backend (llguidance) and no fallback, so disable_fallback is what
+    # happens anyway; the others are refused when set, never ignored
+    disable_fallback: bool = False
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+    structural_tag: str | None = None
 
     def validate(self) -> StructuredOutputs:
+        for name in ("disable_any_whitespace", "disable_additional_properties",
+                     "whitespace_pattern", "structural_tag"):
+            if getattr(self, name):
+                raise ParamError(f"structured_outputs.{name} is not supported by jaxserve's "
+                                 "llguidance backend", param=f"structured_outputs.{name}")
         given = [name for name in ("json", "regex", "choice", "grammar")
                  if getattr(self, name) is not None] + (["json_object"] if self.json_object else [])
         if len(given) != 1:

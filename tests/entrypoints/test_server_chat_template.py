@@ -52,6 +52,12 @@ def test_request_template_renders_the_prompt(http, live_server):
     assert prompt_tokens(http, chat_template_kwargs={"chat_template": PLAIN}) == len(expected)
 
 
+def test_chat_template_kwargs_are_template_variables(http, live_server):
+    template = "{{ greeting }}" + PLAIN
+    body = dict(chat_template=template, chat_template_kwargs={"greeting": "Hi!"})
+    assert prompt_tokens(http, **body) == len(text_ids(live_server, "Hi!<<Hello there>>"))
+
+
 def test_request_template_that_fails_names_chat_template(http):
     response = http.post("/v1/chat/completions", json={
         "messages": HELLO, "chat_template": "{% for m in messages %}{{ m.content "})

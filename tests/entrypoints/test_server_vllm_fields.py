@@ -251,3 +251,25 @@ def test_request_chat_template_refused_unless_trusted(http):
     assert error["param"] == "chat_template_kwargs"
     error = refused(http, "/tokenize", {"messages": HELLO, "chat_template": template})
     assert error["param"] == "chat_template"
+
+
+@pytest.mark.parametrize("option", [{"disable_any_whitespace": True},
+                                    {"disable_additional_properties": True},
+                                    {"whitespace_pattern": " "}, {"structural_tag": "{}"}])
+def test_structured_outputs_options_refused(http, option):
+    (name,) = option
+    error = refused(http, CHAT, {"messages": HELLO,
+                                 "structured_outputs": {"regex": "a+", **option}})
+    assert error["param"] == f"structured_outputs.{name}"
+
+
+def test_structured_outputs_disable_fallback_is_served(http):
+    # one backend, no fallback: the option asks for what happens anyway
+    body = chat(http, structured_outputs={"regex": "a+", "disable_fallback": True}, max_tokens=4)
+    assert set(body["choices"][0]["message"]["content"]) <= {"a"}
+
+
+def test_response_format_structural_tag_refused(http):
+    error = refused(http, CHAT, {"messages": HELLO, "response_format": {
+        "type": "structural_tag", "structures": [], "triggers": []}})
+    assert error["param"] == "response_format.type"
