@@ -74,6 +74,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     structural_tag: str | None = None
     guided_decoding_backend: str | None = None
     guided_whitespace_pattern: str | None = None
+    best_of: int | None = None  # older vLLM's; refused unless equal to n, as in completions
 
 
 # ---- logprobs -----------------------------------------------------------------------------------

@@ -88,6 +88,9 @@ def check_fields(req: Any, server: ServerConfig) -> None:
     for name, (asks, why) in _REFUSED.items():
         if hasattr(req, name) and asks(getattr(req, name)):
             raise ParamError(f"{name} {why}", param=name)
+    best_of = getattr(req, "best_of", None)
+    if best_of is not None and best_of != (req.n or 1):
+        raise ParamError("best_of is not supported unless it equals n", param="best_of")
     if not req.spaces_between_special_tokens and not req.skip_special_tokens:
         raise ParamError("spaces_between_special_tokens: false is only served with "
                           "skip_special_tokens: true (the detokenizer keeps the tokenizer's own "

@@ -213,6 +213,7 @@ REFUSED = [
     (COMPLETIONS, "guided_decoding_backend", "xgrammar"),
     (CHAT, "include_reasoning", False),
     (COMPLETIONS, "prompt_embeds", "AAAA"),
+    (CHAT, "best_of", 3), (COMPLETIONS, "best_of", 2),
 ]
 
 
@@ -235,7 +236,7 @@ def test_spaces_between_special_tokens(http):
 @pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
 def test_defaults_of_refused_fields_are_served(http, path):
     body = {"messages": HELLO} if path == CHAT else {"prompt": "Hello"}
-    defaults = dict(priority=0, use_beam_search=False, length_penalty=1.0, logits_processors=[],
+    defaults = dict(priority=0, best_of=1, use_beam_search=False, length_penalty=1.0, logits_processors=[],
                     vllm_xargs=None, kv_transfer_params=None, guided_decoding_backend="auto")
     if path == CHAT:
         defaults.update(bad_words=[], include_reasoning=True, mm_processor_kwargs={})
