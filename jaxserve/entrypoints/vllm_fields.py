@@ -54,20 +54,26 @@ def _given(value: Any) -> bool:
 
 
 # field -> (is it asking for something, why jaxserve cannot serve it)
+_FCFS = ("needs priority scheduling; jaxserve's scheduler serves requests first come, first "
+         "served (vLLM's fcfs policy, which refuses it too), so it must be 0")
+_NO_LOGITS_PROCESSORS = ("custom logits processors are not supported (vLLM also refuses them "
+                         "unless started with --logits-processor-pattern)")
+_NO_REASONING_PARSER = ("jaxserve has no reasoning parser: reasoning stays in content and "
+                        "cannot be left out")
+_NO_REPETITION_DETECTION = "repetition detection is not supported"
+
+# field -> (is it asking for something, why jaxserve cannot serve it)
 _REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "priority": (_given, "needs priority scheduling; jaxserve's scheduler serves requests first "
-                 "come, first served (vLLM's fcfs policy, which refuses it too), so it must be 0"),
+    "priority": (_given, _FCFS),
     "use_beam_search": (_given, "beam search is not supported"),
-    "length_penalty": (lambda v: v != 1.0, "only applies to beam search, which is not "
-                       "supported; it must be 1.0"),
-    "logits_processors": (_given, "custom logits processors are not supported (vLLM also "
-                          "refuses them unless started with --logits-processor-pattern)"),
+    "length_penalty": (lambda v: v != 1.0, "only scores beams, and beam search is not supported"),
+    "logits_processors": (_given, _NO_LOGITS_PROCESSORS),
     "vllm_xargs": (_given, "no extension in jaxserve reads vllm_xargs"),
     "kv_transfer_params": (_given, "disaggregated serving (KV transfer) is not supported"),
-    "repetition_detection": (_given, "repetition detection is not supported"),
-    "max_repetition_pattern_size": (_given, "repetition detection is not supported"),
-    "min_repetition_pattern_size": (_given, "repetition detection is not supported"),
-    "repetition_min_count": (_given, "repetition detection is not supported"),
+    "repetition_detection": (_given, _NO_REPETITION_DETECTION),
+    "max_repetition_pattern_size": (_given, _NO_REPETITION_DETECTION),
+    "min_repetition_pattern_size": (_given, _NO_REPETITION_DETECTION),
+    "repetition_min_count": (_given, _NO_REPETITION_DETECTION),
     # chat only
     "mm_processor_kwargs": (_given, "the served model takes text only"),
     "media_io_kwargs": (_given, "the served model takes text only"),
@@ -75,8 +81,7 @@ _REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "guided_whitespace_pattern": (_given, "the llguidance backend has no whitespace pattern"),
     "guided_decoding_backend": (lambda v: v not in (None, "auto", "guidance", "llguidance"),
                                 "jaxserve's one backend is llguidance ('guidance')"),
-    "include_reasoning": (lambda v: v is False, "jaxserve has no reasoning parser: reasoning "
-                          "stays in content and cannot be left out"),
+    "include_reasoning": (lambda v: v is False, _NO_REASONING_PARSER),
     # completions only
     "prompt_embeds": (lambda v: v is not None, "prompt embeddings are not supported"),
 }

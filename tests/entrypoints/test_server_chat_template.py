@@ -54,7 +54,7 @@ def test_request_template_renders_the_prompt(http, live_server):
 
 def test_chat_template_kwargs_are_template_variables(http, live_server):
     template = "{{ greeting }}" + PLAIN
-    body = dict(chat_template=template, chat_template_kwargs={"greeting": "Hi!"})
+    body = {"chat_template": template, "chat_template_kwargs": {"greeting": "Hi!"}}
     assert prompt_tokens(http, **body) == len(text_ids(live_server, "Hi!<<Hello there>>"))
 
 

@@ -9,7 +9,7 @@ import pytest
 HELLO = [{"role": "user", "content": "Hello there"}]
 EOS, BOS = 2, 1  # the tiny tokenizer's <|im_end|> and <|im_start|>
 A, B = ord("a") + 3, ord("b") + 3
-SAMPLED = dict(temperature=1.0, seed=11, max_tokens=16, return_token_ids=True)
+SAMPLED = {"temperature": 1.0, "seed": 11, "max_tokens": 16, "return_token_ids": True}
 
 
 def chat(http, **body) -> dict:
@@ -30,7 +30,7 @@ def test_top_k_1_and_min_p_1_sample_the_greedy_token(http, narrowing):
 
 
 def test_repetition_penalty_changes_greedy_output(http):
-    greedy = dict(temperature=0, max_tokens=24, ignore_eos=True, return_token_ids=True)
+    greedy = {"temperature": 0, "max_tokens": 24, "ignore_eos": True, "return_token_ids": True}
     plain = tokens(chat(http, **greedy))
     penalised = tokens(chat(http, **greedy, repetition_penalty=2.0))
     assert penalised != plain

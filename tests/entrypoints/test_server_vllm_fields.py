@@ -37,7 +37,8 @@ def unique_text(words: int = 12) -> str:
 
 
 # ---- allowed_token_ids ---------------------------------------------------------------------------
-SAMPLED = dict(temperature=1.0, seed=7, n=2, max_tokens=24, ignore_eos=True, return_token_ids=True)
+SAMPLED = {"temperature": 1.0, "seed": 7, "n": 2, "max_tokens": 24, "ignore_eos": True,
+           "return_token_ids": True}
 
 
 def test_allowed_token_ids_chat_samples_only_those(http):
@@ -64,8 +65,8 @@ def test_allowed_token_ids_refused_when_empty_or_outside_vocab(http, ids):
 
 
 # ---- bad_words -----------------------------------------------------------------------------------
-AB = dict(temperature=1.0, seed=3, n=2, max_tokens=32, ignore_eos=True,
-          allowed_token_ids=LETTERS[:2])  # only "a" and "b": "ab" comes up by chance
+AB = {"temperature": 1.0, "seed": 3, "n": 2, "max_tokens": 32, "ignore_eos": True,
+      "allowed_token_ids": LETTERS[:2]}  # only "a" and "b": "ab" comes up by chance
 
 
 def test_bad_words_never_appear_in_the_output(http):
@@ -84,7 +85,7 @@ def test_bad_words_refused_when_empty(http):
 
 
 # ---- truncate_prompt_tokens ----------------------------------------------------------------------
-GREEDY = dict(temperature=0, max_tokens=8, ignore_eos=True)
+GREEDY = {"temperature": 0, "max_tokens": 8, "ignore_eos": True}
 
 
 def test_truncate_prompt_tokens_completions_keeps_the_last_k(http, live_server):
@@ -236,8 +237,9 @@ def test_spaces_between_special_tokens(http):
 @pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
 def test_defaults_of_refused_fields_are_served(http, path):
     body = {"messages": HELLO} if path == CHAT else {"prompt": "Hello"}
-    defaults = dict(priority=0, best_of=1, use_beam_search=False, length_penalty=1.0, logits_processors=[],
-                    vllm_xargs=None, kv_transfer_params=None, guided_decoding_backend="auto")
+    defaults = {"priority": 0, "best_of": 1, "use_beam_search": False, "length_penalty": 1.0,
+                "logits_processors": [], "vllm_xargs": None, "kv_transfer_params": None,
+                "guided_decoding_backend": "auto"}
     if path == CHAT:
         defaults.update(bad_words=[], include_reasoning=True, mm_processor_kwargs={})
     assert post(http, path, **body, **defaults, max_tokens=1)["choices"]
