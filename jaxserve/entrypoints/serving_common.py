@@ -1,7 +1,8 @@
 """What the chat and completion handlers share: every step before the engine, and the reply.
 
-    decode the body -> the model's name -> ready -> sampling params -> the output constraint
-    -> prompt ids (the endpoint's own step) -> admission on a worker thread (every check, the
+    decode the body -> the model's name -> ready -> vLLM's fields checked -> sampling params
+    (with allowed ids, cache salt, bad words) -> the output constraint -> prompt ids (the
+    endpoint's own step), truncated when asked -> admission on a worker thread (every check, the
     grammar compiled once, one constraint per sample) -> submit -> one JSON reply or an SSE stream
 
 The endpoints differ only in how a request becomes sampling params and prompt ids, and in the
@@ -77,12 +78,13 @@ async def admit_request(state: ServerState, request: Request, request_type: type
     _as_400(check_fields, req, state.config.server)
     params = params_of(req, state.defaults, state.info.vocab_size)
     apply_fields(params, req)
-    if req.bad_words:
+    if getattr(req, "bad_words", None):
         params.bad_words_token_ids = await state.prompts.bad_words_ids(req.bad_words)
     structure = request_structure(req)
     params.structured_outputs = structure.constraint
     prompt_ids = _as_400(truncate_prompts, await prompts_of(req, structure),
-                         req.truncate_prompt_tokens, state.info.max_model_len, params.max_tokens)
+                         getattr(req, "truncate_prompt_tokens", None), state.info.max_model_len,
+                         params.max_tokens)
     requests = await asyncio.to_thread(_admit, state.admission, prompt_ids, params, structure)
     admitted = Admitted(req, structure, requests, request_id)
     record_of(request).prompt_tokens = admitted.num_prompt_tokens
@@ -123,7 +125,7 @@ class ReplyBase:
         self.model = state.config.model.model_name
         self.num_prompt_tokens = num_prompt_tokens
         self.token_str = token_strings(req, state.token_str)  # for logprobs
-        self.return_token_ids = bool(req.return_token_ids)
+        self.return_token_ids = bool(getattr(req, "return_token_ids", False))
         self.held_ids: dict[int, list[int]] = {}  # choice -> token ids of chunks not sent
         self.prompt_ids: list[list[int]] = []  # each prompt's ids, as admitted
         options = req.stream_options

@@ -96,11 +96,12 @@ def check_fields(req: Any, server: ServerConfig) -> None:
     best_of = getattr(req, "best_of", None)
     if best_of is not None and best_of != (req.n or 1):
         raise ParamError("best_of is not supported unless it equals n", param="best_of")
-    if not req.spaces_between_special_tokens and not req.skip_special_tokens:
+    spaces = getattr(req, "spaces_between_special_tokens", True)
+    if not spaces and not getattr(req, "skip_special_tokens", True):
         raise ParamError("spaces_between_special_tokens: false is only served with "
                           "skip_special_tokens: true (the detokenizer keeps the tokenizer's own "
                           "spacing between special tokens)", param="spaces_between_special_tokens")
-    if req.cache_salt is not None and not req.cache_salt:
+    if getattr(req, "cache_salt", None) == "":
         raise ParamError("cache_salt must be a non-empty string", param="cache_salt")
     check_template(req, server)
 
@@ -132,8 +133,9 @@ def template_kwargs(req: Any) -> dict[str, Any]:
 
 
 def apply_fields(params: SamplingParams, req: Any) -> None:
-    params.allowed_token_ids = req.allowed_token_ids
-    params.cache_salt = req.cache_salt
+    """The fields the engine reads, onto the params (getattr: a request type may lack them)."""
+    params.allowed_token_ids = getattr(req, "allowed_token_ids", None)
+    params.cache_salt = getattr(req, "cache_salt", None)
 
 
 def truncate_prompts(prompts: list[list[int]], k: int | None, max_model_len: int,
@@ -157,6 +159,6 @@ def truncate_prompts(prompts: list[list[int]], k: int | None, max_model_len: int
 
 def token_strings(req: Any, token_str: Callable[[int], str]) -> Callable[[int], str]:
     """How logprobs show a token: its text, or "token_id:N" when the request asks."""
-    if req.return_tokens_as_token_ids:
+    if getattr(req, "return_tokens_as_token_ids", False):
         return lambda token_id: f"token_id:{token_id}"
     return token_str
