@@ -77,10 +77,10 @@ def test_documents_and_reasoning_effort_reach_the_template(http, live_server):
 def test_add_special_tokens(http, live_server):
     base = prompt_tokens(http)
     assert prompt_tokens(http, add_special_tokens=True) == base + 1  # chat's default: false
-    ids = live_server.tokenizer("Once upon").input_ids
+    ids = live_server.tokenizer("Quilted kites").input_ids
     assert ids[0] == BOS
-    usage = post(http, "/v1/completions", prompt="Once upon", max_tokens=1)["usage"]
+    usage = post(http, "/v1/completions", prompt="Quilted kites", max_tokens=1)["usage"]
     assert usage["prompt_tokens"] == len(ids)  # completions' default: true
-    usage = post(http, "/v1/completions", prompt="Once upon", max_tokens=1,
+    usage = post(http, "/v1/completions", prompt="Quilted kites", max_tokens=1,
                  add_special_tokens=False)["usage"]
     assert usage["prompt_tokens"] == len(ids) - 1

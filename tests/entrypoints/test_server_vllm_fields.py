@@ -52,7 +52,7 @@ def test_allowed_token_ids_chat_samples_only_those(http):
 
 
 def test_allowed_token_ids_completions_stream(http):
-    events = http.sse("/v1/completions", dict(prompt="Once upon", allowed_token_ids=LETTERS[:2],
+    events = http.sse("/v1/completions", dict(prompt="Quilted kites", allowed_token_ids=LETTERS[:2],
                                               **SAMPLED))
     ids = [t for e in events[:-1] for c in e["choices"] for t in c.get("token_ids") or []]
     assert len(ids) == 48 and set(ids) <= set(LETTERS[:2])
@@ -89,7 +89,7 @@ GREEDY = {"temperature": 0, "max_tokens": 8, "ignore_eos": True}
 
 
 def test_truncate_prompt_tokens_completions_keeps_the_last_k(http, live_server):
-    text = "The quick brown fox jumps over the lazy dog"
+    text = "Seven violet herons sleep under the copper bridge"
     ids = live_server.tokenizer(text).input_ids
     body = complete(http, prompt=text, truncate_prompt_tokens=10, **GREEDY)
     assert body["usage"]["prompt_tokens"] == 10
@@ -158,16 +158,16 @@ def test_return_token_ids_chat_stream(http, live_server):
 
 
 def test_return_token_ids_completions(http, live_server):
-    prompts = ["Once upon", "In a"]
+    prompts = ["Quilted kites", "Marbled"]
     body = complete(http, prompt=prompts, return_token_ids=True, allowed_token_ids=LETTERS,
                     **GREEDY)
     for choice, prompt in zip(body["choices"], prompts):
         assert choice["prompt_token_ids"] == live_server.tokenizer(prompt).input_ids
         assert live_server.tokenizer.decode(choice["token_ids"]) == choice["text"]
-    events = http.sse("/v1/completions", dict(prompt="Once upon", return_token_ids=True,
+    events = http.sse("/v1/completions", dict(prompt="Quilted kites", return_token_ids=True,
                                               allowed_token_ids=LETTERS, **GREEDY))
     choices = [c for e in events[:-1] for c in e["choices"]]
-    assert choices[0]["prompt_token_ids"] == live_server.tokenizer("Once upon").input_ids
+    assert choices[0]["prompt_token_ids"] == live_server.tokenizer("Quilted kites").input_ids
     assert all("prompt_token_ids" not in c for c in choices[1:])
     ids = [t for c in choices for t in c["token_ids"]]
     assert live_server.tokenizer.decode(ids) == "".join(c["text"] for c in choices)
@@ -185,7 +185,7 @@ def test_return_tokens_as_token_ids_chat(http):
 
 
 def test_return_tokens_as_token_ids_completions(http):
-    body = complete(http, prompt="Once upon", logprobs=2, return_tokens_as_token_ids=True,
+    body = complete(http, prompt="Quilted kites", logprobs=2, return_tokens_as_token_ids=True,
                     return_token_ids=True, **GREEDY)
     (choice,) = body["choices"]
     logprobs = choice["logprobs"]
