@@ -155,6 +155,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # seconds a SIGTERM waits for requests in flight before the server exits; None: no bound
     drain_timeout: float | None = None
     log_requests: bool = True  # one jaxserve.access line per request
+    # /v1/responses kept for previous_response_id and GET: a bounded count, oldest evicted, and
+    # seconds each is kept, so the memory they take stays bounded
+    responses_store_size: int = 1024
+    responses_store_ttl: float = 3600.0
     # render a chat template sent in a request; off, as in vLLM, since a template is code that
     # runs on the tokenizer thread every request shares
     trust_request_chat_template: bool = False
@@ -171,6 +175,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.drain_timeout is not None:
             _check(self.drain_timeout > 0, "server.drain_timeout",
                    f"must be positive (or null), got {self.drain_timeout}")
+        _check(self.responses_store_size >= 0, "server.responses_store_size",
+               f"must be at least 0 (0 keeps none), got {self.responses_store_size}")
+        _check(self.responses_store_ttl > 0, "server.responses_store_ttl",
+               f"must be positive, got {self.responses_store_ttl}")
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -10,14 +10,14 @@ from __future__ import annotations
 import hmac
 import logging
 
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, delete, get, post
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
 from jaxserve.config import Config
 from jaxserve.engine.llm_engine import LLMEngine
-from jaxserve.entrypoints import serving_misc
+from jaxserve.entrypoints import serving_misc, serving_responses
 from jaxserve.entrypoints.async_engine import EngineDeadError
 from jaxserve.entrypoints.errors import APIError
 from jaxserve.entrypoints.openapi import describe_bodies, openapi_config
@@ -43,6 +43,26 @@ async def chat_completions(request: Request) -> Response:
 @post("/v1/completions")
 async def completions(request: Request) -> Response:
     return await create_completion(_server(request), request)
+
+
+@post("/v1/responses")
+async def responses(request: Request) -> Response:
+    return await serving_responses.create_response(_server(request), request)
+
+
+@get("/v1/responses/{response_id:str}")
+async def retrieve_response(request: Request, response_id: FromPath[str]) -> Response:
+    return serving_responses.retrieve_response(_server(request), response_id)
+
+
+@delete("/v1/responses/{response_id:str}", status_code=200)
+async def delete_response(request: Request, response_id: FromPath[str]) -> Response:
+    return serving_responses.delete_response(_server(request), response_id)
+
+
+@post("/v1/responses/{response_id:str}/cancel")
+async def cancel_response(request: Request, response_id: FromPath[str]) -> Response:
+    return serving_responses.cancel_response(_server(request), response_id)
 
 
 @get("/v1/models")
@@ -142,8 +162,9 @@ def create_app(engine: LLMEngine | None, info: EngineInfo | None, config: Config
         await server.close()
 
     app = Litestar(
-        route_handlers=[chat_completions, completions, models, model, health, metrics, version,
-                        tokenize, detokenize, openapi_json],
+        route_handlers=[chat_completions, completions, responses, retrieve_response,
+                        delete_response, cancel_response, models, model, health, metrics,
+                        version, tokenize, detokenize, openapi_json],
         before_request=_check_api_key,
         exception_handlers={APIError: _api_error, HTTPException: _http_error,
                             EngineDeadError: _engine_dead, ClientDisconnected: _disconnected,

@@ -18,6 +18,11 @@ import jaxserve
 from jaxserve.entrypoints.chat_protocol import ChatCompletionRequest, ChatCompletionResponse
 from jaxserve.entrypoints.completion_protocol import CompletionRequest, CompletionResponse
 from jaxserve.entrypoints.protocol import ErrorResponse, ModelCard, ModelList, VersionResponse
+from jaxserve.entrypoints.responses_protocol import (
+    ResponseDeleted,
+    ResponsesRequest,
+    ResponsesResponse,
+)
 from jaxserve.entrypoints.tokenize_protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -29,6 +34,10 @@ from jaxserve.entrypoints.tokenize_protocol import (
 _BODIES: dict[tuple[str, str], tuple[type | None, type]] = {
     ("post", "/v1/chat/completions"): (ChatCompletionRequest, ChatCompletionResponse),
     ("post", "/v1/completions"): (CompletionRequest, CompletionResponse),
+    ("post", "/v1/responses"): (ResponsesRequest, ResponsesResponse),
+    ("get", "/v1/responses/{response_id}"): (None, ResponsesResponse),
+    ("delete", "/v1/responses/{response_id}"): (None, ResponseDeleted),
+    ("post", "/v1/responses/{response_id}/cancel"): (None, ResponsesResponse),
     ("get", "/v1/models"): (None, ModelList),
     ("get", "/v1/models/{model_id}"): (None, ModelCard),
     ("post", "/tokenize"): (TokenizeRequest, TokenizeResponse),

@@ -53,6 +53,7 @@ log = logging.getLogger("jaxserve.server")
 Req = TypeVar("Req")
 ParamsOf = Callable[[Any, dict, int], SamplingParams]  # (request, defaults, vocab size)
 PromptsOf = Callable[[Any, RequestStructure], Awaitable[list[list[int]]]]
+StructureOf = Callable[[Any], RequestStructure]
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,10 @@ class Admitted(Generic[Req]):
 
 
 async def admit_request(state: ServerState, request: Request, request_type: type[Req],
-                        params_of: ParamsOf, prompts_of: PromptsOf) -> Admitted[Req]:
-    """The request decoded, checked and admitted; every mistake an APIError naming its field."""
+                        params_of: ParamsOf, prompts_of: PromptsOf,
+                        structure_of: StructureOf = request_structure) -> Admitted[Req]:
+    """The request decoded, checked and admitted; every mistake an APIError naming its field.
+    ``structure_of`` reads the output constraint and tools (the Responses API's differ)."""
     req = await read_request(request, request_type, state.config.server)
     check_request(req, state.config.server)
     request_id = resolve_request_id(request, req.request_id)
@@ -80,7 +83,7 @@ async def admit_request(state: ServerState, request: Request, request_type: type
     apply_fields(params, req)
     if getattr(req, "bad_words", None):
         params.bad_words_token_ids = await state.prompts.bad_words_ids(req.bad_words)
-    structure = request_structure(req)
+    structure = structure_of(req)
     params.structured_outputs = structure.constraint
     prompt_ids = _as_400(truncate_prompts, await prompts_of(req, structure),
                          getattr(req, "truncate_prompt_tokens", None), state.info.max_model_len,

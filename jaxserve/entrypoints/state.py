@@ -21,6 +21,7 @@ from jaxserve.entrypoints.errors import APIError, from_param_error
 from jaxserve.entrypoints.logprobs import TokenStrings
 from jaxserve.entrypoints.metrics import EngineMetrics
 from jaxserve.entrypoints.prompts import Prompts
+from jaxserve.entrypoints.response_store import ResponseStore
 from jaxserve.entrypoints.sampling import generation_defaults
 from jaxserve.interfaces import EngineInfo
 from jaxserve.sampling_params import ParamError
@@ -39,6 +40,8 @@ class ServerState:
         self.max_waiting_requests = (max_waiting_requests or config.server.max_waiting_requests
                                      or 64 * config.scheduler.max_num_seqs)
         self.metrics = EngineMetrics(config.model.model_name)
+        self.responses = ResponseStore(config.server.responses_store_size,
+                                       config.server.responses_store_ttl)
         self.engine: AsyncEngine | None = None
         self.admission: Admission | None = None  # the engine's checks, run on worker threads
         self.info: EngineInfo | None = None

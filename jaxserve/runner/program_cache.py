@@ -25,7 +25,11 @@ from pathlib import Path
 import jax
 from jax import export
 
+from jaxserve.kernels.ragged_paged_attention.export_check import TRITON_CUSTOM_CALL
+
 log = logging.getLogger("jaxserve.program_cache")
+# the key pins jax's version, so the cross-version stability export would guard is not needed
+_ALLOWED = [export.DisabledSafetyCheck.custom_call(TRITON_CUSTOM_CALL)]
 
 
 @functools.cache
@@ -111,7 +115,12 @@ class ProgramCache:
         if exported is None:
             self.misses += 1
             flat = jax.jit(lambda *flat_args: fn(*jax.tree.unflatten(tree, flat_args)))
-            exported = export.export(flat)(*leaves)
+            try:
+                exported = export.export(flat, disabled_checks=_ALLOWED)(*leaves)
+            except Exception as e:  # noqa: BLE001 (a program export cannot hold: trace it each start)
+                log.warning("program cache: %s is not stored (%s: %s)", name, type(e).__name__,
+                            str(e).splitlines()[0][:200])
+                return fn.lower(*args)
             try:
                 self._store(path, exported.serialize())
             except OSError as e:  # a full or read-only disk costs the next start a trace, no more

@@ -137,3 +137,22 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     cache = ProgramCache(tmp_path, "ctx")
     cache.lower("update", _update, _args()).compile()
     assert list(tmp_path.iterdir()) == []  # neither the program nor its temporary file
+
+
+def test_a_program_export_cannot_hold_is_traced_instead_and_not_stored(tmp_path, monkeypatch,
+                                                                         caplog):
+    from jaxserve.runner import program_cache
+
+    def refuse(*_args, **_kwargs):  # as export refuses a custom call it has no guarantee for
+        raise ValueError("Cannot serialize code with custom calls\nlong dump")
+
+    monkeypatch.setattr(program_cache.export, "export", refuse)
+    cache = ProgramCache(tmp_path, "ctx")
+    with caplog.at_level("WARNING", logger="jaxserve.program_cache"):
+        exe = cache.lower("update", _update, _args(), donate_argnums=(0,)).compile()
+    state, out = exe(*_args())
+    np.testing.assert_allclose(np.asarray(state["a"]), [1, 3, 5, 7])
+    assert int(out[0]) == 7
+    assert not list(tmp_path.glob("*.exported"))
+    assert "update is not stored (ValueError: Cannot serialize" in caplog.text
+    assert "long dump" not in caplog.text
