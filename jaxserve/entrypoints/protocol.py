@@ -2,7 +2,8 @@
 that chat and completion requests have in common.
 
 Requests ignore unknown fields (msgspec's default), as OpenAI and vLLM do, so a client that sends
-a newer field still gets served. Optional response fields the client should not see at all are
+a newer field still gets served; every field vLLM defines is declared, and served or refused
+(``vllm_fields.py``). Optional response fields the client should not see at all are
 ``msgspec.UNSET`` (left out of the JSON); fields OpenAI sends as ``null`` default to ``None``.
 """
 
