@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from jaxserve.config import ServerConfig
+from jaxserve.engine.step_inputs import MAX_BIAS_ENTRIES
 from jaxserve.sampling_params import ParamError, SamplingParams
 
 
@@ -101,6 +102,8 @@ def check_fields(req: Any, server: ServerConfig) -> None:
         raise ParamError("spaces_between_special_tokens: false is only served with "
                           "skip_special_tokens: true (the detokenizer keeps the tokenizer's own "
                           "spacing between special tokens)", param="spaces_between_special_tokens")
+    if len(getattr(req, "bad_words", None) or ()) > MAX_BIAS_ENTRIES:  # before tokenizing them
+        raise ParamError(f"bad_words may hold at most {MAX_BIAS_ENTRIES} words", param="bad_words")
     if getattr(req, "cache_salt", None) == "":
         raise ParamError("cache_salt must be a non-empty string", param="cache_salt")
     check_template(req, server)

@@ -79,9 +79,12 @@ def test_bad_words_never_appear_in_the_output(http):
     assert text == "b" * 64  # a one-token word is banned from the first token on
 
 
-def test_bad_words_refused_when_empty(http):
+def test_bad_words_refused_when_empty_or_too_many(http):
     error = refused(http, "/v1/chat/completions", {"messages": HELLO, "bad_words": ["ok", " "]})
     assert error["param"] == "bad_words" and "bad_words[1]" in error["message"]
+    for words in (["w"] * 385, [f"w{i}" for i in range(200)]):  # too many words, or bans
+        assert refused(http, COMPLETIONS, {"prompt": "x", "bad_words": words})["param"] == \
+            "bad_words"
 
 
 # ---- truncate_prompt_tokens ----------------------------------------------------------------------
