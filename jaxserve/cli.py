@@ -40,6 +40,7 @@ RUN_OVERRIDES = {
     "max_stop_string_length": "server.max_stop_string_length",
     "drain_timeout": "server.drain_timeout",
     "enable_log_requests": "server.log_requests",
+    "trust_request_chat_template": "server.trust_request_chat_template",
 }
 
 
@@ -114,6 +115,8 @@ def _add_limit_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--max-stop-string-length", type=int)
     run.add_argument("--drain-timeout", type=float,
                      help="seconds SIGTERM waits for requests in flight (default: no bound)")
+    run.add_argument("--trust-request-chat-template", action="store_true", default=None,
+                     help="render a chat_template sent in a request (vLLM's flag; off by default)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

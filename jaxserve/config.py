@@ -161,6 +161,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # seconds each is kept, so the memory they take stays bounded
     responses_store_size: int = 1024
     responses_store_ttl: float = 3600.0
+    # render a chat template sent in a request; off, as in vLLM, since a template is code that
+    # runs on the tokenizer thread every request shares
+    trust_request_chat_template: bool = False
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", f"must be in [0, 65535], got {self.port}")

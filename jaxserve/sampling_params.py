@@ -30,8 +30,20 @@ class StructuredOutputs(msgspec.Struct, kw_only=True, omit_defaults=True):
     regex: str | None = None
     choice: list[str] | None = None
     grammar: str | None = None  # Lark (or GBNF) grammar text
+    # vLLM's options: one backend (llguidance) and no fallback, so disable_fallback is what
+    # happens anyway; the others are refused when set, never ignored
+    disable_fallback: bool = False
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+    structural_tag: str | None = None
 
     def validate(self) -> StructuredOutputs:
+        for name in ("disable_any_whitespace", "disable_additional_properties",
+                     "whitespace_pattern", "structural_tag"):
+            if getattr(self, name):
+                raise ParamError(f"structured_outputs.{name} is not supported by jaxserve's "
+                                 "llguidance backend", param=f"structured_outputs.{name}")
         given = [name for name in ("json", "regex", "choice", "grammar")
                  if getattr(self, name) is not None] + (["json_object"] if self.json_object else [])
         if len(given) != 1:
@@ -64,12 +76,21 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token plus top-k
     prompt_logprobs: int | None = None
     structured_outputs: StructuredOutputs | None = None  # constrained decoding
+    allowed_token_ids: list[int] | None = None  # sampling keeps to these ids (vLLM)
+    cache_salt: str | None = None  # prefix-cache pages are shared only under the same salt
+    # vLLM's bad_words, tokenized: a word's last token is banned once its others were generated
+    bad_words_token_ids: list[list[int]] | None = None
 
     @property
     def has_penalties(self) -> bool:
         """Penalties read the token history, which the host builds before each step."""
         return bool(self.presence_penalty or self.frequency_penalty
                     or self.repetition_penalty != 1.0)
+
+    @property
+    def bans_by_history(self) -> bool:
+        """A bad word of several tokens: whether its last is banned depends on the output."""
+        return any(len(ids) > 1 for ids in self.bad_words_token_ids or ())
 
     @property
     def greedy(self) -> bool:
@@ -112,6 +133,18 @@ class SamplingParams(msgspec.Struct, kw_only=True):
             for token_id in self.stop_token_ids:
                 if not 0 <= token_id < vocab_size:
                     raise bad("stop_token_ids", f"has token id {token_id} outside [0, {vocab_size})")
+            for ids in self.bad_words_token_ids or ():
+                if not ids or any(not 0 <= t < vocab_size for t in ids):
+                    raise bad("bad_words", f"has a word whose token ids {ids} are not all in "
+                              f"[0, {vocab_size})")
+            for token_id in self.allowed_token_ids or ():
+                if not 0 <= token_id < vocab_size:
+                    raise bad("allowed_token_ids",
+                              f"has token id {token_id} outside [0, {vocab_size})")
+        if self.allowed_token_ids is not None and not self.allowed_token_ids:
+            raise bad("allowed_token_ids", "must not be empty")
+        if self.cache_salt is not None and not self.cache_salt:
+            raise bad("cache_salt", "must be a non-empty string")
         if self.structured_outputs is not None:
             self.structured_outputs.validate()
         if self.logit_bias:

@@ -1,8 +1,8 @@
 """Admission: every check a request passes before the engine takes it, in one place, once.
 
     prompt ids + SamplingParams -> validate the params -> the engine's limits (n, logit_bias,
-    stop ids, prompt ids, context length, KV pages) -> compile the grammar and copy it per
-    sample -> an ``AdmittedRequest``
+    stop ids, bad words, prompt ids, context length, KV pages) -> compile the grammar and copy it
+    per sample -> an ``AdmittedRequest``
 
 It runs on the caller's thread (an HTTP worker thread, or the offline ``LLM``'s), never on the
 event loop and never on the engine thread: ``LLMEngine.add_request`` takes what it returns and only
@@ -78,9 +78,13 @@ class Admission:
         if len(params.logit_bias or {}) > MAX_LOGIT_BIAS:
             raise ParamError(f"logit_bias may hold at most {MAX_LOGIT_BIAS} entries",
                              param="logit_bias")
-        if len(params.stop_token_ids) > (MAX_BIAS_ENTRIES - MAX_LOGIT_BIAS
-                                         - len(limits.eos_token_ids)):
+        room = MAX_BIAS_ENTRIES - MAX_LOGIT_BIAS - len(limits.eos_token_ids)
+        if len(params.stop_token_ids) > room:
             raise ParamError("too many stop_token_ids", param="stop_token_ids")
+        # each bad word bans at most one token a step, in the bias slots stop ids leave
+        if len(params.bad_words_token_ids or ()) > room - len(params.stop_token_ids):
+            raise ParamError(f"too many bad_words: at most {room - len(params.stop_token_ids)} "
+                             "tokenized words", param="bad_words")
 
     def _max_tokens(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
         """The output budget of one prompt, checked against the context and the KV cache."""

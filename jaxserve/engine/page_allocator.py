@@ -7,6 +7,9 @@ the key of the page before it with the page's own tokens, so one key names one w
 whose last holder frees it goes to the end of the free list but keeps its key and its K/V: until it
 is handed out again (from the front: least recently freed first) a new sequence with the same prefix
 takes it back instead of recomputing it.
+
+A request's ``cache_salt`` becomes the key chain's root (in place of None), so requests with
+different salts never share a page, however alike their prompts (vLLM's cache salting).
 """
 
 from __future__ import annotations
@@ -78,29 +81,37 @@ class PageAllocator:
     def page_key(self, previous: PageKey | None, tokens: list[int]) -> PageKey:
         return (hash(previous) if previous is not None else None, tuple(tokens))
 
-    def _cached_prefix(self, token_ids: list[int]) -> Iterator[tuple[PageKey, int]]:
+    @staticmethod
+    def _root(salt: str | None) -> Hashable:
+        """What the first page's key chains from: a str pair never equals a PageKey."""
+        return None if salt is None else ("cache_salt", salt)
+
+    def _cached_prefix(self, token_ids: list[int],
+                       salt: str | None = None) -> Iterator[tuple[PageKey, int]]:
         """(key, page) of each full page of token_ids' longest cached prefix, in order."""
         keys: list[PageKey] = []
         if not self.enable_prefix_caching:
             return
+        root = self._root(salt)
         for start in range(0, len(token_ids) - self.page_size + 1, self.page_size):
-            key = self.page_key(keys[-1] if keys else None, token_ids[start:start + self.page_size])
+            key = self.page_key(keys[-1] if keys else root, token_ids[start:start + self.page_size])
             page = self.cached.get(key)
             if page is None:
                 return
             keys.append(key)
             yield key, page
 
-    def cached_prefix_len(self, token_ids: list[int]) -> int:
+    def cached_prefix_len(self, token_ids: list[int], salt: str | None = None) -> int:
         """Tokens of token_ids' longest cached prefix, taking nothing (what lookup would find)."""
-        return self.page_size * sum(1 for _ in self._cached_prefix(token_ids))
+        return self.page_size * sum(1 for _ in self._cached_prefix(token_ids, salt))
 
-    def lookup(self, token_ids: list[int]) -> tuple[list[int], list[PageKey]]:
+    def lookup(self, token_ids: list[int],
+               salt: str | None = None) -> tuple[list[int], list[PageKey]]:
         """Take the pages of the longest cached prefix of token_ids (full pages only); returns
         them with their keys."""
         pages: list[int] = []
         keys: list[PageKey] = []
-        for key, page in self._cached_prefix(token_ids):
+        for key, page in self._cached_prefix(token_ids, salt):
             if self.ref_counts[page] == 0:
                 del self.free_pages[page]
             self.ref_counts[page] += 1
@@ -110,14 +121,15 @@ class PageAllocator:
         return pages, keys
 
     def register(self, keys: list[PageKey], token_ids: list[int], pages: list[int],
-                 num_full_pages: int) -> None:
+                 num_full_pages: int, salt: str | None = None) -> None:
         """Extend a sequence's page keys to its first num_full_pages (now computed), offering
         each new page to the cache."""
         if not self.enable_prefix_caching:
             return
         ps = self.page_size
+        root = self._root(salt)
         for i in range(len(keys), num_full_pages):
-            key = self.page_key(keys[-1] if keys else None, token_ids[i * ps:(i + 1) * ps])
+            key = self.page_key(keys[-1] if keys else root, token_ids[i * ps:(i + 1) * ps])
             keys.append(key)
             page = pages[i]
             if key not in self.cached and self.page_keys[page] is None:

@@ -120,7 +120,8 @@ class Scheduler:
         for seq in islice(self.waiting, max(seats, 0)):
             if wanted >= budget:
                 break
-            cached = 0 if seq.pages else self.allocator.cached_prefix_len(seq.token_ids[:-1])
+            cached = 0 if seq.pages else self.allocator.cached_prefix_len(
+                seq.token_ids[:-1], seq.params.cache_salt)
             wants.append(seq.num_uncomputed_tokens - cached)
             wanted += wants[-1]
         return token_budget(self.config.token_buckets, budget, wants)
@@ -132,7 +133,7 @@ class Scheduler:
 
     def _take_cached_prefix(self, seq: Sequence) -> None:
         # the last token is always computed: its logits are what the step is for
-        pages, keys = self.allocator.lookup(seq.token_ids[:-1])
+        pages, keys = self.allocator.lookup(seq.token_ids[:-1], seq.params.cache_salt)
         seq.pages, seq.page_keys = pages, keys
         seq.num_computed_tokens = len(pages) * self.allocator.page_size
         if seq.num_preemptions == 0:
@@ -152,7 +153,8 @@ class Scheduler:
         # later (or later in this step: every layer writes K/V before it attends) reads it after
         # this step wrote it, since steps run in order
         full = min(seq.num_computed_tokens, len(seq.token_ids)) // self.allocator.page_size
-        self.allocator.register(seq.page_keys, seq.token_ids, seq.pages, full)
+        self.allocator.register(seq.page_keys, seq.token_ids, seq.pages, full,
+                                seq.params.cache_salt)
         if sample:
             for fork in self._pending_forks(seq):
                 out.scheduled.append(ScheduledSeq(fork, 0, 0, True, logits_from=seq))

@@ -80,9 +80,11 @@ class Sequence:
 
     @property
     def host_feeds_each_step(self) -> bool:
-        """Its next step needs its last token on the host first: a grammar's mask or a
-        penalty's history. Such a sequence gets neither multi-step decode nor a look-ahead."""
-        return self.constraint is not None or self.params.has_penalties
+        """Its next step needs its last token on the host first: a grammar's mask, a
+        penalty's history or a bad word's prefix. Such a sequence gets neither multi-step decode
+        nor a look-ahead."""
+        p = self.params
+        return self.constraint is not None or p.has_penalties or p.bans_by_history
 
     @property
     def num_uncomputed_tokens(self) -> int:

@@ -12,6 +12,8 @@ there itself.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from jaxserve.config import Config
@@ -20,7 +22,7 @@ from jaxserve.engine.constraints import bitmask_words
 from jaxserve.engine.scheduler_output import ScheduledSeq, SchedulerOutput
 from jaxserve.interfaces import SamplingArrays, StepInputs
 
-MAX_BIAS_ENTRIES = 384  # logit_bias (<= 300) plus eos/stop ids suppressed for min_tokens
+MAX_BIAS_ENTRIES = 384  # logit_bias (<= 300), eos/stop ids for min_tokens, bad words' bans
 _SUPPRESS = -1e9
 
 
@@ -135,12 +137,19 @@ class StepInputBuilder:
             if seq.num_sampled_tokens < p.min_tokens:
                 for token_id in (*self.eos_token_ids, *p.stop_token_ids):
                     bias[token_id] = _SUPPRESS
+            if p.bad_words_token_ids:
+                for token_id in bad_word_bans(p.bad_words_token_ids, seq.output_token_ids):
+                    bias[token_id] = _SUPPRESS
             if bias:
                 ids = list(bias)[:MAX_BIAS_ENTRIES]
                 bias_ids[row, :len(ids)] = ids
                 bias_values[row, :len(ids)] = [bias[i] for i in ids]
             if seq.constraint is not None:
                 seq.constraint.fill_bitmask(token_bitmask, row)
+                any_mask = True
+            if p.allowed_token_ids is not None:  # a fixed mask, the same every step
+                token_bitmask[row] &= allowed_bitmask(tuple(p.allowed_token_ids),
+                                                      self.bitmask_words)
                 any_mask = True
             if p.has_penalties:
                 any_penalty = True
@@ -161,3 +170,24 @@ class StepInputBuilder:
             token_bitmask=token_bitmask, any_mask=np.array(any_mask),
             any_logprobs=np.array(any(s.seq.params.logprobs is not None for s in rows)),
         )
+
+
+def bad_word_bans(words: list[list[int]] | None, output: list[int]) -> list[int]:
+    """vLLM's bad_words rule: a word's last token is banned when the output ends with the
+    word's other tokens (a one-token word always)."""
+    bans = []
+    for ids in words or ():
+        prefix = len(ids) - 1
+        if prefix <= len(output) and output[len(output) - prefix:] == ids[:-1]:
+            bans.append(ids[-1])
+    return bans
+
+
+@lru_cache(maxsize=256)
+def allowed_bitmask(token_ids: tuple[int, ...], num_words: int) -> np.ndarray:  # i32[W]
+    """The packed mask that allows exactly token_ids (bit t % 32 of word t // 32)."""
+    ids = np.asarray(token_ids, np.int64)
+    words = np.zeros(num_words, np.uint32)
+    np.bitwise_or.at(words, ids // 32, np.left_shift(np.uint32(1), (ids % 32).astype(np.uint32)))
+    words.flags.writeable = False  # cached: shared by every step that reads it
+    return words.view(np.int32)

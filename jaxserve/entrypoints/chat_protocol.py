@@ -63,6 +63,18 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    # vLLM's chat extras; served or refused in entrypoints/vllm_fields.py
+    add_special_tokens: bool = False  # the template adds them; true adds the tokenizer's too
+    chat_template: str | None = None  # needs server.trust_request_chat_template
+    documents: list[dict[str, str]] | None = None  # for RAG templates
+    reasoning_effort: str | None = None  # a template variable, as in vLLM
+    include_reasoning: bool = True
+    mm_processor_kwargs: dict[str, Any] | None = None
+    media_io_kwargs: dict[str, Any] | None = None
+    structural_tag: str | None = None
+    guided_decoding_backend: str | None = None
+    guided_whitespace_pattern: str | None = None
+    best_of: int | None = None  # older vLLM's; refused unless equal to n, as in completions
 
 
 # ---- logprobs -----------------------------------------------------------------------------------
@@ -109,6 +121,7 @@ class ChatCompletionChoice(msgspec.Struct, kw_only=True):
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None
     stop_reason: int | str | None = None  # vLLM: the stop string or token id that ended it
+    token_ids: list[int] | UnsetType = UNSET  # vLLM's return_token_ids: the choice's tokens
 
 
 class ChatCompletionResponse(msgspec.Struct, kw_only=True):
@@ -118,6 +131,7 @@ class ChatCompletionResponse(msgspec.Struct, kw_only=True):
     model: str
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
+    prompt_token_ids: list[int] | UnsetType = UNSET  # with return_token_ids (vLLM)
 
 
 # ---- the stream ---------------------------------------------------------------------------------
@@ -146,6 +160,7 @@ class ChatStreamChoice(msgspec.Struct, kw_only=True):
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    token_ids: list[int] | UnsetType = UNSET  # return_token_ids: the tokens since the last chunk
 
 
 class ChatCompletionChunk(msgspec.Struct, kw_only=True):
@@ -156,3 +171,4 @@ class ChatCompletionChunk(msgspec.Struct, kw_only=True):
     choices: list[ChatStreamChoice]
     # present only with stream_options: in the final chunk, or in every chunk when continuous
     usage: UsageInfo | None | UnsetType = UNSET
+    prompt_token_ids: list[int] | UnsetType = UNSET  # return_token_ids: in the role chunks

@@ -28,6 +28,9 @@ class CompletionRequest(SamplingFields, kw_only=True):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None  # vLLM's older fields, as in chat
+    guided_whitespace_pattern: str | None = None
+    prompt_embeds: Any = None  # refused: entrypoints/vllm_fields.py
 
 
 class CompletionLogprobs(msgspec.Struct, kw_only=True):
@@ -43,6 +46,10 @@ class CompletionChoice(msgspec.Struct, kw_only=True):
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
     stop_reason: int | str | None = None
+    # vLLM's return_token_ids: the prompt's ids (in a stream, in the choice's first chunk) and
+    # the choice's tokens (in a stream, those since its last chunk)
+    prompt_token_ids: list[int] | UnsetType = UNSET
+    token_ids: list[int] | UnsetType = UNSET
 
 
 class CompletionResponse(msgspec.Struct, kw_only=True):

@@ -89,13 +89,21 @@ class Prompts:
     async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return await self._run(self._encode, text, add_special_tokens)
 
+    async def bad_words_ids(self, words: list[str]) -> list[list[int]]:
+        """vLLM's tokenizing of bad_words: each word as it is, and after a space when that is
+        other tokens of the same count (a word inside text, not at its start)."""
+        return await self._run(self._bad_words_ids, words)
+
     async def decode(self, token_ids: list[int]) -> str:
         return await self._run(self.tokenizer.decode, token_ids)
 
     async def encode_chat(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool,
                           continue_final_message: bool, tools: list[dict] | None = None,
                           template_kwargs: dict[str, Any] | None = None,
-                          add_special_tokens: bool = False) -> list[int]:
+                          add_special_tokens: bool = False, chat_template: str | None = None,
+                          documents: list[dict[str, str]] | None = None) -> list[int]:
+        """chat_template: the request's own (the caller checked it may be used), else the
+        tokenizer's."""
         if add_generation_prompt and continue_final_message:
             raise bad_request("add_generation_prompt and continue_final_message cannot both be "
                               "true", param="continue_final_message")
@@ -104,23 +112,36 @@ class Prompts:
                               "assistant's", param="continue_final_message")
         return await self._run(self._encode_chat, messages, add_generation_prompt,
                                continue_final_message, tools, template_kwargs or {},
-                               add_special_tokens)
+                               add_special_tokens, chat_template, documents)
 
     # ---- on the tokenizer thread -------------------------------------------------------------
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids
 
+    def _bad_words_ids(self, words: list[str]) -> list[list[int]]:
+        out = []
+        for i, word in enumerate(words):
+            plain = self._encode(word.lstrip(), False)
+            if not plain:
+                raise bad_request(f"bad_words[{i}] must not be empty", param="bad_words")
+            out.append(plain)
+            spaced = self._encode(" " + word.lstrip(), False)
+            if spaced[0] != plain[0] and len(spaced) == len(plain):
+                out.append(spaced)
+        return out
+
     def _encode_chat(self, messages, add_generation_prompt, continue_final_message, tools,
-                     template_kwargs, add_special_tokens) -> list[int]:
+                     template_kwargs, add_special_tokens, chat_template, documents) -> list[int]:
         # chat_template_kwargs are template variables only: none may change what
         # apply_chat_template returns or which template it renders
         kwargs = {k: v for k, v in template_kwargs.items() if k not in self._template_parameters}
         try:
             text = self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                continue_final_message=continue_final_message, tools=tools, **kwargs)
+                continue_final_message=continue_final_message, tools=tools,
+                chat_template=chat_template, documents=documents, **kwargs)
         except (jinja2.TemplateError, ValueError, TypeError, KeyError) as exc:
             # a template that cannot render these messages is the request's problem, not ours
             raise bad_request(f"the chat template could not render the messages: {exc}",
-                              param="messages") from None
+                              param="chat_template" if chat_template else "messages") from None
         return self._encode(text, add_special_tokens)

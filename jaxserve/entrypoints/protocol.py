@@ -2,13 +2,16 @@
 that chat and completion requests have in common.
 
 Requests ignore unknown fields (msgspec's default), as OpenAI and vLLM do, so a client that sends
-a newer field still gets served. Optional response fields the client should not see at all are
+a newer field still gets served; every field vLLM defines is declared, and served or refused
+(``vllm_fields.py``). Optional response fields the client should not see at all are
 ``msgspec.UNSET`` (left out of the JSON); fields OpenAI sends as ``null`` default to ``None``.
 """
 
 from __future__ import annotations
 
 import msgspec
+
+from jaxserve.entrypoints.vllm_fields import VllmFields
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -40,7 +43,7 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     continuous_usage_stats: bool | None = False  # vLLM: usage in every chunk
 
 
-class SamplingFields(msgspec.Struct, kw_only=True):
+class SamplingFields(VllmFields, kw_only=True):
     """What chat and completion requests share: model, limits, sampling, stopping, streaming.
 
     None means "not given", so the model's generation_config.json defaults can fill it in.

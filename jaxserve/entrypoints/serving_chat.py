@@ -39,6 +39,7 @@ from jaxserve.entrypoints.sampling import chat_params
 from jaxserve.entrypoints.serving_common import ReplyBase, admit_request, respond
 from jaxserve.entrypoints.state import ServerState
 from jaxserve.entrypoints.structured import RequestStructure
+from jaxserve.entrypoints.vllm_fields import request_template, template_kwargs
 from jaxserve.outputs import RequestOutput
 from jaxserve.structured.tool_parser import ToolCallDelta, ToolCallParser
 from jaxserve.structured.tool_prompt import prompt_messages, template_supports_tools
@@ -50,6 +51,7 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
     req, structure = admitted.req, admitted.structure
     reply = _Reply(state, req, f"chatcmpl-{admitted.request_id}",
                    admitted.num_prompt_tokens)
+    reply.prompt_ids = [r.prompt_token_ids for r in admitted.requests]
     if structure.reads_tool_calls:
         reply.read_tool_calls(structure.tools.names, structure.tools.parallel)
     return await respond(request, lambda: state.submit(admitted.requests), reply, req.stream)
@@ -58,13 +60,15 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
 async def _prompt_ids(state: ServerState, req: ChatCompletionRequest,
                       structure: RequestStructure) -> list[list[int]]:
     """The messages, and the tools the template cannot take itself, through the template."""
+    template = request_template(req)
     messages, tools = prompt_messages(
         template_messages(req.messages), structure.tools,
-        template_supports_tools(state.prompts.tokenizer.chat_template))
+        template_supports_tools(template or state.prompts.tokenizer.chat_template))
     prompt_ids = await state.prompts.encode_chat(
         messages, add_generation_prompt=req.add_generation_prompt,
         continue_final_message=req.continue_final_message, tools=tools,
-        template_kwargs=req.chat_template_kwargs)
+        template_kwargs=template_kwargs(req), add_special_tokens=req.add_special_tokens,
+        chat_template=template, documents=req.documents)
     return [prompt_ids]
 
 
@@ -97,7 +101,7 @@ class _Reply(ReplyBase):
     def _logprobs(self, steps) -> ChoiceLogprobs | None:
         if not self.want_logprobs or steps is None:
             return None
-        return ChoiceLogprobs(content=chat_logprobs(steps, self.state.token_str))
+        return ChoiceLogprobs(content=chat_logprobs(steps, self.token_str))
 
     def response(self, totals: list[RequestOutput]) -> ChatCompletionResponse:
         (total,) = totals
@@ -111,10 +115,14 @@ class _Reply(ReplyBase):
                 finish_reason = _finish_reason(parser, c.finish_reason)
             choices.append(ChatCompletionChoice(
                 index=c.index, message=message, logprobs=self._logprobs(c.logprobs),
-                finish_reason=finish_reason, stop_reason=c.stop_reason))
+                finish_reason=finish_reason, stop_reason=c.stop_reason,
+                token_ids=self.take_ids(c.index, c.token_ids)))
         completion_tokens = sum(len(c.token_ids) for c in total.outputs)
         self.num_cached_tokens = total.num_cached_tokens
-        return self.body(choices, self._usage(completion_tokens))
+        body = self.body(choices, self._usage(completion_tokens))
+        if self.return_token_ids:
+            body.prompt_token_ids = total.prompt_token_ids
+        return body
 
     async def events(self, streams: list[RequestStream]) -> AsyncIterator[bytes]:
         (stream,) = streams
@@ -125,9 +133,11 @@ class _Reply(ReplyBase):
         def usage():
             return self._usage(sum(generated)) if self.continuous_usage else UNSET
 
+        prompt_ids = self.prompt_ids[0] if self.return_token_ids else UNSET
         for index in range(n):
             delta = DeltaMessage(role="assistant", content="")
-            yield self.chunk([ChatStreamChoice(index=index, delta=delta)], usage())
+            yield self.chunk([ChatStreamChoice(index=index, delta=delta)], usage(),
+                             prompt_token_ids=prompt_ids)
         async for out in stream:
             self.num_cached_tokens = out.num_cached_tokens
             for c in out.outputs:
@@ -141,13 +151,14 @@ class _Reply(ReplyBase):
                     calls = _delta_tool_calls(deltas) or UNSET
                     finish_reason = _finish_reason(parser, c.finish_reason)
                 if not (text or calls or with_logprobs or c.finish_reason):
+                    self.hold_ids(c.index, c.token_ids)
                     continue  # text held back (a partial character, a stop, a tool call)
                 # a chunk that carries only logprobs still says content "", a final one {}
                 content = text if (text or (c.finish_reason is None and not calls)) else UNSET
                 choice = ChatStreamChoice(
                     index=c.index, delta=DeltaMessage(content=content, tool_calls=calls),
                     logprobs=self._logprobs(c.logprobs), finish_reason=finish_reason,
-                    stop_reason=c.stop_reason)
+                    stop_reason=c.stop_reason, token_ids=self.take_ids(c.index, c.token_ids))
                 yield self.chunk([choice], usage())
         if self.include_usage:
             yield self.chunk([], self._usage(sum(generated)))

@@ -1,7 +1,8 @@
 """What the chat and completion handlers share: every step before the engine, and the reply.
 
-    decode the body -> the model's name -> ready -> sampling params -> the output constraint
-    -> prompt ids (the endpoint's own step) -> admission on a worker thread (every check, the
+    decode the body -> the model's name -> ready -> vLLM's fields checked -> sampling params
+    (with allowed ids, cache salt, bad words) -> the output constraint -> prompt ids (the
+    endpoint's own step), truncated when asked -> admission on a worker thread (every check, the
     grammar compiled once, one constraint per sample) -> submit -> one JSON reply or an SSE stream
 
 The endpoints differ only in how a request becomes sampling params and prompt ids, and in the
@@ -37,6 +38,12 @@ from jaxserve.entrypoints.responses import (
 )
 from jaxserve.entrypoints.state import ServerState
 from jaxserve.entrypoints.structured import RequestStructure, constraint_error, request_structure
+from jaxserve.entrypoints.vllm_fields import (
+    apply_fields,
+    check_fields,
+    token_strings,
+    truncate_prompts,
+)
 from jaxserve.outputs import RequestOutput, merge_delta
 from jaxserve.sampling_params import ParamError, SamplingParams
 from jaxserve.structured import GrammarError
@@ -71,14 +78,27 @@ async def admit_request(state: ServerState, request: Request, request_type: type
     request_id = resolve_request_id(request, req.request_id)
     state.check_model(req.model)
     state.require_ready()  # before tokenizing: a loading server answers 503 at once
+    _as_400(check_fields, req, state.config.server)
     params = params_of(req, state.defaults, state.info.vocab_size)
+    apply_fields(params, req)
+    if getattr(req, "bad_words", None):
+        params.bad_words_token_ids = await state.prompts.bad_words_ids(req.bad_words)
     structure = structure_of(req)
     params.structured_outputs = structure.constraint
-    prompt_ids = await prompts_of(req, structure)
+    prompt_ids = _as_400(truncate_prompts, await prompts_of(req, structure),
+                         getattr(req, "truncate_prompt_tokens", None), state.info.max_model_len,
+                         params.max_tokens)
     requests = await asyncio.to_thread(_admit, state.admission, prompt_ids, params, structure)
     admitted = Admitted(req, structure, requests, request_id)
     record_of(request).prompt_tokens = admitted.num_prompt_tokens
     return admitted
+
+
+def _as_400(fn: Callable, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ParamError as exc:
+        raise from_param_error(exc) from None
 
 
 def _admit(admission: Admission, prompts: list[list[int]], params: SamplingParams,
@@ -107,6 +127,10 @@ class ReplyBase:
         self.created = int(time.time())
         self.model = state.config.model.model_name
         self.num_prompt_tokens = num_prompt_tokens
+        self.token_str = token_strings(req, state.token_str)  # for logprobs
+        self.return_token_ids = bool(getattr(req, "return_token_ids", False))
+        self.held_ids: dict[int, list[int]] = {}  # choice -> token ids of chunks not sent
+        self.prompt_ids: list[list[int]] = []  # each prompt's ids, as admitted
         options = req.stream_options
         self.include_usage = bool(options and options.include_usage)
         self.continuous_usage = bool(options and options.continuous_usage_stats)
@@ -120,9 +144,20 @@ class ReplyBase:
         return self.response_type(id=self.id, created=self.created, model=self.model,
                                   choices=choices, usage=usage)
 
-    def chunk(self, choices: list, usage: Any = UNSET) -> bytes:
+    def chunk(self, choices: list, usage: Any = UNSET, **fields: Any) -> bytes:
         return sse_event(self.chunk_type(id=self.id, created=self.created, model=self.model,
-                                         choices=choices, usage=usage))
+                                         choices=choices, usage=usage, **fields))
+
+    def hold_ids(self, index: int, token_ids: list[int]) -> None:
+        """A chunk of choice index is not sent (its text held back): its ids go with the next."""
+        if self.return_token_ids:
+            self.held_ids.setdefault(index, []).extend(token_ids)
+
+    def take_ids(self, index: int, token_ids: list[int]) -> list[int] | Any:
+        """return_token_ids: the ids a chunk (or a whole choice) of index carries; else UNSET."""
+        if not self.return_token_ids:
+            return UNSET
+        return self.held_ids.pop(index, []) + token_ids
 
     def response(self, totals: list[RequestOutput]) -> msgspec.Struct:
         raise NotImplementedError

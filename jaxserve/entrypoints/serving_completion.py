@@ -36,6 +36,7 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     echoes = await _echoes(state, req, prompt_ids)
     reply = _Reply(state, req, f"cmpl-{admitted.request_id}",
                    admitted.num_prompt_tokens, echoes)
+    reply.prompt_ids = prompt_ids
     return await respond(request, lambda: state.submit(admitted.requests), reply, req.stream)
 
 
@@ -76,16 +77,20 @@ class _Reply(ReplyBase):
 
     def _choice(self, position: int, c: CompletionOutput) -> CompletionChoice:
         index = position * self.n + c.index
-        text = c.text
+        text, prompt_ids = c.text, UNSET
         if index not in self.offsets:  # this choice's first text: the echo goes before it
             text = self.echoes[position] + text
             self.offsets[index] = len(self.echoes[position])
+            if self.return_token_ids:
+                prompt_ids = self.prompt_ids[position]
         logprobs = None
         if self.req.logprobs is not None and c.logprobs is not None:
             logprobs, self.offsets[index] = completion_logprobs(
-                c.logprobs, self.state.token_str, self.offsets[index])
+                c.logprobs, self.token_str, self.offsets[index])
         return CompletionChoice(index=index, text=text, logprobs=logprobs,
-                                finish_reason=c.finish_reason, stop_reason=c.stop_reason)
+                                finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                                prompt_token_ids=prompt_ids,
+                                token_ids=self.take_ids(index, c.token_ids))
 
     def response(self, totals: list[RequestOutput]) -> CompletionResponse:
         choices = [self._choice(p, c) for p, total in enumerate(totals) for c in total.outputs]
@@ -103,6 +108,7 @@ class _Reply(ReplyBase):
                 index = position * self.n + c.index
                 echo_due = self.echoes[position] and index not in self.offsets
                 if not (c.text or with_logprobs or echo_due or c.finish_reason):
+                    self.hold_ids(index, c.token_ids)
                     continue  # tokens whose text is held back (a partial character, a stop)
                 usage = self._usage(sum(generated.values())) if self.continuous_usage else UNSET
                 yield self.chunk([self._choice(position, c)], usage)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from litestar import Request, Response
 
 import jaxserve
-from jaxserve.entrypoints.errors import bad_request
+from jaxserve.entrypoints.errors import bad_request, from_param_error
 from jaxserve.entrypoints.metrics import CONTENT_TYPE
 from jaxserve.entrypoints.prompts import template_messages
 from jaxserve.entrypoints.protocol import ModelCard, ModelList, VersionResponse
@@ -19,6 +19,8 @@ from jaxserve.entrypoints.tokenize_protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from jaxserve.entrypoints.vllm_fields import check_template, request_template
+from jaxserve.sampling_params import ParamError
 
 
 def _card(state: ServerState) -> ModelCard:
@@ -58,11 +60,15 @@ async def tokenize(state: ServerState, request: Request) -> Response:
     state.check_model(req.model)
     state.require_ready()
     if req.messages is not None:
+        try:
+            check_template(req, state.config.server)
+        except ParamError as exc:
+            raise from_param_error(exc) from None
         ids = await state.prompts.encode_chat(
             template_messages(req.messages), add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message, tools=req.tools,
             template_kwargs=req.chat_template_kwargs,
-            add_special_tokens=bool(req.add_special_tokens))
+            add_special_tokens=bool(req.add_special_tokens), chat_template=request_template(req))
     elif req.prompt is not None:
         add_special = True if req.add_special_tokens is None else req.add_special_tokens
         ids = await state.prompts.encode(req.prompt, add_special)

@@ -19,6 +19,7 @@ class TokenizeRequest(msgspec.Struct, kw_only=True):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    chat_template: str | None = None  # needs server.trust_request_chat_template, as in chat
     tools: list[dict[str, Any]] | None = None
     return_token_strs: bool = False
 

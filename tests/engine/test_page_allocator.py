@@ -60,3 +60,18 @@ def test_prefix_cache_evicts_least_recently_freed_first():
     alloc.allocate(1)  # takes a's page: [1, 2] is evicted, [3, 4] stays
     assert alloc.lookup([1, 2, 0])[0] == []
     assert alloc.lookup([3, 4, 0])[0] == b
+
+
+def test_cache_salt_roots_a_chain_of_its_own():
+    alloc = PageAllocator(num_pages=8, page_size=4)
+    tokens = list(range(9))
+    pages = alloc.allocate(3)
+    alloc.register([], tokens, pages, num_full_pages=2, salt="alpha")
+    alloc.free(pages)
+    assert alloc.cached_prefix_len(tokens) == 0  # the same tokens, no salt: no hit
+    assert alloc.lookup(tokens, salt="beta")[0] == []
+    assert alloc.cached_prefix_len(tokens, salt="alpha") == 8
+    hit, _ = alloc.lookup(tokens, salt="alpha")
+    assert hit == pages[:2]
+    alloc.free(hit)
+    alloc.check_all_free()

@@ -65,9 +65,10 @@ def run_uvicorn(app, **config) -> tuple[uvicorn.Server, threading.Thread, str]:
 
 
 @contextmanager
-def serve(llm) -> Iterator[LiveServer]:
-    """Serve an LLM's engine over HTTP, with the API key set, until the block ends."""
-    config = msgspec.structs.replace(llm.config, server=ServerConfig(api_key=API_KEY))
+def serve(llm, **server) -> Iterator[LiveServer]:
+    """Serve an LLM's engine over HTTP, with the API key set (and any other ``server`` fields
+    given), until the block ends."""
+    config = msgspec.structs.replace(llm.config, server=ServerConfig(api_key=API_KEY, **server))
     server, thread, url = run_uvicorn(create_app(llm.engine, llm.info, config))
     try:
         yield LiveServer(url, llm.engine, llm.engine.tokenizer, llm.info.model_name,
