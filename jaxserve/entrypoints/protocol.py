@@ -39,7 +39,7 @@ class UsageInfo(msgspec.Struct):
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
-    include_usage: bool | None = False
+    include_usage: bool | None = True  # as vLLM: sending stream_options asks for usage
     continuous_usage_stats: bool | None = False  # vLLM: usage in every chunk
 
 

@@ -51,6 +51,14 @@ def test_response_shape_and_usage(http, live_server):
     assert usage["total_tokens"] == usage["prompt_tokens"] + 5
 
 
+def test_stream_options_without_include_usage_ask_for_usage_as_vllm_does(http):
+    with_options = chat_stream(http, max_tokens=3, temperature=0, ignore_eos=True,
+                               stream_options={"continuous_usage_stats": False})
+    assert with_options[-2]["choices"] == [] and with_options[-2]["usage"]["completion_tokens"] == 3
+    plain = chat_stream(http, max_tokens=3, temperature=0, ignore_eos=True)
+    assert all(not chunk.get("usage") for chunk in plain[:-1])
+
+
 def test_stream_shape(http):
     events = chat_stream(http, max_tokens=6, temperature=0, ignore_eos=True,
                          stream_options={"include_usage": True})
