@@ -68,7 +68,8 @@ def _auto_weights(activations: str, platform: str, cpu: CpuInfo | None,
     if activations == "bfloat16":
         return "bfloat16", "auto: bfloat16 activations"
     if platform in ("gpu", "cuda", "rocm"):
-        major = int(compute_capability.split(".")[0]) if compute_capability else 0
+        # unknown: assume a GPU of this decade, all of which multiply bfloat16
+        major = int(compute_capability.split(".")[0]) if compute_capability else 8
         if platform == "rocm" or major >= 8:
             return "bfloat16", f"auto: a GPU of compute capability {compute_capability or '?'}"
         return "float32", f"auto: compute capability {compute_capability or '?'} has no bfloat16"

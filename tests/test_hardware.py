@@ -26,6 +26,7 @@ def test_cpuinfo_reads_the_first_model_name_and_flags(tmp_path):
     ("gpu", None, "9.0", "bfloat16"),
     ("cuda", None, "8.0", "bfloat16"),
     ("gpu", None, "7.5", "float32"),
+    ("gpu", None, None, "bfloat16"),
     ("tpu", None, None, "bfloat16"),
 ])
 def test_auto_weights_follow_the_hardware_and_the_cache_follows_the_weights(
