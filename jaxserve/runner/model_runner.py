@@ -113,7 +113,10 @@ class ModelRunner:
             self.layer_groups.attach_weights(model)
         if self.kv_caches is None:
             spec = self.kv_spec
-            self.kv_caches = [jnp.zeros(spec.shape, spec.dtype, device=spec.sharding)
+            # committed to their device, as every step's outputs are: an uncommitted cache would
+            # have the page-copy program, compiled at warm-up, compiled again at its first use
+            device = spec.sharding or jax.devices()[0]
+            self.kv_caches = [jnp.zeros(spec.shape, spec.dtype, device=device)
                               for _ in range(self.cfg.num_hidden_layers)]
 
     # ---- compilation -------------------------------------------------------------------------
