@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from jaxserve.entrypoints.protocol import SamplingFields, UsageInfo
+from jaxserve.entrypoints.protocol import PromptLogprob, SamplingFields, UsageInfo
 from jaxserve.sampling_params import StructuredOutputs
 
 
@@ -43,6 +43,8 @@ class CompletionChoice(msgspec.Struct, kw_only=True):
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
     stop_reason: int | str | None = None
+    # vLLM's, when asked, never in a stream: entrypoints/prompt_logprobs.py
+    prompt_logprobs: list[dict[int, PromptLogprob] | None] | UnsetType = UNSET
 
 
 class CompletionResponse(msgspec.Struct, kw_only=True):
