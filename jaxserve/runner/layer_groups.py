@@ -14,14 +14,20 @@ below the layer count, a bucket compiles three programs instead:
 - ``head``: the final norm, the LM head on the sampled rows, and the sampler (in a step that
   carries prompt logprobs, ``head_prompt_logprobs``: the same plus runner/prompt_logprobs.py's).
 
-The weights are the model's own arrays (no copy). A call is cheap to dispatch; a step loses the
+A bucket's prompt-logprob variant shares the bucket's compiled ``embed`` and ``layers`` programs
+(the same shapes) and compiles only its own head. The weights are the model's own arrays (no
+copy). A call is cheap to dispatch; a step loses the
 overlap XLA finds across layer boundaries inside one program but gains the rotary tables computed
 once, for a fraction of the program's size (docs/performance.md, ``model.layers_per_call``).
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future
+
 import jax
+import numpy as np
 from flax import nnx
 
 from jaxserve.models.attention_metadata import AttentionMetadata
@@ -82,6 +88,9 @@ class LayerGroups:
         self._layers = jax.jit(group_layers, donate_argnums=LAYERS_KV_ARG)
         self._head = jax.jit(head)
         self._head_prompt_logprobs = jax.jit(head_prompt_logprobs)
+        # (program, T, S) -> its executable, compiled once for a bucket and its variant
+        self._compiled: dict[tuple[str, int, int], Future] = {}
+        self._lock = threading.Lock()
 
     def attach_weights(self, model: LlamaForCausalLM) -> None:
         """Take the model's arrays (or, for lowering only, its ShapeDtypeStructs)."""
@@ -103,7 +112,9 @@ class LayerGroups:
         embed = lower("embed", self._embed,
                       (self.embed_state, last_tokens, input_ids, prev_rows, positions))
         x, rope = embed.out_info  # the shapes the embedding program hands to the layer calls
-        return _Lowered(self, (
+        shape = (np.shape(input_ids)[0], np.shape(logits_indices)[0])
+        names = ("embed", "group_layers", "head" if pl is None else "head_prompt_logprobs")
+        return _Lowered(self, [(name, *shape) for name in names], (
             embed,
             lower("group_layers", self._layers,
                   (self.groups[0], kv_caches[:self.per_call], x, rope, md),
@@ -116,12 +127,28 @@ class LayerGroups:
         ))
 
 
+    def compile_once(self, key: tuple[str, int, int], lowered):
+        """The executable of one program at one shape, compiled by the first thread to ask."""
+        with self._lock:
+            done = self._compiled.get(key)
+            first = done is None
+            if first:
+                done = self._compiled[key] = Future()
+        if first:
+            try:
+                done.set_result(lowered.compile())
+            except BaseException as exc:
+                done.set_exception(exc)
+        return done.result()
+
+
 class _Lowered:
-    def __init__(self, groups: LayerGroups, lowered: tuple):
-        self.groups, self.lowered = groups, lowered
+    def __init__(self, groups: LayerGroups, keys: list, lowered: tuple):
+        self.groups, self.keys, self.lowered = groups, keys, lowered
 
     def compile(self) -> GroupedStep:
-        return GroupedStep(self.groups, *(lowered.compile() for lowered in self.lowered))
+        return GroupedStep(self.groups, *(self.groups.compile_once(key, lowered)
+                                          for key, lowered in zip(self.keys, self.lowered)))
 
 
 class GroupedStep:
