@@ -79,8 +79,8 @@ class ModelRunner:
         self.last_tokens = jnp.zeros(max_rows, jnp.int32, device=self.input_sharding)
         self.num_pages = num_pages
         self.max_copies = max_num_seqs
-        # (bucket, decode steps, whether it is the prompt-logprob variant) -> executable
-        self.executables: dict[tuple[tuple[int, int], int, bool], object] = {}
+        # (bucket, decode steps) -> executable; a prompt-logprob variant's key ends "prompt_logprobs"
+        self.executables: dict[tuple, object] = {}
         self.compilations_after_warmup = 0
         self._warm = False
         self.num_decode_steps = num_decode_steps
@@ -113,10 +113,7 @@ class ModelRunner:
             self.layer_groups.attach_weights(model)
         if self.kv_caches is None:
             spec = self.kv_spec
-            # committed to their device, as every step's outputs are: an uncommitted cache would
-            # have the page-copy program, compiled at warm-up, compiled again at its first use
-            device = spec.sharding or jax.devices()[0]
-            self.kv_caches = [jnp.zeros(spec.shape, spec.dtype, device=device)
+            self.kv_caches = [jnp.zeros(spec.shape, spec.dtype, device=spec.sharding)
                               for _ in range(self.cfg.num_hidden_layers)]
 
     # ---- compilation -------------------------------------------------------------------------
@@ -130,8 +127,9 @@ class ModelRunner:
         return args if inputs.prompt_logprobs is None else (*args, inputs.prompt_logprobs)
 
     @staticmethod
-    def _key(inputs: StepInputs) -> tuple[tuple[int, int], int, bool]:
-        return inputs.bucket, inputs.num_steps, inputs.prompt_logprobs is not None
+    def _key(inputs: StepInputs) -> tuple:
+        variant = () if inputs.prompt_logprobs is None else ("prompt_logprobs",)
+        return (inputs.bucket, inputs.num_steps, *variant)
 
     def _lower(self, inputs: StepInputs):
         specs = jax.tree_util.tree_map(
@@ -207,9 +205,11 @@ class ModelRunner:
                 job.result()  # re-raises a failed compilation here
         finally:
             self._pool.shutdown(cancel_futures=True)
-        src = np.full(self.max_copies, 0, np.int32)
-        dst = np.full(self.max_copies, self.num_pages, np.int32)
-        self.kv_caches = self._copy_pages(self.kv_caches, src, dst)  # compiles the copy too
+        # the page copy ahead of time too, as one executable: a jitted function would compile
+        # again for a cache committed differently, or after jax.clear_caches()
+        kv = [self.kv_spec] * self.cfg.num_hidden_layers
+        pages = jax.ShapeDtypeStruct((self.max_copies,), jnp.int32, sharding=self.input_sharding)
+        self._copy_pages = self._copy_pages.lower(kv, pages, pages).compile()
         self._warm = True
         self.compile_count_at_warmup = backend_compile_count()
         return time.perf_counter() - self._warmup_start
