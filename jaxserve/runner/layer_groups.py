@@ -138,7 +138,8 @@ class LayerGroups:
             try:
                 done.set_result(lowered.compile())
             except BaseException as exc:
-                done.set_exception(exc)
+                done.set_exception(exc)  # the other threads waiting on it get it too
+                raise
         return done.result()
 
 
