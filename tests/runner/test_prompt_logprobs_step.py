@@ -1,6 +1,7 @@
 """The prompt-logprob program on the tiny model: its values against teacher-forced logits (across
 chunks), the layer-group head variant against the whole-model one, and no compilation after
-warm-up with prompt-logprob requests mixed into other traffic."""
+warm-up with prompt-logprob requests mixed into other traffic; its block loop against one plain
+log-softmax."""
 
 from __future__ import annotations
 
@@ -81,3 +82,43 @@ def test_no_compilations_with_prompt_logprob_requests_mixed_in(tiny_llm):
 def test_top_k_count_follows_the_request(tiny_llm, k):
     out = engine_prompt_logprobs(tiny_llm, ids_of(tiny_llm, "hello there"), k)
     assert all(len(e.top) == k for e in out[1:])
+
+
+@pytest.mark.parametrize("num_positions", [0, 1, 63, 64, 65, 150, 192])
+def test_block_loop_equals_one_full_log_softmax(num_positions):
+    """runner.prompt_logprobs walks Q positions in blocks and stops after the last one in use;
+    the positions in use must equal a plain log-softmax of all their logits at once, and the
+    blocks past the last one in use are never computed (they stay zero)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxserve.engine.prompt_logprobs import BLOCK
+    from jaxserve.interfaces import PromptLogprobArrays
+    from jaxserve.models.layers import Embed
+    from jaxserve.models.llama import RMSNorm
+    from jaxserve.runner.prompt_logprobs import prompt_logprobs
+
+    t, q, vocab, hidden = 200, 192, 300, 16
+    rng = np.random.default_rng(num_positions)
+    norm = RMSNorm(hidden, 1e-5, dtype=jnp.float32)
+    embed = Embed(vocab, hidden, dtype=jnp.float32, weight_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    x = jnp.asarray(rng.normal(size=(t, hidden)), jnp.float32)  # f32[T, hidden]
+    rows = np.zeros(q, np.int32)
+    targets = np.zeros(q, np.int32)
+    rows[:num_positions] = rng.permutation(t)[:num_positions]
+    targets[:num_positions] = rng.integers(0, vocab, num_positions)
+    pl = PromptLogprobArrays(rows, targets, np.array([num_positions], np.int32))
+    lps, ranks, top_ids, top_lps = jax.jit(
+        lambda x, pl: prompt_logprobs(norm, embed, None, x, pl))(x, pl)
+    logits = np.asarray(embed.attend(norm(x[rows[:num_positions]])))  # f32[n, V]
+    ref = jax.nn.log_softmax(logits, axis=-1)  # f32[n, V]
+    n = num_positions
+    want = np.take_along_axis(np.asarray(ref), targets[:n, None], axis=-1)[:, 0]
+    np.testing.assert_allclose(np.asarray(lps[:n]), want, atol=1e-5)
+    assert (np.asarray(ranks[:n]) == 1 + (np.asarray(ref) > want[:, None]).sum(-1)).all()
+    assert (np.asarray(top_ids[:n]) == np.argsort(-np.asarray(ref), axis=-1)[:, :20]).all()
+    np.testing.assert_allclose(np.asarray(top_lps[:n]), -np.sort(-np.asarray(ref))[:, :20],
+                               atol=1e-5)
+    end = -(-n // BLOCK) * BLOCK
+    assert not np.asarray(lps[end:]).any() and not np.asarray(top_ids[end:]).any()
