@@ -235,7 +235,9 @@ class LLMEngine:
         if prompt_lps is not None and (request.prompt_logprobs_emitted
                                        or len(prompt_lps) < request.num_prompt_tokens):
             prompt_lps = None  # sent once, whole, in the first output that has them all
-        request.prompt_logprobs_emitted |= prompt_lps is not None
+        if prompt_lps is not None:
+            prompt_lps = list(prompt_lps)  # the output crosses to the server's thread
+            request.prompt_logprobs_emitted = True
         return RequestOutput(request_id=request.request_id,
                              prompt_token_ids=request.prompt_token_ids, outputs=completions,
                              finished=request.is_finished,
