@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 
 from jaxserve.config import Config, ConfigError
-from jaxserve.engine.buckets import all_buckets, decode_buckets
+from jaxserve.engine.buckets import all_buckets, decode_buckets, prompt_logprob_buckets
 from jaxserve.engine.llm_engine import LLMEngine
 from jaxserve.engine.step_inputs import StepInputBuilder
 from jaxserve.gc_policy import collector_paused, freeze_imports
@@ -153,6 +153,9 @@ def _build_engine(config: Config, progress: bool) -> tuple[LLMEngine, EngineInfo
             widest = min(sched.max_num_seqs, sched.multi_step_max_seqs or sched.max_num_seqs)
             padding += [shapes.padding_inputs(b, sched.num_decode_steps)
                         for b in decode_buckets(sched.token_buckets, sched.seq_buckets, widest)]
+        if config.parallel.nnodes == 1:  # a step's prompt-logprob variant (not across processes)
+            padding += [shapes.padding_inputs(b, with_prompt_logprobs=True)
+                        for b in prompt_logprob_buckets(sched.token_buckets, sched.seq_buckets)]
         if config.parallel.nnodes > 1:  # rank 0 sends its steps; the others receive them
             runner.channel = distributed.StepChannel(shapes.padding_inputs)
         runner.start_warmup(padding, progress)

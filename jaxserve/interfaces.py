@@ -7,7 +7,7 @@ row) never crosses: the engine keeps it beside the step it launched. The runner 
 
 Shapes: T = the step's token bucket, S = its sequence bucket, P = pages per sequence,
 L = max_model_len, B = bias entries per row, W = ceil(vocab / 32), C = page copies, K = the
-step's decode steps.
+step's decode steps, Q = prompt-logprob positions a step can carry (``PromptLogprobArrays``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,19 @@ class SamplingArrays:
 
 
 @dataclass(frozen=True)
+class PromptLogprobArrays:
+    """The prompt positions whose next prompt token's logprob a step computes, packed first.
+
+    Only a step that carries them has these, and it runs its bucket's prompt-logprob program
+    (``runner/prompt_logprobs.py``); every other step runs the ordinary one.
+    """
+
+    token_rows: np.ndarray  # i32[Q]: the step's token row of each position; 0 pads
+    targets: np.ndarray  # i32[Q]: the prompt token that follows it; 0 pads
+    num_positions: np.ndarray  # i32[1]: positions in use; the rest of Q pads
+
+
+@dataclass(frozen=True)
 class StepInputs:
     """One device step, padded to its bucket.
 
@@ -69,6 +82,18 @@ class StepInputs:
     page_copies: np.ndarray  # i32[C, 2]: (src, dst) pages to copy before the step
     num_sample_rows: int = 0  # sample rows in use; the rest of S pads
     num_steps: int = 1  # K: decode steps the device runs before returning (decode-only)
+    prompt_logprobs: PromptLogprobArrays | None = None  # set only on steps that compute them
+
+
+@dataclass(frozen=True)
+class PromptLogprobResult:
+    """Per position of the step's ``PromptLogprobArrays``: the target's logprob and rank, and the
+    top 20 (rows past ``num_positions`` are padding)."""
+
+    logprobs: np.ndarray  # f32[Q]
+    ranks: np.ndarray  # i32[Q]: 1 + tokens with a higher logprob than the target (vLLM's rank)
+    top_ids: np.ndarray  # i32[Q, 20]
+    top_logprobs: np.ndarray  # f32[Q, 20]
 
 
 @dataclass(frozen=True)
@@ -77,6 +102,7 @@ class StepResult:
     logprobs: np.ndarray  # f32[K, S]: of each sampled token
     top_ids: np.ndarray  # i32[K, S, 20]
     top_logprobs: np.ndarray  # f32[K, S, 20]
+    prompt_logprobs: PromptLogprobResult | None = None  # when the step's inputs asked
 
 
 class Runner(Protocol):

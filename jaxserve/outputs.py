@@ -22,6 +22,7 @@ class StepLogprobs(msgspec.Struct):
     token_id: int
     logprob: float
     top: list[TokenLogprob]  # the top-k, best first (empty when k == 0)
+    rank: int | None = None  # a prompt token's rank in its distribution (1: the likeliest)
 
 
 class CompletionOutput(msgspec.Struct, kw_only=True):
@@ -40,6 +41,8 @@ class RequestOutput(msgspec.Struct, kw_only=True):
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0
+    # when asked: one per prompt token, None for the first (it has no context), in the first
+    # output that has them all
     prompt_logprobs: list[StepLogprobs | None] | None = None
 
 
@@ -63,5 +66,7 @@ def merge_delta(total: RequestOutput | None, delta: RequestOutput) -> RequestOut
         acc.num_output_tokens = c.num_output_tokens
     total.outputs = [by_index[i] for i in sorted(by_index)]
     total.finished = delta.finished
+    if delta.prompt_logprobs is not None:
+        total.prompt_logprobs = delta.prompt_logprobs
     total.num_cached_tokens = delta.num_cached_tokens
     return total

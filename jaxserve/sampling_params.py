@@ -74,7 +74,7 @@ class SamplingParams(msgspec.Struct, kw_only=True):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token plus top-k
-    prompt_logprobs: int | None = None
+    prompt_logprobs: int | None = None  # None: none; k >= 0: each prompt token's plus top-k
     structured_outputs: StructuredOutputs | None = None  # constrained decoding
     allowed_token_ids: list[int] | None = None  # sampling keeps to these ids (vLLM)
     cache_salt: str | None = None  # prefix-cache pages are shared only under the same salt
@@ -124,6 +124,9 @@ class SamplingParams(msgspec.Struct, kw_only=True):
             raise bad("min_tokens", f"({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             raise bad("logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS:
+            raise bad("prompt_logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}], got "
+                      f"{self.prompt_logprobs}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:
             raise bad("seed", "must fit in 64 bits")
         if vocab_size is not None:

@@ -8,6 +8,11 @@ process's peak RSS.
 
     python scripts/bench_offline.py --config configs/smollm2.yaml --batch 1,4,16 \
         --input-len 128 --output-len 128 --num-prompts 16 --result-json offline.json
+
+With ``--prompt-logprobs K`` each wave size runs twice, on the same prompts: as above, then with
+every request asking for its prompt logprobs and their top K (a level with ``prompt_logprobs``:
+K); comparing the first rows with a run of the main branch shows what the requests that do not
+ask pay, the second what asking costs.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int_list, default=[1, 4, 16], help="wave sizes, e.g. 1,4,16")
     p.add_argument("--max-duration", type=float, default=300.0, help="per batch size, seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt-logprobs", type=int, default=None, metavar="K",
+                   help="also run each wave size with every request asking prompt_logprobs=K")
     p.add_argument("--result-json", type=Path)
     return p
 
@@ -76,18 +83,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"time to ready: {time_to_ready:.1f} s (import, load, compile or compile-cache hit)")
     tokenizer = load_tokenizer(args.tokenizer or str(llm.config.model.path))
     params = jaxserve.SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
+    variants = [params]
+    if args.prompt_logprobs is not None:
+        variants.append(jaxserve.SamplingParams(temperature=0.0, max_tokens=args.output_len,
+                                                ignore_eos=True,
+                                                prompt_logprobs=args.prompt_logprobs))
     warmup = random_prompts(tokenizer, max(args.batch), args.input_len, args.seed + 999, False)
     for batch in sorted(set(args.batch)):  # every batch shape once, so no level pays a compile
-        llm.generate_ids([p.prompt for p in warmup[:batch]], params)
+        for variant in variants:
+            llm.generate_ids([p.prompt for p in warmup[:batch]], variant)
     levels = []
     for i, batch in enumerate(args.batch):
         prompts = random_prompts(tokenizer, args.num_prompts, args.input_len, args.seed + i, False)
-        level = run_batch(llm, params, [p.prompt for p in prompts], batch, args.max_duration)
-        print(f"batch {batch}: {level['completed']} requests in {level['duration_s']:.1f} s, "
-              f"output {level['output_throughput']:.1f} tok/s, total "
-              f"{level['total_token_throughput']:.1f} tok/s, "
-              f"{level['request_throughput']:.2f} req/s")
-        levels.append(level)
+        for variant in variants:
+            level = run_batch(llm, variant, [p.prompt for p in prompts], batch, args.max_duration)
+            level["prompt_logprobs"] = variant.prompt_logprobs
+            asks = "" if variant.prompt_logprobs is None else \
+                f" (prompt_logprobs={variant.prompt_logprobs})"
+            print(f"batch {batch}{asks}: {level['completed']} requests in "
+                  f"{level['duration_s']:.1f} s, output {level['output_throughput']:.1f} tok/s, "
+                  f"total {level['total_token_throughput']:.1f} tok/s, "
+                  f"{level['request_throughput']:.2f} req/s")
+            levels.append(level)
     compilations = getattr(llm.engine.runner, "compilations_after_warmup", None)
     result = {
         "config": args.config, "input_len": args.input_len, "output_len": args.output_len,

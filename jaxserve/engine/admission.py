@@ -31,6 +31,7 @@ class EngineLimits(msgspec.Struct, frozen=True, kw_only=True):
     page_size: int
     num_pages: int
     eos_token_ids: tuple[int, ...]
+    prompt_logprobs: bool = True  # whether steps can carry them (not across processes)
 
 
 class AdmittedRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,6 +76,9 @@ class Admission:
         if params.n > limits.max_num_seqs:
             raise ParamError(f"n must be at most {limits.max_num_seqs} (max_num_seqs), "
                              f"got {params.n}", param="n")
+        if params.prompt_logprobs is not None and not limits.prompt_logprobs:
+            raise ParamError("prompt_logprobs are not available on an engine that spans several "
+                             "processes", param="prompt_logprobs")
         if len(params.logit_bias or {}) > MAX_LOGIT_BIAS:
             raise ParamError(f"logit_bias may hold at most {MAX_LOGIT_BIAS} entries",
                              param="logit_bias")

@@ -60,3 +60,11 @@ def all_buckets(token_ladder: list[int], seq_ladder: list[int]) -> list[tuple[in
             for rows in {1, s, min(s, t)}:
                 pairs.add(pick_pair(token_ladder, seq_ladder, t, rows))
     return sorted(pairs)
+
+
+def prompt_logprob_buckets(token_ladder: list[int], seq_ladder: list[int]
+                           ) -> list[tuple[int, int]]:
+    """The buckets that also get a prompt-logprob program (runner/prompt_logprobs.py): the
+    largest only, so warm-up compiles one more program; a step that carries prompt logprobs is
+    padded to it (it computes only its real positions' logprobs, block by block)."""
+    return [pick_pair(token_ladder, seq_ladder, token_ladder[-1], seq_ladder[-1])]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jaxserve.config import Config
+from jaxserve.engine import prompt_logprobs
 from jaxserve.engine.admission import Admission, AdmittedRequest, EngineLimits
 from jaxserve.engine.constraints import ConstraintFactory
 from jaxserve.engine.output_processor import OutputProcessor
@@ -74,7 +75,8 @@ class LLMEngine:
         self.admission = Admission(EngineLimits(
             vocab_size=vocab_size, max_model_len=max_model_len,
             max_num_seqs=config.scheduler.max_num_seqs, page_size=cache.page_size,
-            num_pages=cache.num_pages, eos_token_ids=tuple(eos_token_ids)), constraint_factory)
+            num_pages=cache.num_pages, eos_token_ids=tuple(eos_token_ids),
+            prompt_logprobs=config.parallel.nnodes == 1), constraint_factory)
         self.allocator = PageAllocator(cache.num_pages, cache.page_size,
                                        cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.allocator, max_model_len)
@@ -99,6 +101,8 @@ class LLMEngine:
         params = admitted.params
         prompt = admitted.prompt_token_ids
         request = Request(request_id, list(prompt), params, admitted.max_tokens)
+        if params.prompt_logprobs is not None:
+            request.prompt_logprobs = [None]  # the first token has no context to predict it
         for index, constraint in enumerate(admitted.constraints):
             seq = Sequence(seq_id=next(self._seq_ids), request=request, index=index,
                            token_ids=list(prompt), num_prompt_tokens=len(prompt),
@@ -168,6 +172,8 @@ class LLMEngine:
                     result: StepResult) -> list[RequestOutput]:
         touched: dict[str, Request] = {}
         now = time.monotonic()
+        if result.prompt_logprobs is not None:
+            prompt_logprobs.collect(sched, result.prompt_logprobs)
         for row, s in enumerate(sched.sample_rows):
             seq = s.seq
             seq.num_pending -= inputs.num_steps
@@ -225,7 +231,15 @@ class LLMEngine:
                 completions.append(delta)
         if not completions:
             return None
+        prompt_lps = request.prompt_logprobs
+        if prompt_lps is not None and (request.prompt_logprobs_emitted
+                                       or len(prompt_lps) < request.num_prompt_tokens):
+            prompt_lps = None  # sent once, whole, in the first output that has them all
+        if prompt_lps is not None:
+            prompt_lps = list(prompt_lps)  # the output crosses to the server's thread
+            request.prompt_logprobs_emitted = True
         return RequestOutput(request_id=request.request_id,
                              prompt_token_ids=request.prompt_token_ids, outputs=completions,
                              finished=request.is_finished,
-                             num_cached_tokens=request.seqs[0].num_cached_tokens)
+                             num_cached_tokens=request.seqs[0].num_cached_tokens,
+                             prompt_logprobs=prompt_lps)

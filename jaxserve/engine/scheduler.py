@@ -21,6 +21,7 @@ from collections import deque
 from itertools import islice
 
 from jaxserve.config import SchedulerConfig
+from jaxserve.engine import prompt_logprobs
 from jaxserve.engine.page_allocator import PageAllocator
 from jaxserve.engine.scheduler_output import ScheduledSeq, SchedulerOutput
 from jaxserve.engine.sequence import Sequence, Status
@@ -94,7 +95,7 @@ class Scheduler:
             slots = 1 + len(self._pending_forks(seq))
             if len(self.running) + self._reserved_slots() + slots > self.config.max_num_seqs:
                 break
-            if not seq.pages:
+            if not seq.pages and not prompt_logprobs.pending(seq):
                 self._take_cached_prefix(seq)
             num_new = min(seq.num_uncomputed_tokens, budget)
             needed = self.allocator.pages_needed(seq.num_computed_tokens + num_new) - len(seq.pages)
@@ -120,8 +121,8 @@ class Scheduler:
         for seq in islice(self.waiting, max(seats, 0)):
             if wanted >= budget:
                 break
-            cached = 0 if seq.pages else self.allocator.cached_prefix_len(
-                seq.token_ids[:-1], seq.params.cache_salt)
+            cached = 0 if seq.pages or prompt_logprobs.pending(seq) \
+                else self.allocator.cached_prefix_len(seq.token_ids[:-1], seq.params.cache_salt)
             wants.append(seq.num_uncomputed_tokens - cached)
             wanted += wants[-1]
         return token_budget(self.config.token_buckets, budget, wants)
@@ -146,7 +147,9 @@ class Scheduler:
 
     def _schedule(self, seq: Sequence, num_new: int, out: SchedulerOutput, ids: set[int]) -> None:
         sample = seq.num_computed_tokens + num_new == seq.num_scheduled_tokens
-        out.scheduled.append(ScheduledSeq(seq, seq.num_computed_tokens, num_new, sample))
+        first, count = prompt_logprobs.chunk_positions(seq, seq.num_computed_tokens, num_new)
+        out.scheduled.append(ScheduledSeq(seq, seq.num_computed_tokens, num_new, sample,
+                                          prompt_logprob_start=first, num_prompt_logprobs=count))
         ids.add(seq.seq_id)
         seq.num_computed_tokens += num_new
         # pages this step fills are offered to the prefix cache now: a sequence that finds one

@@ -16,6 +16,10 @@ class ScheduledSeq:
     num_new_tokens: int  # tokens computed this step; 0 for a fork row
     sample: bool  # this row yields the sequence's next token
     logits_from: Sequence | None = None  # a fork row samples from its leader's last-token logits
+    # prompt positions [prompt_logprob_start, + num_prompt_logprobs) whose logprobs this step
+    # computes (engine/prompt_logprobs.py)
+    prompt_logprob_start: int = 0
+    num_prompt_logprobs: int = 0
 
 
 @dataclass
@@ -28,6 +32,10 @@ class SchedulerOutput:
     @property
     def num_tokens(self) -> int:
         return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def num_prompt_logprobs(self) -> int:
+        return sum(s.num_prompt_logprobs for s in self.scheduled)
 
     @property
     def is_empty(self) -> bool:

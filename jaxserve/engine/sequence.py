@@ -105,6 +105,9 @@ class Request:
     first_token_time: float | None = None
     last_token_time: float | None = None
     seqs: list[Sequence] = field(default_factory=list)
+    # prompt_logprobs asked: [None] then each prompt token's, as collected (prompt_logprobs.py)
+    prompt_logprobs: list[StepLogprobs | None] | None = None
+    prompt_logprobs_emitted: bool = False
 
     @property
     def num_prompt_tokens(self) -> int:

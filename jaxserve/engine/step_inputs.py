@@ -17,7 +17,8 @@ from functools import lru_cache
 import numpy as np
 
 from jaxserve.config import Config
-from jaxserve.engine.buckets import pick_pair
+from jaxserve.engine import prompt_logprobs
+from jaxserve.engine.buckets import pick_pair, prompt_logprob_buckets
 from jaxserve.engine.constraints import bitmask_words
 from jaxserve.engine.scheduler_output import ScheduledSeq, SchedulerOutput
 from jaxserve.interfaces import SamplingArrays, StepInputs
@@ -48,16 +49,24 @@ class StepInputBuilder:
                    max_pages_per_seq=-(-max_model_len // page_size), max_model_len=max_model_len,
                    eos_token_ids=eos_token_ids, vocab_size=vocab_size)
 
-    def padding_inputs(self, bucket: tuple[int, int], num_steps: int = 1) -> StepInputs:
-        """All-padding inputs of one bucket: the shapes to compile it ahead of time."""
-        return self.build(SchedulerOutput(scheduled=[], num_steps=num_steps), bucket)
+    def padding_inputs(self, bucket: tuple[int, int], num_steps: int = 1,
+                       with_prompt_logprobs: bool = False) -> StepInputs:
+        """All-padding inputs of one bucket: the shapes to compile it ahead of time (its
+        prompt-logprob program's, with_prompt_logprobs)."""
+        return self.build(SchedulerOutput(scheduled=[], num_steps=num_steps), bucket,
+                          with_prompt_logprobs=with_prompt_logprobs)
 
     def build(self, sched: SchedulerOutput, bucket: tuple[int, int] | None = None,
-              prev_rows: dict[int, int] | None = None) -> StepInputs:
+              prev_rows: dict[int, int] | None = None,
+              with_prompt_logprobs: bool = False) -> StepInputs:
         """prev_rows: seq_id -> sample row in the step still running, for sequences whose
-        last token that step samples."""
+        last token that step samples. A step whose chunks carry prompt logprobs goes to a
+        prompt-logprob bucket with their arrays; so do padding inputs asked with_prompt_logprobs."""
         attn_rows, sample_rows = sched.attention_rows, sched.sample_rows
         num_tokens = sum(s.num_new_tokens for s in attn_rows)
+        with_prompt_logprobs = with_prompt_logprobs or sched.num_prompt_logprobs > 0
+        if bucket is None and with_prompt_logprobs:
+            (bucket,) = prompt_logprob_buckets(self.token_buckets, self.seq_buckets)
         t_pad, s_pad = bucket or pick_pair(self.token_buckets, self.seq_buckets, num_tokens,
                                            max(len(attn_rows), len(sample_rows), 1))
         ps = self.page_size
@@ -71,8 +80,10 @@ class StepInputBuilder:
         cu_q_lens = np.full(s_pad + 1, num_tokens, np.int32)
         cu_q_lens[0] = 0
         last_token_row: dict[int, int] = {}
+        row_offsets = []  # each attention row's first token row
         offset = 0
         for row, s in enumerate(attn_rows):
+            row_offsets.append(offset)
             seq, n = s.seq, s.num_new_tokens
             pos = np.arange(s.start, s.start + n, dtype=np.int32)
             pages = np.asarray(s.seq.pages, np.int32)
@@ -101,6 +112,9 @@ class StepInputBuilder:
             cu_q_lens=cu_q_lens, num_seqs=np.array([len(attn_rows)], np.int32),
             logits_indices=logits_indices, sampling=self._sampling(sample_rows, s_pad),
             page_copies=copies, num_sample_rows=len(sample_rows), num_steps=sched.num_steps,
+            prompt_logprobs=prompt_logprobs.build_arrays(
+                sched, row_offsets, prompt_logprobs.capacity(t_pad))
+            if with_prompt_logprobs else None,
         )
 
     def _sampling(self, rows: list[ScheduledSeq], s_pad: int) -> SamplingArrays:

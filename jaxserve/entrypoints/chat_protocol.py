@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from jaxserve.entrypoints.protocol import SamplingFields, UsageInfo
+from jaxserve.entrypoints.protocol import PromptLogprob, SamplingFields, UsageInfo
 from jaxserve.sampling_params import StructuredOutputs
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -52,6 +52,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    echo: bool = False  # vLLM: the reply starts with the last message's content when it is the reply's role
     chat_template_kwargs: dict[str, Any] | None = None
     # tools and output constraints: checked and combined in entrypoints/structured.py
     tools: list[dict[str, Any]] | None = None
@@ -132,6 +133,8 @@ class ChatCompletionResponse(msgspec.Struct, kw_only=True):
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
     prompt_token_ids: list[int] | UnsetType = UNSET  # with return_token_ids (vLLM)
+    # vLLM's, when asked: entrypoints/prompt_logprobs.py
+    prompt_logprobs: list[dict[int, PromptLogprob] | None] | UnsetType = UNSET
 
 
 # ---- the stream ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from jaxserve.entrypoints.protocol import SamplingFields, UsageInfo
+from jaxserve.entrypoints.protocol import PromptLogprob, SamplingFields, UsageInfo
 from jaxserve.sampling_params import StructuredOutputs
 
 
@@ -50,6 +50,8 @@ class CompletionChoice(msgspec.Struct, kw_only=True):
     # the choice's tokens (in a stream, those since its last chunk)
     prompt_token_ids: list[int] | UnsetType = UNSET
     token_ids: list[int] | UnsetType = UNSET
+    # vLLM's, when asked, never in a stream: entrypoints/prompt_logprobs.py
+    prompt_logprobs: list[dict[int, PromptLogprob] | None] | UnsetType = UNSET
 
 
 class CompletionResponse(msgspec.Struct, kw_only=True):

@@ -18,7 +18,7 @@ from jaxserve.outputs import StepLogprobs
 _FLOOR = -9999.0
 
 
-def _finite(logprob: float) -> float:
+def finite(logprob: float) -> float:
     return logprob if math.isfinite(logprob) and logprob > _FLOOR else _FLOOR
 
 
@@ -43,8 +43,8 @@ def chat_logprobs(steps: list[StepLogprobs], token_str: TokenStrings) -> list[To
         top = []
         for alt in step.top:
             alt_token = token_str(alt.token_id)
-            top.append(TopLogprob(alt_token, _finite(alt.logprob), list(alt_token.encode())))
-        entries.append(TokenLogprobEntry(token, _finite(step.logprob), list(token.encode()), top))
+            top.append(TopLogprob(alt_token, finite(alt.logprob), list(alt_token.encode())))
+        entries.append(TokenLogprobEntry(token, finite(step.logprob), list(token.encode()), top))
     return entries
 
 
@@ -59,10 +59,10 @@ def completion_logprobs(steps: list[StepLogprobs], token_str: TokenStrings,
         # the same string share a key; the likeliest keeps it (the top-k come best first).
         top: dict[str, float] = {}
         for alt in step.top:
-            top.setdefault(token_str(alt.token_id), _finite(alt.logprob))
-        top.setdefault(token, _finite(step.logprob))
+            top.setdefault(token_str(alt.token_id), finite(alt.logprob))
+        top.setdefault(token, finite(step.logprob))
         out.tokens.append(token)
-        out.token_logprobs.append(_finite(step.logprob))
+        out.token_logprobs.append(finite(step.logprob))
         out.top_logprobs.append(top)
         out.text_offset.append(text_offset)
         text_offset += len(token)

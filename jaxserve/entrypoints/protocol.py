@@ -68,8 +68,17 @@ class SamplingFields(VllmFields, kw_only=True):
     min_tokens: int = 0
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    prompt_logprobs: int | None = None  # vLLM: each prompt token's logprob and the top-k
     user: str | None = None
     request_id: str | None = None  # vLLM: becomes the response id's suffix
+
+
+class PromptLogprob(msgspec.Struct):
+    """One token of a ``prompt_logprobs`` entry (vLLM's ``Logprob``)."""
+
+    logprob: float
+    rank: int | None  # 1: the likeliest token at that position
+    decoded_token: str | None
 
 
 # ---- /v1/models ---------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def chat_params(req: ChatCompletionRequest, defaults: dict[str, Any],
         else req.max_tokens
     logprobs = (top or 0) if req.logprobs else None
     return SamplingParams(**_common(req, defaults, vocab_size), max_tokens=max_tokens,
-                          logprobs=logprobs)
+                          logprobs=logprobs, prompt_logprobs=req.prompt_logprobs)
 
 
 def completion_params(req: CompletionRequest, defaults: dict[str, Any],
@@ -98,13 +98,16 @@ def completion_params(req: CompletionRequest, defaults: dict[str, Any],
     if req.logprobs is not None and not 0 <= req.logprobs <= MAX_TOP_LOGPROBS:
         raise bad_request(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.logprobs}",
                           param="logprobs")
-    if req.echo and req.logprobs is not None:
-        raise bad_request("echo with logprobs needs prompt logprobs, which jaxserve does not "
-                          "compute yet; drop echo or logprobs", param="echo")
     if req.suffix:
         raise bad_request("suffix is not supported", param="suffix")
     if req.best_of is not None and req.best_of != (req.n or 1):
         raise bad_request("best_of is not supported unless it equals n", param="best_of")
-    return SamplingParams(**_common(req, defaults, vocab_size), max_tokens=req.max_tokens,
-                          logprobs=req.logprobs)
+    # echo with logprobs: the prompt's logprobs head the choice's (vLLM: prompt_logprobs
+    # defaults to logprobs); echo with max_tokens 0 computes one token and the reply drops it
+    prompt_logprobs = req.prompt_logprobs
+    if prompt_logprobs is None and req.echo:
+        prompt_logprobs = req.logprobs
+    max_tokens = 1 if req.echo and req.max_tokens == 0 else req.max_tokens
+    return SamplingParams(**_common(req, defaults, vocab_size), max_tokens=max_tokens,
+                          logprobs=req.logprobs, prompt_logprobs=prompt_logprobs)
 

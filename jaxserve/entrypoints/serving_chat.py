@@ -1,6 +1,11 @@
 """``POST /v1/chat/completions``: messages -> chat template -> engine -> a reply or an SSE stream.
 
-A streamed reply goes: for each of the n choices a first chunk with ``delta.role``; then content
+With ``echo`` (vLLM's) the last message's content starts the reply when that message has the
+reply's role (the assistant's, or with ``add_generation_prompt: false`` the last message's own),
+as ``continue_final_message`` uses it; ``prompt_logprobs`` go on the response, never in a stream.
+
+A streamed reply goes: for each of the n choices a first chunk with ``delta.role`` (with ``echo``,
+then one with the echoed content); then content
 chunks (with their logprobs when asked); exactly one chunk per choice carrying its
 ``finish_reason``; with ``include_usage`` a last chunk with ``choices: []`` and the usage; then
 ``data: [DONE]``. An error after the first byte is sent as an error event, then ``[DONE]``.
@@ -33,6 +38,7 @@ from jaxserve.entrypoints.chat_protocol import (
     ToolCall,
 )
 from jaxserve.entrypoints.logprobs import chat_logprobs
+from jaxserve.entrypoints.prompt_logprobs import prompt_logprobs_entries
 from jaxserve.entrypoints.prompts import template_messages
 from jaxserve.entrypoints.protocol import UsageInfo
 from jaxserve.entrypoints.sampling import chat_params
@@ -50,7 +56,7 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
                                    lambda req, structure: _prompt_ids(state, req, structure))
     req, structure = admitted.req, admitted.structure
     reply = _Reply(state, req, f"chatcmpl-{admitted.request_id}",
-                   admitted.num_prompt_tokens)
+                   admitted.num_prompt_tokens, _echo(req))
     reply.prompt_ids = [r.prompt_token_ids for r in admitted.requests]
     if structure.reads_tool_calls:
         reply.read_tool_calls(structure.tools.names, structure.tools.parallel)
@@ -72,6 +78,20 @@ async def _prompt_ids(state: ServerState, req: ChatCompletionRequest,
     return [prompt_ids]
 
 
+def _echo(req: ChatCompletionRequest) -> str:
+    """What an echo starts the reply with: the last message's content when its role is the
+    reply's (vLLM's rule), its text parts joined by newlines."""
+    if not req.echo or not req.messages:
+        return ""
+    last = req.messages[-1]
+    role = "assistant" if req.add_generation_prompt else last.role
+    if last.role != role or last.content is None:
+        return ""
+    if isinstance(last.content, str):
+        return last.content
+    return "\n".join(part.text or "" for part in last.content if part.type == "text")
+
+
 class _Reply(ReplyBase):
     """Builds the response, or the chunks, of one chat request."""
 
@@ -79,8 +99,9 @@ class _Reply(ReplyBase):
     chunk_type = ChatCompletionChunk
 
     def __init__(self, state: ServerState, req: ChatCompletionRequest, response_id: str,
-                 num_prompt_tokens: int):
+                 num_prompt_tokens: int, echo: str = ""):
         super().__init__(state, req, response_id, num_prompt_tokens)
+        self.echo = echo
         self.num_cached_tokens = 0
         self.want_logprobs = bool(req.logprobs)
         self.tool_names: frozenset[str] | None = None  # set when the text is read for calls
@@ -113,6 +134,8 @@ class _Reply(ReplyBase):
                 parser.feed(c.text, final=True, cut=c.finish_reason == "length")
                 message = _message(parser)
                 finish_reason = _finish_reason(parser, c.finish_reason)
+            if self.echo:
+                message.content = self.echo + (message.content or "")
             choices.append(ChatCompletionChoice(
                 index=c.index, message=message, logprobs=self._logprobs(c.logprobs),
                 finish_reason=finish_reason, stop_reason=c.stop_reason,
@@ -122,6 +145,9 @@ class _Reply(ReplyBase):
         body = self.body(choices, self._usage(completion_tokens))
         if self.return_token_ids:
             body.prompt_token_ids = total.prompt_token_ids
+        if total.prompt_logprobs is not None:
+            body.prompt_logprobs = prompt_logprobs_entries(total.prompt_logprobs,
+                                                           self.token_str)
         return body
 
     async def events(self, streams: list[RequestStream]) -> AsyncIterator[bytes]:
@@ -138,6 +164,9 @@ class _Reply(ReplyBase):
             delta = DeltaMessage(role="assistant", content="")
             yield self.chunk([ChatStreamChoice(index=index, delta=delta)], usage(),
                              prompt_token_ids=prompt_ids)
+        for index in range(n if self.echo else 0):
+            delta = DeltaMessage(content=self.echo)
+            yield self.chunk([ChatStreamChoice(index=index, delta=delta)], usage())
         async for out in stream:
             self.num_cached_tokens = out.num_cached_tokens
             for c in out.outputs:

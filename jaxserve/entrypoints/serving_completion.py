@@ -1,8 +1,9 @@
 """``POST /v1/completions``: one engine request per prompt, n choices each.
 
 Choice ``i`` of prompt ``p`` is numbered ``p * n + i``, as OpenAI numbers them. With ``echo`` the
-prompt's text starts each choice (in a stream, each choice's first chunk). Prompt logprobs are not
-computed yet, so ``echo`` with ``logprobs`` is refused up front.
+prompt's text starts each choice (in a stream, each choice's first chunk), and with ``logprobs``
+too the prompt's tokens head its logprobs (entrypoints/prompt_logprobs.py). ``echo`` with
+``max_tokens: 0`` returns the prompt alone: the engine computes one token, which is dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from jaxserve.entrypoints.completion_protocol import (
 )
 from jaxserve.entrypoints.limits import check_prompt_count
 from jaxserve.entrypoints.logprobs import completion_logprobs
+from jaxserve.entrypoints.prompt_logprobs import echo_logprobs, join, prompt_logprobs_entries
 from jaxserve.entrypoints.prompts import completion_prompts
 from jaxserve.entrypoints.protocol import UsageInfo
 from jaxserve.entrypoints.sampling import completion_params
@@ -35,8 +37,7 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     prompt_ids = [r.prompt_token_ids for r in admitted.requests]
     echoes = await _echoes(state, req, prompt_ids)
     reply = _Reply(state, req, f"cmpl-{admitted.request_id}",
-                   admitted.num_prompt_tokens, echoes)
-    reply.prompt_ids = prompt_ids
+                   admitted.num_prompt_tokens, echoes, prompt_ids)
     return await respond(request, lambda: state.submit(admitted.requests), reply, req.stream)
 
 
@@ -65,11 +66,15 @@ class _Reply(ReplyBase):
     response_type = chunk_type = CompletionResponse
 
     def __init__(self, state: ServerState, req: CompletionRequest, response_id: str,
-                 num_prompt_tokens: int, echoes: list[str]):
+                 num_prompt_tokens: int, echoes: list[str], prompt_ids: list[list[int]]):
         super().__init__(state, req, response_id, num_prompt_tokens)
         self.n = req.n or 1
         self.cached_tokens: dict[int, int] = {}  # prompt position -> tokens from the prefix cache
         self.echoes = echoes
+        self.prompt_ids = prompt_ids
+        self.echo_only = bool(req.echo) and req.max_tokens == 0  # the one token computed is dropped
+        # prompt position -> the engine's prompt logprobs, kept from the output that brought them
+        self.prompt_lps: dict[int, list] = {}
         self.offsets: dict[int, int] = {}  # choice -> characters sent so far (logprob offsets)
 
     def _usage(self, completion_tokens: int) -> UsageInfo:
@@ -77,24 +82,44 @@ class _Reply(ReplyBase):
 
     def _choice(self, position: int, c: CompletionOutput) -> CompletionChoice:
         index = position * self.n + c.index
-        text, prompt_ids = c.text, UNSET
+        text, steps, prompt_ids = c.text, c.logprobs, UNSET
+        if self.echo_only:
+            text, steps = "", []
+        head = None
         if index not in self.offsets:  # this choice's first text: the echo goes before it
             text = self.echoes[position] + text
             self.offsets[index] = len(self.echoes[position])
             if self.return_token_ids:
                 prompt_ids = self.prompt_ids[position]
+            if self.echoes[position] and self.req.logprobs is not None:
+                head, self.offsets[index] = echo_logprobs(
+                    self.prompt_ids[position], self.prompt_lps.get(position) or [],
+                    self.req.logprobs, self.token_str)
         logprobs = None
-        if self.req.logprobs is not None and c.logprobs is not None:
+        if self.req.logprobs is not None and steps is not None:
             logprobs, self.offsets[index] = completion_logprobs(
-                c.logprobs, self.token_str, self.offsets[index])
+                steps, self.token_str, self.offsets[index])
+        if head is not None:
+            logprobs = join(head, logprobs)
         return CompletionChoice(index=index, text=text, logprobs=logprobs,
                                 finish_reason=c.finish_reason, stop_reason=c.stop_reason,
                                 prompt_token_ids=prompt_ids,
-                                token_ids=self.take_ids(index, c.token_ids))
+                                token_ids=self.take_ids(index, [] if self.echo_only
+                                                        else c.token_ids))
 
     def response(self, totals: list[RequestOutput]) -> CompletionResponse:
-        choices = [self._choice(p, c) for p, total in enumerate(totals) for c in total.outputs]
-        completion_tokens = sum(len(c.token_ids) for t in totals for c in t.outputs)
+        self.prompt_lps = {p: t.prompt_logprobs for p, t in enumerate(totals)
+                           if t.prompt_logprobs is not None}
+        choices = []
+        for p, total in enumerate(totals):
+            entries = None if total.prompt_logprobs is None else prompt_logprobs_entries(
+                total.prompt_logprobs, self.token_str)
+            for c in total.outputs:
+                choices.append(self._choice(p, c))
+                if entries is not None:  # vLLM: on every choice of the prompt
+                    choices[-1].prompt_logprobs = entries
+        completion_tokens = 0 if self.echo_only else sum(
+            len(c.token_ids) for t in totals for c in t.outputs)
         self.cached_tokens = {p: t.num_cached_tokens for p, t in enumerate(totals)}
         return self.body(choices, self._usage(completion_tokens))
 
@@ -102,8 +127,10 @@ class _Reply(ReplyBase):
         generated: dict[int, int] = {}  # choice -> tokens so far
         async for position, out in merge_streams(streams):
             self.cached_tokens[position] = out.num_cached_tokens
+            if out.prompt_logprobs is not None:
+                self.prompt_lps[position] = out.prompt_logprobs
             for c in out.outputs:
-                generated[position * self.n + c.index] = c.num_output_tokens
+                generated[position * self.n + c.index] = 0 if self.echo_only else c.num_output_tokens
                 with_logprobs = self.req.logprobs is not None and bool(c.logprobs)
                 index = position * self.n + c.index
                 echo_due = self.echoes[position] and index not in self.offsets

@@ -108,9 +108,10 @@ class StepChannel:
 
 
 # the array fields a step sends, in order: StepInputs' own (its ints travel in the header), then
-# its SamplingArrays'
+# its SamplingArrays'; prompt logprobs are refused across processes (engine/admission.py)
 _STEP_ARRAYS = tuple(f.name for f in dataclasses.fields(StepInputs)
-                     if f.name not in ("bucket", "sampling", "num_steps", "num_sample_rows"))
+                     if f.name not in ("bucket", "sampling", "num_steps", "num_sample_rows",
+                                       "prompt_logprobs"))
 _SAMPLING_ARRAYS = tuple(f.name for f in dataclasses.fields(SamplingArrays))
 
 

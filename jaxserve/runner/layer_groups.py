@@ -11,22 +11,30 @@ below the layer count, a bucket compiles three programs instead:
   inside a program XLA would re-evaluate them in every layer's q and k fusions);
 - ``layers``: G decoder layers, called ``num_layers / G`` times per step with each group's own
   weights and K/V caches (donated, so the caches are still updated in place);
-- ``head``: the final norm, the LM head on the sampled rows, and the sampler.
+- ``head``: the final norm, the LM head on the sampled rows, and the sampler (in a step that
+  carries prompt logprobs, ``head_prompt_logprobs``: the same plus runner/prompt_logprobs.py's).
 
-The weights are the model's own arrays (no copy). A call is cheap to dispatch; a step loses the
+A bucket's prompt-logprob variant shares the bucket's compiled ``embed`` and ``layers`` programs
+(the same shapes) and compiles only its own head. The weights are the model's own arrays (no
+copy). A call is cheap to dispatch; a step loses the
 overlap XLA finds across layer boundaries inside one program but gains the rotary tables computed
 once, for a fraction of the program's size (docs/performance.md, ``model.layers_per_call``).
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future
+
 import jax
+import numpy as np
 from flax import nnx
 
 from jaxserve.models.attention_metadata import AttentionMetadata
 from jaxserve.models.llama import LlamaForCausalLM, final_logits, run_layers, step_rope
 from jaxserve.runner.handover import keep_last, resolve
 from jaxserve.runner.program_cache import ProgramCache
+from jaxserve.runner.prompt_logprobs import prompt_logprobs
 from jaxserve.runner.sampler import sample
 
 # the layer program's donated argument: its layers' K/V caches, updated in place; named once for
@@ -69,9 +77,20 @@ class LayerGroups:
             out = sample(logits, sm)
             return out, keep_last(out[0], max_rows)
 
+        def head_prompt_logprobs(embed_state, norm_state, head_state, x, logits_indices, sm, pl):
+            out, last = head(embed_state, norm_state, head_state, x, logits_indices, sm)
+            lm_head = None if head_def is None else nnx.merge(head_def, head_state)
+            scored = prompt_logprobs(nnx.merge(norm_def, norm_state),
+                                     nnx.merge(embed_def, embed_state), lm_head, x, pl)
+            return (*out, *scored), last
+
         self._embed = jax.jit(embed)
         self._layers = jax.jit(group_layers, donate_argnums=LAYERS_KV_ARG)
         self._head = jax.jit(head)
+        self._head_prompt_logprobs = jax.jit(head_prompt_logprobs)
+        # (program, T, S) -> its executable, compiled once for a bucket and its variant
+        self._compiled: dict[tuple[str, int, int], Future] = {}
+        self._lock = threading.Lock()
 
     def attach_weights(self, model: LlamaForCausalLM) -> None:
         """Take the model's arrays (or, for lowering only, its ShapeDtypeStructs)."""
@@ -86,28 +105,51 @@ class LayerGroups:
         self.head_state = None if model.lm_head is None else nnx.state(model.lm_head)
 
     def lower(self, kv_caches, last_tokens, input_ids, prev_rows, positions, md, logits_indices,
-              sm) -> _Lowered:
-        """Arguments as for the whole-model step (shapes or arrays)."""
+              sm, pl=None) -> _Lowered:
+        """Arguments as for the whole-model step (shapes or arrays); pl: a step's
+        PromptLogprobArrays, for its prompt-logprob variant."""
         lower = self.programs.lower
         embed = lower("embed", self._embed,
                       (self.embed_state, last_tokens, input_ids, prev_rows, positions))
         x, rope = embed.out_info  # the shapes the embedding program hands to the layer calls
-        return _Lowered(self, (
+        shape = (np.shape(input_ids)[0], np.shape(logits_indices)[0])
+        names = ("embed", "group_layers", "head" if pl is None else "head_prompt_logprobs")
+        return _Lowered(self, [(name, *shape) for name in names], (
             embed,
             lower("group_layers", self._layers,
                   (self.groups[0], kv_caches[:self.per_call], x, rope, md),
                   donate_argnums=LAYERS_KV_ARG),
             lower("head", self._head,
-                  (self.embed_state, self.norm_state, self.head_state, x, logits_indices, sm)),
+                  (self.embed_state, self.norm_state, self.head_state, x, logits_indices, sm))
+            if pl is None else
+            lower("head_prompt_logprobs", self._head_prompt_logprobs,
+                  (self.embed_state, self.norm_state, self.head_state, x, logits_indices, sm, pl)),
         ))
 
 
+    def compile_once(self, key: tuple[str, int, int], lowered):
+        """The executable of one program at one shape, compiled by the first thread to ask."""
+        with self._lock:
+            done = self._compiled.get(key)
+            first = done is None
+            if first:
+                done = self._compiled[key] = Future()
+        if first:
+            try:
+                done.set_result(lowered.compile())
+            except BaseException as exc:
+                done.set_exception(exc)  # the other threads waiting on it get it too
+                raise
+        return done.result()
+
+
 class _Lowered:
-    def __init__(self, groups: LayerGroups, lowered: tuple):
-        self.groups, self.lowered = groups, lowered
+    def __init__(self, groups: LayerGroups, keys: list, lowered: tuple):
+        self.groups, self.keys, self.lowered = groups, keys, lowered
 
     def compile(self) -> GroupedStep:
-        return GroupedStep(self.groups, *(lowered.compile() for lowered in self.lowered))
+        return GroupedStep(self.groups, *(self.groups.compile_once(key, lowered)
+                                          for key, lowered in zip(self.keys, self.lowered)))
 
 
 class GroupedStep:
@@ -117,7 +159,7 @@ class GroupedStep:
         self.g, self.embed, self.layers, self.head = groups, embed, layers, head
 
     def __call__(self, kv_caches: list, last_tokens, input_ids, prev_rows, positions,
-                 md: AttentionMetadata, logits_indices, sm):
+                 md: AttentionMetadata, logits_indices, sm, *pl):
         g = self.g
         # what every layer call reads goes to the device once; the embedding's and the head's
         # own inputs go with their one call, since a device_put per input is a cost every step
@@ -129,5 +171,5 @@ class GroupedStep:
                                     rope, md)
             new_caches.extend(caches)
         outs, last_tokens = self.head(g.embed_state, g.norm_state, g.head_state, x,
-                                      logits_indices, sm)
+                                      logits_indices, sm, *pl)
         return outs, new_caches, last_tokens

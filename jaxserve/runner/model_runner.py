@@ -30,13 +30,14 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxserve.config import ConfigError
-from jaxserve.interfaces import StepInputs, StepResult
+from jaxserve.interfaces import PromptLogprobResult, StepInputs, StepResult
 from jaxserve.models.attention_metadata import AttentionMetadata
 from jaxserve.models.llama import LlamaForCausalLM
 from jaxserve.models.loader import is_abstract
 from jaxserve.runner.compile_cache import backend_compile_count, release_free_memory
 from jaxserve.runner.layer_groups import LayerGroups
 from jaxserve.runner.program_cache import ProgramCache, describe_function
+from jaxserve.runner.prompt_logprobs import prompt_logprobs_step_program
 from jaxserve.runner.sharding import kv_cache_sharding, replicated
 from jaxserve.runner.step_programs import (
     KV_CACHES_ARG,
@@ -78,11 +79,13 @@ class ModelRunner:
         self.last_tokens = jnp.zeros(max_rows, jnp.int32, device=self.input_sharding)
         self.num_pages = num_pages
         self.max_copies = max_num_seqs
-        self.executables: dict[tuple[int, int], object] = {}
+        # (bucket, decode steps) -> executable; a prompt-logprob variant's key ends "prompt_logprobs"
+        self.executables: dict[tuple, object] = {}
         self.compilations_after_warmup = 0
         self._warm = False
         self.num_decode_steps = num_decode_steps
         self.step_fn = one_step_program(self.graphdef, max_rows)
+        self.prompt_logprobs_step_fn = prompt_logprobs_step_program(self.graphdef, max_rows)
         self.decode_steps_fn = decode_steps_program(self.graphdef, max_rows, page_size,
                                                     num_decode_steps)
         self._copy_pages = copy_pages_program()
@@ -119,8 +122,14 @@ class ModelRunner:
             slot_mapping=inputs.slot_mapping, kv_lens=inputs.kv_lens,
             page_table=inputs.page_table, cu_q_lens=inputs.cu_q_lens, num_seqs=inputs.num_seqs,
         )
-        return (inputs.input_ids, inputs.prev_rows, inputs.positions, md, inputs.logits_indices,
+        args = (inputs.input_ids, inputs.prev_rows, inputs.positions, md, inputs.logits_indices,
                 inputs.sampling)
+        return args if inputs.prompt_logprobs is None else (*args, inputs.prompt_logprobs)
+
+    @staticmethod
+    def _key(inputs: StepInputs) -> tuple:
+        variant = () if inputs.prompt_logprobs is None else ("prompt_logprobs",)
+        return (inputs.bucket, inputs.num_steps, *variant)
 
     def _lower(self, inputs: StepInputs):
         specs = jax.tree_util.tree_map(
@@ -133,6 +142,9 @@ class ModelRunner:
             return self.layer_groups.lower(kv, self.last_tokens, *specs)
         name, fn = (("step", self.step_fn) if inputs.num_steps == 1
                     else ("decode_steps", self.decode_steps_fn))
+        if inputs.prompt_logprobs is not None:
+            assert inputs.num_steps == 1, "prompt logprobs come from prefill steps"
+            name, fn = "step_prompt_logprobs", self.prompt_logprobs_step_fn
         return self.programs.lower(name, fn, (self.state, kv, self.last_tokens, *specs),
                                    donate_argnums=KV_CACHES_ARG)
 
@@ -164,10 +176,11 @@ class ModelRunner:
         done = itertools.count(1)
 
         def compile_one(inputs: StepInputs, lowered) -> None:  # on a worker thread
-            self.executables[inputs.bucket, inputs.num_steps] = self._bind(lowered.compile())
+            self.executables[self._key(inputs)] = self._bind(lowered.compile())
             release_free_memory()
             if progress:
                 steps = f" decode_steps={inputs.num_steps}" if inputs.num_steps > 1 else ""
+                steps += " prompt_logprobs" if inputs.prompt_logprobs is not None else ""
                 print(f"[jaxserve] compiled bucket {next(done)}/{len(padding_inputs)} "
                       f"tokens={inputs.bucket[0]} seqs={inputs.bucket[1]}{steps} "
                       f"({time.perf_counter() - start:.1f}s)", file=sys.stderr, flush=True)
@@ -192,9 +205,11 @@ class ModelRunner:
                 job.result()  # re-raises a failed compilation here
         finally:
             self._pool.shutdown(cancel_futures=True)
-        src = np.full(self.max_copies, 0, np.int32)
-        dst = np.full(self.max_copies, self.num_pages, np.int32)
-        self.kv_caches = self._copy_pages(self.kv_caches, src, dst)  # compiles the copy too
+        # the page copy ahead of time too, as one executable: a jitted function would compile
+        # again for a cache committed differently, or after jax.clear_caches()
+        kv = [self.kv_spec] * self.cfg.num_hidden_layers
+        pages = jax.ShapeDtypeStruct((self.max_copies,), jnp.int32, sharding=self.input_sharding)
+        self._copy_pages = self._copy_pages.lower(kv, pages, pages).compile()
         self._warm = True
         self.compile_count_at_warmup = backend_compile_count()
         return time.perf_counter() - self._warmup_start
@@ -215,7 +230,7 @@ class ModelRunner:
     def _dispatch(self, inputs: StepInputs) -> tuple:
         if len(inputs.page_copies):
             self._run_copies(inputs.page_copies)
-        key = (inputs.bucket, inputs.num_steps)
+        key = self._key(inputs)
         exe = self.executables.get(key)
         if exe is None:
             exe = self.executables[key] = self._compile(inputs)
@@ -228,12 +243,14 @@ class ModelRunner:
     def fetch(self, outs: tuple) -> StepResult:
         # the one device-to-host transfer of the step; the outputs are replicated, so across
         # processes this one's own copy is the whole of them
-        tokens, logprobs, top_ids, top_lps = (
+        tokens, logprobs, top_ids, top_lps, *scored = (
             jax.device_get(x) if x.is_fully_addressable else np.asarray(x.addressable_data(0))
             for x in outs)
         if tokens.ndim == 1:  # one step: give it the [K = 1] axis the engine reads
             tokens, logprobs, top_ids, top_lps = (x[None] for x in (tokens, logprobs, top_ids, top_lps))
-        return StepResult(tokens, logprobs, top_ids, top_lps)
+        # a prompt-logprob step's four more outputs (runner/prompt_logprobs.py)
+        prompt = PromptLogprobResult(*scored) if scored else None
+        return StepResult(tokens, logprobs, top_ids, top_lps, prompt)
 
     def execute(self, inputs: StepInputs) -> StepResult:
         """One step, start to finish (benchmarks and tests)."""

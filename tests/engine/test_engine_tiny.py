@@ -156,7 +156,7 @@ def test_lone_sequence_multi_step_is_unrolled_and_exact():
                                                           "scheduler.multi_step_max_seqs": 1})
     assert ((1, 1), 4) in multi.engine.runner.executables
     assert not any(steps > 1 and bucket != (1, 1)
-                   for bucket, steps in multi.engine.runner.executables)
+                   for bucket, steps, *_ in multi.engine.runner.executables)
     one = LLM(TINY_CONFIG, progress=False, **small, **{"scheduler.num_decode_steps": 1})
     assert tokens_of(multi, [LONG], params) == tokens_of(one, [LONG], params)
 

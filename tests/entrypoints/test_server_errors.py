@@ -71,7 +71,6 @@ def test_malformed_body(http, raw):
 
 
 COMPLETION_400 = [
-    ({"echo": True, "logprobs": 1}, "echo"),  # needs prompt logprobs, not computed yet
     ({"logprobs": 21}, "logprobs"),
     ({"prompt": []}, "prompt"),
     ({"prompt": ["text", [1, 2]]}, "prompt"),

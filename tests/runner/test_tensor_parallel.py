@@ -36,7 +36,8 @@ def assert_same_as_one_device(results: dict) -> None:
     for tp, run in results.items():
         assert run["greedy"] == one["greedy"], tp
         assert run["seeded"] == one["seeded"], tp
-        for a, b in zip(run["logprobs"], one["logprobs"]):
+        for a, b in zip(run["logprobs"] + run["prompt_logprobs"],
+                        one["logprobs"] + one["prompt_logprobs"]):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
         assert run["compilations_after_warmup"] == 0, tp
 

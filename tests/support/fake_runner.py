@@ -1,11 +1,13 @@
 """A runner with hand-computable outputs (JetStream's mock engine idea): the next token of a
-sequence is (its last input token + 1) mod 200, so tests can predict every token without a model."""
+sequence is (its last input token + 1) mod 200, so tests can predict every token without a model.
+A prompt position's logprob is -(its input token + the target token / 1000), so a test can tell
+both the row and the target the engine sent; its rank is the target + 1."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from jaxserve.interfaces import StepInputs, StepResult
+from jaxserve.interfaces import PromptLogprobResult, StepInputs, StepResult
 
 
 class FakeRunner:
@@ -33,7 +35,19 @@ class FakeRunner:
         self.last_tokens[:] = 0
         self.last_tokens[:s_pad] = tokens[-1]
         return StepResult(tokens, np.full((k, s_pad), -0.5, np.float32), top_ids,
-                          np.full((k, s_pad, 20), -1.0, np.float32))
+                          np.full((k, s_pad, 20), -1.0, np.float32),
+                          self._prompt_logprobs(inputs, input_ids))
+
+    @staticmethod
+    def _prompt_logprobs(inputs: StepInputs, input_ids: np.ndarray) -> PromptLogprobResult | None:
+        pl = inputs.prompt_logprobs
+        if pl is None:
+            return None
+        q = len(pl.token_rows)
+        logprobs = -(input_ids[pl.token_rows] + pl.targets / 1000).astype(np.float32)  # f32[Q]
+        return PromptLogprobResult(logprobs, (pl.targets + 1).astype(np.int32),
+                                   np.tile(np.arange(20, dtype=np.int32), (q, 1)),
+                                   np.full((q, 20), -1.0, np.float32))
 
 
 class ScriptedRunner(FakeRunner):

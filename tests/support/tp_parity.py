@@ -52,8 +52,11 @@ def run(model: str, tp: int, args: argparse.Namespace) -> dict:
         texts = prompts(args.prompts)
         outs = llm.generate(texts, greedy)
         sampled = [o.outputs[0].token_ids for o in llm.generate(texts, seeded)]
+    scored = llm.generate(prompts(2), SamplingParams(temperature=0, max_tokens=1,
+                                                      prompt_logprobs=2))
     mixed = [SamplingParams(temperature=(i % 3) * 0.5, max_tokens=4 + i % 13, seed=i,
                             n=1 + i % 2, logprobs=i % 4 if i % 5 == 0 else None,
+                            prompt_logprobs=1 if i % 6 == 0 else None,
                             presence_penalty=0.3 if i % 7 == 0 else 0.0)
              for i in range(args.mixed)]
     mixed_prompts = [prompts(9)[i % 9][: 3 + (i * 17) % 200] for i in range(args.mixed)]
@@ -63,6 +66,7 @@ def run(model: str, tp: int, args: argparse.Namespace) -> dict:
         "greedy": [o.outputs[0].token_ids for o in outs],
         "logprobs": [[lp.logprob for lp in o.outputs[0].logprobs] for o in outs],
         "seeded": sampled,
+        "prompt_logprobs": [[e.logprob for e in o.prompt_logprobs[1:]] for o in scored],
         "compilations_after_warmup": llm.engine.runner.compilations_after_warmup,
         "kv_shape": list(llm.engine.runner.kv_caches[0].shape),
         "kv_shards": [list(s.data.shape) for s in llm.engine.runner.kv_caches[0].addressable_shards],
