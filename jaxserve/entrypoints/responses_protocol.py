@@ -19,6 +19,8 @@ from jaxserve.sampling_params import StructuredOutputs
 
 
 _Summary = Literal["auto", "concise", "detailed"]
+# OpenAI's tiers, typed so a value outside them is a 400 rather than echoed back
+ServiceTier = Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"]
 
 
 class Reasoning(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -50,7 +52,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     include: list[str] | None = None
     top_logprobs: int | None = None
     reasoning: Reasoning | None = None  # its effort goes to the chat template (vLLM)
-    service_tier: str | None = "auto"
+    service_tier: ServiceTier | None = "auto"
     # refused when set: served by OpenAI, not here (responses_input.refuse_unsupported)
     background: bool | None = False
     truncation: str | None = "disabled"
@@ -142,7 +144,7 @@ class ResponsesResponse(msgspec.Struct, kw_only=True):
     max_output_tokens: int | None = None
     previous_response_id: str | None = None
     reasoning: Reasoning | None = None
-    service_tier: str | None = "auto"
+    service_tier: ServiceTier | None = "auto"
     store: bool = True
     text: dict[str, Any] | None = None
     top_logprobs: int | None = None

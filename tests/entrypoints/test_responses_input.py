@@ -277,3 +277,12 @@ def test_reasoning_options_are_typed_so_only_openai_values_are_echoed():
         with pytest.raises(msgspec.ValidationError):
             msgspec.json.decode(b'{"input": "hi", "reasoning": ' + bad + b"}",
                                 type=ResponsesRequest)
+
+
+def test_service_tier_outside_openai_tiers_is_refused():
+    from jaxserve.entrypoints.responses_protocol import ResponsesRequest
+
+    tier = msgspec.json.decode(b'{"input": "hi", "service_tier": "flex"}', type=ResponsesRequest)
+    assert tier.service_tier == "flex"
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(b'{"input": "hi", "service_tier": "AAA"}', type=ResponsesRequest)
