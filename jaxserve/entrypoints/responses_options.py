@@ -163,5 +163,5 @@ def responses_params(req: ResponsesRequest, defaults: dict[str, Any],
     return SamplingParams(
         **values, seed=req.seed, max_tokens=req.max_output_tokens, stop=stop,
         ignore_eos=req.ignore_eos, skip_special_tokens=req.skip_special_tokens,
-        include_stop_str_in_output=req.include_stop_str_in_output,
+        include_stop_str_in_output=req.include_stop_str_in_output, cache_salt=req.cache_salt,
         logprobs=(top or 0) if wants_logprobs(req) else None)

@@ -70,6 +70,9 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     include_stop_str_in_output: bool = False
     structured_outputs: StructuredOutputs | None = None
     request_id: str | None = None  # becomes the response id's suffix, as in chat
+    # vLLM's ResponsesRequest extras, checked as chat's are (entrypoints/vllm_fields.py)
+    cache_salt: str | None = None  # prefix-cache pages are shared only under the same salt
+    priority: int = 0  # refused unless 0: first come, first served
 
 
 # ---- output items -------------------------------------------------------------------------------

@@ -129,6 +129,19 @@ def test_cache_salt_shares_pages_only_under_the_same_salt(http):
     assert cached(http, prompt) > 0
 
 
+def test_responses_take_cache_salt_and_refuse_priority(http):
+    def cached_input(text: str, **body) -> int:
+        usage = post(http, "/v1/responses", input=text, max_output_tokens=1, **body)["usage"]
+        return usage["input_tokens_details"]["cached_tokens"]
+
+    text = unique_text(40)
+    assert cached_input(text, cache_salt="alpha") == 0
+    assert cached_input(text, cache_salt="beta") == 0
+    assert cached_input(text, cache_salt="alpha") > 0
+    assert refused(http, "/v1/responses", {"input": "hi", "priority": 1})["param"] == "priority"
+    assert refused(http, "/v1/responses", {"input": "hi", "cache_salt": ""})["param"] == "cache_salt"
+
+
 def test_cache_salt_refused_empty(http):
     assert refused(http, "/v1/chat/completions",
                    {"messages": HELLO, "cache_salt": ""})["param"] == "cache_salt"
