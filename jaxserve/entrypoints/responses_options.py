@@ -15,6 +15,7 @@ from typing import Any
 
 from jaxserve.entrypoints.errors import APIError, bad_request
 from jaxserve.entrypoints.responses_protocol import ResponsesRequest
+from jaxserve.entrypoints.sampling import logit_bias
 from jaxserve.entrypoints.structured import RequestStructure
 from jaxserve.sampling_params import MAX_TOP_LOGPROBS, ParamError, SamplingParams, StructuredOutputs
 from jaxserve.structured import GrammarError
@@ -38,9 +39,12 @@ def refuse_unsupported(req: ResponsesRequest) -> None:
     if req.truncation not in (None, "disabled"):
         raise bad_request(f"truncation {req.truncation!r} is not supported (a prompt is never "
                           "cut); send 'disabled'", param="truncation")
-    for name in ("prompt", "conversation", "max_tool_calls"):
+    for name in ("prompt", "conversation", "max_tool_calls", "previous_input_messages"):
         if getattr(req, name) is not None:
             raise bad_request(f"{name} is not supported", param=name)
+    if req.enable_response_messages:  # vLLM's: the prompt as messages, which jaxserve keeps not
+        raise bad_request("enable_response_messages is not supported",
+                          param="enable_response_messages")
     for i, value in enumerate(req.include or []):
         if value != LOGPROBS_INCLUDE:
             raise bad_request(f"include[{i}]: {value!r} is not supported; only "
@@ -164,4 +168,5 @@ def responses_params(req: ResponsesRequest, defaults: dict[str, Any],
         **values, seed=req.seed, max_tokens=req.max_output_tokens, stop=stop,
         ignore_eos=req.ignore_eos, skip_special_tokens=req.skip_special_tokens,
         include_stop_str_in_output=req.include_stop_str_in_output, cache_salt=req.cache_salt,
+        logit_bias=logit_bias(req.logit_bias),
         logprobs=(top or 0) if wants_logprobs(req) else None)

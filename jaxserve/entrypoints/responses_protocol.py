@@ -17,7 +17,6 @@ from msgspec import UNSET, UnsetType
 from jaxserve.entrypoints.chat_protocol import TokenLogprobEntry
 from jaxserve.sampling_params import StructuredOutputs
 
-
 _Summary = Literal["auto", "concise", "detailed"]
 # OpenAI's tiers, typed so a value outside them is a 400 rather than echoed back
 ServiceTier = Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"]
@@ -73,6 +72,15 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     # vLLM's ResponsesRequest extras, checked as chat's are (entrypoints/vllm_fields.py)
     cache_salt: str | None = None  # prefix-cache pages are shared only under the same salt
     priority: int = 0  # refused unless 0: first come, first served
+    logit_bias: dict[str, float] | None = None  # token id (as a JSON key) -> bias, as chat's
+    prompt_cache_key: str | None = None  # OpenAI's caching hint: the prefix cache needs none
+    # refused when set (vllm_fields.py, responses_options.refuse_unsupported)
+    mm_processor_kwargs: dict[str, Any] | None = None
+    media_io_kwargs: dict[str, Any] | None = None
+    kv_transfer_params: dict[str, Any] | None = None
+    vllm_xargs: dict[str, Any] | None = None
+    enable_response_messages: bool = False
+    previous_input_messages: list[Any] | None = None
 
 
 # ---- output items -------------------------------------------------------------------------------

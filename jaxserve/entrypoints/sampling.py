@@ -41,7 +41,7 @@ def _stream_rules(req: SamplingFields) -> None:
                           param="stream_options")
 
 
-def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
+def logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
     if not bias:
         return None
     try:
@@ -67,7 +67,7 @@ def _common(req: SamplingFields, defaults: dict[str, Any], vocab_size: int) -> d
         seed=req.seed,
         stop=[s for s in stop if s],  # an empty stop string would end every output at once
         stop_token_ids=list(req.stop_token_ids or []),
-        logit_bias=_logit_bias(req.logit_bias),
+        logit_bias=logit_bias(req.logit_bias),
         ignore_eos=req.ignore_eos,
         min_tokens=req.min_tokens,
         skip_special_tokens=req.skip_special_tokens,

@@ -140,6 +140,19 @@ def test_responses_take_cache_salt_and_refuse_priority(http):
     assert cached_input(text, cache_salt="alpha") > 0
     assert refused(http, "/v1/responses", {"input": "hi", "priority": 1})["param"] == "priority"
     assert refused(http, "/v1/responses", {"input": "hi", "cache_salt": ""})["param"] == "cache_salt"
+    for name, value in (("mm_processor_kwargs", {"a": 1}), ("media_io_kwargs", {"a": {}}),
+                        ("kv_transfer_params", {"a": 1}), ("vllm_xargs", {"a": 1}),
+                        ("enable_response_messages", True), ("previous_input_messages", [])):
+        assert refused(http, "/v1/responses", {"input": "hi", name: value})["param"] == name
+
+
+def test_responses_take_logit_bias(http, live_server):
+    token = live_server.tokenizer("a").input_ids[-1]
+    body = post(http, "/v1/responses", input="hi", max_output_tokens=3, temperature=1.0,
+                logit_bias={str(token): 100})
+    assert body["output"][0]["content"][0]["text"] == live_server.tokenizer.decode([token] * 3)
+    bad = refused(http, "/v1/responses", {"input": "hi", "logit_bias": {"x": 1}})
+    assert bad["param"] == "logit_bias"
 
 
 def test_cache_salt_refused_empty(http):
