@@ -16,10 +16,8 @@ from typing import Any
 from jaxserve.entrypoints.errors import APIError, bad_request
 from jaxserve.entrypoints.responses_protocol import ResponsesRequest
 from jaxserve.entrypoints.sampling import logit_bias
-from jaxserve.entrypoints.structured import RequestStructure
+from jaxserve.entrypoints.structured import RequestStructure, format_constraint
 from jaxserve.sampling_params import MAX_TOP_LOGPROBS, ParamError, SamplingParams, StructuredOutputs
-from jaxserve.structured import GrammarError
-from jaxserve.structured.grammars import load_schema
 from jaxserve.structured.tools import ToolError, parse_tools
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
@@ -127,22 +125,11 @@ def _text_format(text: dict[str, Any] | None) -> StructuredOutputs | None:
     spec = text["format"]
     if not isinstance(spec, dict):
         raise bad_request("text.format must be an object", param="text.format")
-    kind = spec.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return StructuredOutputs(json_object=True)
-    if kind == "json_schema":
-        schema = spec.get("schema")
-        if schema is None:
-            raise bad_request("text.format.schema is required with type 'json_schema'",
-                              param="text.format.schema")
-        try:
-            return StructuredOutputs(json=load_schema(schema))
-        except GrammarError as exc:
-            raise bad_request(f"text.format.schema: {exc}", param="text.format.schema") from None
-    raise bad_request(f"text.format.type must be 'text', 'json_object' or 'json_schema', got "
-                      f"{kind!r}", param="text.format.type")
+    if spec.get("type") == "json_schema" and spec.get("schema") is None:
+        raise bad_request("text.format.schema is required with type 'json_schema'",
+                          param="text.format.schema")
+    return format_constraint(spec.get("type"), spec.get("schema"), "text.format",
+                             "text.format.schema")
 
 
 # ---- sampling -----------------------------------------------------------------------------------

@@ -83,26 +83,32 @@ def _response_format(value: Any) -> StructuredOutputs | None:
         return None
     if not isinstance(value, dict):
         raise bad_request("response_format must be an object", param="response_format")
-    kind = value.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return StructuredOutputs(json_object=True)
+    kind, schema = value.get("type"), None
     if kind == "json_schema":
         spec = value.get("json_schema")
         if not isinstance(spec, dict):
             raise bad_request("response_format.json_schema must be an object with the schema",
                               param="response_format.json_schema")
-        schema = spec.get("schema")
-        if schema is None:  # OpenAI allows leaving it out: any JSON object
-            return StructuredOutputs(json_object=True)
+        schema = spec.get("schema")  # OpenAI allows leaving it out: any JSON object
+    return format_constraint(kind, schema, "response_format", "response_format.json_schema.schema")
+
+
+def format_constraint(kind: Any, schema: Any, field: str,
+                      schema_field: str) -> StructuredOutputs | None:
+    """OpenAI's output formats as a constraint: chat's response_format and the Responses API's
+    text.format both read them here. kind: text | json_object | json_schema (schema None: any
+    JSON object); field and schema_field name them in a 400."""
+    if kind == "text":
+        return None
+    if kind == "json_object" or (kind == "json_schema" and schema is None):
+        return StructuredOutputs(json_object=True)
+    if kind == "json_schema":
         try:
             return StructuredOutputs(json=load_schema(schema))
         except GrammarError as exc:
-            raise bad_request(f"response_format.json_schema.schema: {exc}",
-                              param="response_format.json_schema.schema") from None
-    raise bad_request(f"response_format.type must be 'text', 'json_object' or 'json_schema', "
-                      f"got {kind!r}", param="response_format.type")
+            raise bad_request(f"{schema_field}: {exc}", param=schema_field) from None
+    raise bad_request(f"{field}.type must be 'text', 'json_object' or 'json_schema', got "
+                      f"{kind!r}", param=f"{field}.type")
 
 
 def constraint_error(factory: ConstraintFactory, structure: RequestStructure,
