@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     ensure_gguf(servers)
     run = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "loadavg_start": list(os.getloadavg()),
            "nice": args.nice,
-           "cpu": _cpu_name(), "cpu_flags": _cpu_flags(), "nproc": os.cpu_count(),
+           **_machine(), "nproc": os.cpu_count(),
            "commit": _commit(), "command": _command(argv),
            "workloads": [w[0] for w in WORKLOADS],
            "servers": {}}
@@ -203,8 +203,10 @@ def main(argv: list[str] | None = None) -> None:
 _CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
 
 
-def _cpu_flags() -> list[str]:
-    return [flag for flag in _CPU_FLAGS if flag in CpuInfo.read().flags]
+def _machine() -> dict[str, Any]:
+    cpu = CpuInfo.read()
+    return {"cpu": cpu.model or "unknown",
+            "cpu_flags": [flag for flag in _CPU_FLAGS if flag in cpu.flags]}
 
 
 def _served_dtypes(metrics: list[str]) -> str | None:
@@ -227,10 +229,6 @@ def _commit() -> str:
     done = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                           check=False, capture_output=True, text=True)
     return done.stdout.strip() or "unknown"
-
-
-def _cpu_name() -> str:
-    return CpuInfo.read().model or "unknown"
 
 
 if __name__ == "__main__":
