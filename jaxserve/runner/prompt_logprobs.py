@@ -21,7 +21,7 @@ from jaxserve.engine.prompt_logprobs import BLOCK
 from jaxserve.interfaces import PromptLogprobArrays
 from jaxserve.models.llama import final_logits, run_layers, step_rope
 from jaxserve.runner.handover import keep_last, resolve
-from jaxserve.runner.sampler import NUM_TOP_LOGPROBS, sample
+from jaxserve.runner.sampler import NUM_TOP_LOGPROBS, logprobs_of, sample
 from jaxserve.runner.step_programs import KV_CACHES_ARG
 
 jax.tree_util.register_dataclass(PromptLogprobArrays)
@@ -42,11 +42,9 @@ def prompt_logprobs(
         rows = jax.lax.dynamic_slice(pl.token_rows, (at,), (block,))  # i32[block]
         targets = jax.lax.dynamic_slice(pl.targets, (at,), (block,))  # i32[block]
         logits = final_logits(norm, embed_tokens, lm_head, x, rows)  # f32[block, V]
-        logprobs = jax.nn.log_softmax(logits, axis=-1)  # f32[block, V]
-        target = jnp.take_along_axis(logprobs, targets[:, None], axis=-1)  # f32[block, 1]
-        rank = 1 + jnp.sum(logprobs > target, axis=-1, dtype=jnp.int32)  # i32[block]
-        top_lps, top_ids = jax.lax.top_k(logprobs, NUM_TOP_LOGPROBS)  # f32, i32[block, 20]
-        new = (target[:, 0], rank, top_ids.astype(jnp.int32), top_lps)
+        target, top_ids, top_lps, logprobs = logprobs_of(logits, targets)  # f32[block], ...
+        rank = 1 + jnp.sum(logprobs > target[:, None], axis=-1, dtype=jnp.int32)  # i32[block]
+        new = (target, rank, top_ids, top_lps)
         return tuple(jax.lax.dynamic_update_slice(a, v, (at,) + (0,) * (a.ndim - 1))
                      for a, v in zip(acc, new))
 

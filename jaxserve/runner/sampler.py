@@ -74,6 +74,16 @@ def _gumbel_noise(sm: SamplingArrays, vocab: int) -> jax.Array:  # f32[R, V]
     return jax.vmap(one_row)(sm.rng_keys, sm.rng_steps)
 
 
+def logprobs_of(logits: jax.Array, tokens: jax.Array):
+    """f32[R, V] logits and i32[R] tokens -> each token's logprob f32[R], the top-k ids i32[R, 20]
+    and logprobs f32[R, 20], and the whole log-softmax f32[R, V]: what sampled and prompt
+    tokens both report."""
+    logprobs = jax.nn.log_softmax(logits, axis=-1)  # f32[R, V]
+    top_logprobs, top_ids = jax.lax.top_k(logprobs, NUM_TOP_LOGPROBS)  # f32[R, 20], i32[R, 20]
+    token = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]  # f32[R]
+    return token, top_ids.astype(jnp.int32), top_logprobs, logprobs
+
+
 def sample(
     logits: jax.Array,  # f32[R, V]: the model's next-token logits
     sm: SamplingArrays,
@@ -104,10 +114,7 @@ def sample(
 
     def with_logprobs(tokens):
         # logprobs describe the model's own distribution, before any sampling parameter (as vLLM)
-        logprobs = jax.nn.log_softmax(logits, axis=-1)  # f32[R, V]
-        top_logprobs, top_ids = jax.lax.top_k(logprobs, NUM_TOP_LOGPROBS)  # f32[R, 20], i32[R, 20]
-        token_logprobs = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]  # f32[R]
-        return token_logprobs, top_ids.astype(jnp.int32), top_logprobs
+        return logprobs_of(logits, tokens)[:3]
 
     def without(tokens):  # a full-vocab softmax and top-k cost more than the rest of sampling
         return (jnp.zeros((rows,), jnp.float32), jnp.zeros((rows, NUM_TOP_LOGPROBS), jnp.int32),
