@@ -23,6 +23,7 @@ from tests.support.attention_inputs import (
     check_padding_is_ignored,
     configs,
     make_inputs,
+    verification_lens,
 )
 
 SMALL = Config(jnp.float32, 6, 2, 16)  # the path tests' heads: GQA 3, head_dim 16
@@ -35,7 +36,8 @@ def check(cfg: Config, q_lens, kv_lens, seed: int, **kw):
 
 
 def check_paths(args, num_real, **kw):  # f32 inputs, sm_scale and the backend's knobs in kw
-    knobs = {k: kw.pop(k) for k in ("max_dense_tokens", "key_block", "pages_per_iter") if k in kw}
+    names = ("max_dense_tokens", "key_block", "pages_per_iter", "block_q")
+    knobs = {k: kw.pop(k) for k in names if k in kw}
     check_against_oracle(cpu_ragged_paged_attention(*args, **kw, **knobs), args, num_real, 1e-5,
                          **kw)
 
@@ -44,6 +46,26 @@ def check_paths(args, num_real, **kw):  # f32 inputs, sm_scale and the backend's
 @cases
 def test_against_the_oracle(cfg, case):  # decode_only, prefill_only, mixed, chunked_prefill, ...
     check(cfg, *CASES[case])
+
+
+@configs
+@pytest.mark.parametrize("q", range(2, 10))
+def test_verification_rows_across_page_boundaries(cfg, q):
+    """Speculative decoding's verification rows of q queries beside decodes and a chunk, their
+    queries straddling a page boundary, give the oracle's answer."""
+    check(cfg, *verification_lens(q), seed=30 + q)
+
+
+@pytest.mark.parametrize("q", range(2, 10))
+@pytest.mark.parametrize("max_dense_tokens", [512, 0], ids=["dense-in-step", "all-pages"])
+def test_verification_rows_dense_in_step_or_all_through_pages(q, max_dense_tokens):
+    """Verification rows take the chunks' paths: the dense in-step product with their earlier
+    keys per chunk, or every key through a page walk in blocks of queries (``_blocked``, here
+    with block_q 4 so a row of 9 spans three blocks); with a window and a soft cap too."""
+    args, num_real = make_inputs(SMALL, *verification_lens(q), seed=40 + q)
+    for window, cap in [(None, None), (7, 3.0)]:
+        check_paths(args, num_real, sm_scale=0.3, sliding_window=window, logits_soft_cap=cap,
+                    max_dense_tokens=max_dense_tokens, block_q=4)
 
 
 @configs

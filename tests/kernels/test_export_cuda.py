@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxserve.kernels.ragged_paged_attention import ragged_paged_attention, update_kv_pages
@@ -55,6 +56,27 @@ def test_attention_on_a_bf16_cache_under_f32_queries_lowers_to_triton():
         spec((1,), jnp.int32),
     )
     assert text.count(f"stablehlo.custom_call @{TRITON_CUSTOM_CALL}(") == 1
+
+
+def test_verification_metadata_lowers_to_the_same_program():
+    """Concrete metadata of a speculative-decoding step (a 5-query verification row whose
+    queries cross a page boundary, decodes, a prefill chunk) lower to the program that bare
+    shapes give: the metadata are traced, so shapes alone pick the program."""
+    attention = functools.partial(ragged_paged_attention, sm_scale=0.125, interpret=False)
+    q_lens, kv_lens = [1, 5, 1, 12], [17, 2 * PAGE_SIZE + 2, 33, 30]
+    rows = len(q_lens)
+    page_table = np.zeros((S, P), np.int32)
+    page_table[:rows, :3] = np.arange(3 * rows).reshape(rows, 3)
+    cu_q_lens = np.full(S + 1, sum(q_lens), np.int32)
+    cu_q_lens[: rows + 1] = np.concatenate([[0], np.cumsum(q_lens)])
+    metadata = (np.pad(kv_lens, (0, S - rows)).astype(np.int32), page_table, cu_q_lens,
+                np.array([rows], np.int32))
+    q = jnp.ones((T, 8, 64), jnp.float32)
+    kv_pages = jnp.ones((NUM_PAGES, 2, 1, PAGE_SIZE, 64), jnp.float32)
+    text = export_for_cuda(attention, q, kv_pages, *metadata)
+    assert text.count(f"stablehlo.custom_call @{TRITON_CUSTOM_CALL}(") == 1
+    specs = [spec(np.shape(x), np.asarray(x).dtype) for x in (q, kv_pages, *metadata)]
+    assert text == export_for_cuda(attention, *specs)
 
 
 def test_kv_write_lowers_to_triton_in_place():

@@ -40,6 +40,14 @@ def test_against_the_oracle(cfg, case):  # decode_only, prefill_only, mixed, chu
 
 
 @configs
+@pytest.mark.parametrize("q", range(2, 10))
+def test_verification_rows_across_page_boundaries(cfg, q):
+    """Speculative decoding's verification rows of q queries beside decodes and a chunk, their
+    queries straddling a page boundary, give the oracle's answer."""
+    check(cfg, *shared.verification_lens(q), seed=30 + q)
+
+
+@configs
 def test_padding_does_not_change_real_rows(cfg):
     shared.check_padding_is_ignored(cfg, lambda args: run_kernel(cfg, args))
 

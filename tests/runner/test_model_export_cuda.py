@@ -6,6 +6,7 @@ CUDA lowering in the model or sampler) fails here, on CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -23,7 +24,8 @@ from jaxserve.runner.model_runner import ModelRunner
 from tests.support.configs import TINY_CONFIG
 
 
-def test_full_model_step_exports_for_cuda(tiny_model_dir):
+def tiny_cuda_step(tiny_model_dir):
+    """The tiny model's runner on the real GPU kernels, and the engine's input builder."""
     backend = AttentionBackend(
         "pallas",
         functools.partial(ragged_paged_attention, interpret=False),  # the real GPU kernels
@@ -41,17 +43,59 @@ def test_full_model_step_exports_for_cuda(tiny_model_dir):
         max_pages_per_seq=config.model.max_model_len // config.cache.page_size,
         max_model_len=config.model.max_model_len, eos_token_ids=(2,), vocab_size=cfg.vocab_size,
     )
-    inputs = builder.padding_inputs((16, 8))
+    return runner, builder, cfg
 
+
+def export_step(runner: ModelRunner, inputs) -> str:
     def spec(x):
         return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
 
     args = jax.tree_util.tree_map(spec, (runner.state, runner.kv_caches, runner.last_tokens,
                                          *runner.device_args(inputs)))
-    text = export_for_cuda(runner.step_fn, *args)
+    return export_for_cuda(runner.step_fn, *args)
+
+
+def test_full_model_step_exports_for_cuda(tiny_model_dir):
+    runner, builder, cfg = tiny_cuda_step(tiny_model_dir)
+    text = export_step(runner, builder.padding_inputs((16, 8)))
     # each kernel lowers to a Triton call once, in a function every layer calls
     assert text.count(f"stablehlo.custom_call @{TRITON_CUSTOM_CALL}(") == 2
     assert text.count("call @ragged_paged_attention(") == cfg.num_hidden_layers
     assert text.count("call @update_kv_pages(") == cfg.num_hidden_layers
     # the cache is donated: each layer's buffer aliases an output, so no copy of the cache
     assert text.count("tf.aliasing_output") >= cfg.num_hidden_layers
+
+
+def test_verification_step_exports_the_bucket_program(tiny_model_dir):
+    """A speculative-decoding step in the (16, 8) bucket (a 5-query verification row whose
+    queries cross a page boundary, two decodes, a prefill chunk) exports the very program of the
+    bucket's all-padding inputs: the metadata are traced arrays, so the bucket's shapes alone
+    pick the program, and one compile per bucket serves verification rows too."""
+    runner, builder, _ = tiny_cuda_step(tiny_model_dir)
+    padding = builder.padding_inputs((16, 8))
+    ps = builder.page_size
+    q_lens, kv_lens = [5, 1, 1, 9], [2 * ps + 2, ps + 1, 3 * ps + 1, 20]
+    rows = len(q_lens)
+    page_table = np.zeros_like(padding.page_table)
+    page_table[:rows, :4] = np.arange(4 * rows).reshape(rows, 4)
+    positions = np.concatenate([np.arange(k - q, k) for q, k in zip(q_lens, kv_lens)])
+    seq = np.repeat(np.arange(rows), q_lens)
+    slots = page_table[seq, positions // ps] * ps + positions % ps
+    cu_q_lens = np.full_like(padding.cu_q_lens, sum(q_lens))
+    cu_q_lens[: rows + 1] = np.concatenate([[0], np.cumsum(q_lens)])
+    verification = dataclasses.replace(
+        padding,
+        input_ids=np.arange(16, dtype=np.int32) + 3,
+        positions=positions.astype(np.int32),
+        slot_mapping=slots.astype(np.int32),
+        kv_lens=np.pad(kv_lens, (0, 8 - rows)).astype(np.int32),
+        page_table=page_table,
+        cu_q_lens=cu_q_lens,
+        num_seqs=np.array([rows], np.int32),
+        logits_indices=np.pad(np.cumsum(q_lens) - 1, (0, 8 - rows)).astype(np.int32),
+        num_sample_rows=rows,
+    )
+    assert sum(q_lens) == 16 and any(k // ps != (k - q) // ps for q, k in zip(q_lens, kv_lens))
+    text = export_step(runner, verification)
+    assert text.count(f"stablehlo.custom_call @{TRITON_CUSTOM_CALL}(") == 2
+    assert text == export_step(runner, padding)

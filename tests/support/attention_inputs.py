@@ -65,6 +65,18 @@ CASES = {
 cases = pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 
 
+def verification_lens(q: int, page_size: int = 16) -> tuple[list[int], list[int]]:
+    """A speculative-decoding step: (q_lens, kv_lens) of two decodes, a prefill chunk and three
+    verification rows of q queries each (the last known token and q - 1 draft tokens, the last q
+    positions of the row). Their keys end r past a page's end: r = 1 (the last query alone on
+    the next page), r = q - 1 (the first query alone on the page before) and r = 0 (all on one
+    page, the last query on its last slot)."""
+    ps = page_size
+    q_lens = [1, q, 1, q, 10, q]
+    kv_lens = [ps + 1, ps + 1, 2 * ps + 1, 2 * ps + q - 1, 30, 3 * ps]  # the chunk starts mid-page
+    return q_lens, kv_lens
+
+
 def make_inputs(cfg: Config, q_lens, kv_lens, *, seed: int, garbage: str = "nan"):
     """Real data from `seed`; padding from a separate stream, NaN where it can be ("nan")."""
     rng, junk = np.random.default_rng(seed), np.random.default_rng(seed + 7919 * len(garbage))
