@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import sys
 
@@ -26,6 +27,7 @@ RUN_OVERRIDES = {
     "weight_dtype": "model.weight_dtype",
     "kv_cache_dtype": "cache.dtype",
     "layers_per_call": "model.layers_per_call",
+    "speculative_config": "scheduler.speculative_config",
     "tensor_parallel_size": "parallel.tensor_parallel_size",
     "nnodes": "parallel.nnodes",
     "node_rank": "parallel.node_rank",
@@ -69,6 +71,19 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int)
     p.add_argument("--chat-template", help="a Jinja chat template, or a file holding one")
     p.add_argument("--seed", type=int)
+    p.add_argument("--speculative-config", type=_json_object, metavar="JSON",
+                   help='speculative decoding, as vLLM\'s flag: \'{"method": "ngram", '
+                        '"num_speculative_tokens": 4, "prompt_lookup_max": 4}\'')
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:

@@ -81,6 +81,37 @@ class CacheConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         _check(self.num_pages >= 2, "cache.num_pages", f"must be at least 2, got {self.num_pages}")
 
 
+class SpeculativeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """vLLM's ``--speculative-config`` for prompt lookup (engine/speculation.py)."""
+
+    method: Literal["ngram", "[ngram]"] = "ngram"
+    num_speculative_tokens: int  # drafts proposed per step, at most
+    # the n-gram sizes looked up (the longest that matches wins); vLLM's defaults: a missing
+    # bound takes the other's value, both missing are 5
+    prompt_lookup_min: int | None = None
+    prompt_lookup_max: int | None = None
+    # no drafts while more sequences than this run (vLLM's field): a wide batch is compute bound
+    disable_by_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        field = "scheduler.speculative_config"
+        self.method = "ngram"
+        if self.prompt_lookup_min is None:
+            self.prompt_lookup_min = self.prompt_lookup_max or 5
+        if self.prompt_lookup_max is None:
+            self.prompt_lookup_max = self.prompt_lookup_min
+        _check(1 <= self.num_speculative_tokens <= 16, f"{field}.num_speculative_tokens",
+               f"must be in [1, 16], got {self.num_speculative_tokens}")
+        _check(1 <= self.prompt_lookup_min <= self.prompt_lookup_max, f"{field}.prompt_lookup_min",
+               f"must be at least 1 and at most prompt_lookup_max ({self.prompt_lookup_max}), "
+               f"got {self.prompt_lookup_min}")
+        _check(self.prompt_lookup_max <= 64, f"{field}.prompt_lookup_max",
+               f"must be at most 64, got {self.prompt_lookup_max}")
+        _check(self.disable_by_batch_size is None or self.disable_by_batch_size >= 1,
+               f"{field}.disable_by_batch_size",
+               f"must be at least 1 (or null), got {self.disable_by_batch_size}")
+
+
 class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_num_seqs: int = 16  # sequences in one step
     max_num_batched_tokens: int = 256  # tokens in one step: the prefill chunk budget
@@ -95,6 +126,8 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # schedule step N+1 while step N runs on the device (the device feeds step N's tokens to it);
     # falls back to one step at a time around grammars, penalties and n>1 forks
     async_scheduling: bool = True
+    # prompt-lookup speculative decoding (vLLM's --speculative-config); None: off
+    speculative_config: SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
         _check(self.max_num_seqs >= 1, "scheduler.max_num_seqs",

@@ -27,6 +27,7 @@ KEYWORDS = {
     "max_num_seqs": "scheduler.max_num_seqs",
     "max_num_batched_tokens": "scheduler.max_num_batched_tokens",
     "async_scheduling": "scheduler.async_scheduling",
+    "speculative_config": "scheduler.speculative_config",
     "kv_cache_dtype": "cache.dtype",
     "block_size": "cache.page_size",
     "enable_prefix_caching": "cache.enable_prefix_caching",

@@ -34,6 +34,7 @@ from jaxserve.engine.output_processor import OutputProcessor
 from jaxserve.engine.page_allocator import PageAllocator
 from jaxserve.engine.scheduler import Scheduler, SchedulerOutput
 from jaxserve.engine.sequence import Request, Sequence, Status
+from jaxserve.engine.speculation import Speculator
 from jaxserve.engine.step_inputs import StepInputBuilder
 from jaxserve.interfaces import Runner, StepInputs, StepResult
 from jaxserve.outputs import RequestOutput, StepLogprobs, TokenLogprob
@@ -79,7 +80,10 @@ class LLMEngine:
             prompt_logprobs=config.parallel.nnodes == 1), constraint_factory)
         self.allocator = PageAllocator(cache.num_pages, cache.page_size,
                                        cache.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.allocator, max_model_len)
+        spec = config.scheduler.speculative_config
+        self.speculator = None if spec is None else Speculator(spec, max_model_len)
+        self.scheduler = Scheduler(config.scheduler, self.allocator, max_model_len,
+                                   self.speculator)
         self.inputs = inputs or StepInputBuilder.for_config(
             config, max_model_len=max_model_len, vocab_size=vocab_size,
             eos_token_ids=eos_token_ids)
@@ -146,7 +150,8 @@ class LLMEngine:
             if step is None:
                 return []
         if self.config.scheduler.async_scheduling and self._can_look_ahead(step.sched):
-            rows = {s.seq.seq_id: row for row, s in enumerate(step.sched.sample_rows)}
+            rows = {s.seq.seq_id: row for row, s in zip(step.sched.sample_row_starts,
+                                                        step.sched.sample_rows)}
             self._in_flight = self._launch(self.scheduler.schedule(look_ahead=True), rows)
         result = self.runner.fetch(step.handle)
         self.stats.step_time_s += time.perf_counter() - step.start
@@ -162,10 +167,15 @@ class LLMEngine:
             s.seq.num_pending += inputs.num_steps
         return _Launched(sched, inputs, self.runner.launch(inputs), start)
 
-    @staticmethod
-    def _can_look_ahead(sched: SchedulerOutput) -> bool:
-        """Whether the step after this one can be built before this one's tokens are known."""
+    def _can_look_ahead(self, sched: SchedulerOutput) -> bool:
+        """Whether the step after this one can be built before this one's tokens are known: not
+        when the host must prepare a row from its token, nor when a row verifies drafts (its
+        length is known only once they are accepted) or would look some up next."""
+        if sched.has_drafts:
+            return False
+        spec, num_running = self.speculator, len(self.scheduler.running)
         return not any(s.logits_from is not None or s.seq.host_feeds_each_step
+                       or (spec is not None and spec.may_draft(s.seq, num_running))
                        for s in sched.sample_rows)
 
     def postprocess(self, sched: SchedulerOutput, inputs: StepInputs,
@@ -174,15 +184,17 @@ class LLMEngine:
         now = time.monotonic()
         if result.prompt_logprobs is not None:
             prompt_logprobs.collect(sched, result.prompt_logprobs)
-        for row, s in enumerate(sched.sample_rows):
+        for row, s in zip(sched.sample_row_starts, sched.sample_rows):
             seq = s.seq
             seq.num_pending -= inputs.num_steps
             if seq.is_finished:  # aborted or stopped while the step ran
                 continue
             if s.logits_from is not None:
                 self.scheduler.fork(s.logits_from, seq)
-            for k in range(inputs.num_steps):  # tokens after a stop were computed, then dropped
-                if seq.finish_reason is not None:
+            if s.draft_tokens:
+                self._verify(s, row, result)
+            for k in range(inputs.num_steps if not s.draft_tokens else 0):
+                if seq.finish_reason is not None:  # tokens after a stop were computed, dropped
                     break
                 self.outputs.append_token(seq, int(result.tokens[k, row]),
                                           self._logprobs(seq, k, row, result))
@@ -202,6 +214,24 @@ class LLMEngine:
                 self.requests.pop(request.request_id, None)
                 self.stats.finished_requests += 1
         return outputs
+
+    def _verify(self, s, row: int, result: StepResult) -> None:
+        """A verification row's tokens: its samples while each equals the draft it follows,
+        and the first one that does not; then the rejected drafts' K/V are rolled back."""
+        seq, drafts = s.seq, s.draft_tokens
+        accepted = 0
+        for j in range(len(drafts) + 1):
+            if seq.finish_reason is not None:
+                break
+            token = int(result.tokens[0, row + j])
+            self.outputs.append_token(seq, token, self._logprobs(seq, 0, row + j, result))
+            self.stats.generation_tokens += 1
+            if j == len(drafts) or token != drafts[j]:
+                break
+            accepted += 1
+        self.speculator.accepted(seq, drafts, accepted)
+        if seq.finish_reason is None:
+            self.scheduler.roll_back(seq, s.start + 1 + accepted)
 
     def _logprobs(self, seq: Sequence, step: int, row: int,
                   result: StepResult) -> StepLogprobs | None:

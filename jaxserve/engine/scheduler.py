@@ -25,14 +25,17 @@ from jaxserve.engine import prompt_logprobs
 from jaxserve.engine.page_allocator import PageAllocator
 from jaxserve.engine.scheduler_output import ScheduledSeq, SchedulerOutput
 from jaxserve.engine.sequence import Sequence, Status
+from jaxserve.engine.speculation import Speculator
 from jaxserve.engine.step_fit import extend_decodes, token_budget
 
 __all__ = ["ScheduledSeq", "Scheduler", "SchedulerOutput"]
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, allocator: PageAllocator, max_model_len: int):
+    def __init__(self, config: SchedulerConfig, allocator: PageAllocator, max_model_len: int,
+                 speculator: Speculator | None = None):
         self.config = config
+        self.speculator = speculator  # drafts decode rows when speculative decoding is on
         self.max_model_len = max_model_len
         self.allocator = allocator
         self.waiting: deque[Sequence] = deque()
@@ -76,7 +79,8 @@ class Scheduler:
         running = [s for s in self.running if not (look_ahead and self._surely_done(s))]
         decodes = [s for s in running if s.num_uncomputed_tokens == 1]
         prefills = [s for s in running if s.num_uncomputed_tokens > 1]
-        budget = self._budget(decodes + prefills)
+        drafts = self._drafts(decodes, look_ahead)
+        budget = self._budget(decodes + prefills, drafts)
         for seq in decodes + prefills:
             if budget == 0:
                 break
@@ -86,8 +90,9 @@ class Scheduler:
             if not self._make_room(seq, num_new, scheduled_ids, out, preempt=not look_ahead):
                 short_of_pages = True
                 continue
-            self._schedule(seq, num_new, out, scheduled_ids)
-            budget -= num_new
+            extra = self._room_for_drafts(seq, drafts.get(seq.seq_id, [])[:budget - num_new])
+            self._schedule(seq, num_new, out, scheduled_ids, extra)
+            budget -= num_new + len(extra)
 
         # vLLM's rule: admit nobody in a step that had to preempt, pages are short
         while self.waiting and budget > 0 and not (out.preempted or short_of_pages):
@@ -108,14 +113,51 @@ class Scheduler:
             seq.pages += self.allocator.allocate(needed)
             self._schedule(seq, num_new, out, scheduled_ids)
             budget -= num_new
+        self._fit_drafts(out)
         extend_decodes(out, self.config, self.allocator, self.max_model_len)
         return out
 
-    def _budget(self, running: list[Sequence]) -> int:
+    def _drafts(self, decodes: list[Sequence], look_ahead: bool) -> dict[int, list[int]]:
+        """seq_id -> the draft tokens each decode would verify this step (speculation.py)."""
+        if self.speculator is None:
+            return {}
+        budget, num_running = self.config.max_num_batched_tokens, len(self.running)
+        # each draft takes a sample row, and a step has as many as its widest sequence bucket
+        rows_left = self.config.seq_buckets[-1] - len(decodes)
+        drafts = {}
+        for seq in decodes:
+            proposed = self.speculator.propose(seq, budget, num_running, look_ahead)
+            proposed = proposed[:max(rows_left, 0)]
+            if proposed:
+                drafts[seq.seq_id] = proposed
+                rows_left -= len(proposed)
+        return drafts
+
+    def _fit_drafts(self, out: SchedulerOutput) -> None:
+        """Drop the last drafts of the step when its sample rows (the rows that joined after the
+        drafts were picked too) pass the widest sequence bucket, and the pages they took."""
+        over = sum(s.num_sample_slots for s in out.scheduled) - self.config.seq_buckets[-1]
+        for s in reversed(out.scheduled):
+            if over <= 0:
+                return
+            cut = min(over, len(s.draft_tokens))
+            if cut:
+                del s.draft_tokens[-cut:]
+                s.num_new_tokens -= cut
+                over -= cut
+                self.roll_back(s.seq, s.seq.num_computed_tokens - cut)
+
+    def _room_for_drafts(self, seq: Sequence, drafts: list[int]) -> list[int]:
+        """The drafts whose pages are free now: a draft never preempts anyone."""
+        needed = self.allocator.pages_needed(seq.num_computed_tokens + 1 + len(drafts))
+        return drafts if self.allocator.can_allocate(needed - len(seq.pages)) else []
+
+    def _budget(self, running: list[Sequence], drafts: dict[int, list[int]]) -> int:
         """This step's token budget (``step_fit.token_budget``), from what the running
-        sequences and then the waiting ones that have a seat want, in scheduling order."""
+        sequences (their drafts too) and then the waiting ones that have a seat want, in
+        scheduling order."""
         budget = self.config.max_num_batched_tokens
-        wants = [s.num_uncomputed_tokens for s in running]
+        wants = [s.num_uncomputed_tokens + len(drafts.get(s.seq_id, ())) for s in running]
         wanted = sum(wants)
         seats = self.config.max_num_seqs - len(self.running) - self._reserved_slots()
         for seq in islice(self.waiting, max(seats, 0)):
@@ -145,13 +187,20 @@ class Scheduler:
         seq.pages, seq.page_keys = [], []
         seq.num_computed_tokens = 0
 
-    def _schedule(self, seq: Sequence, num_new: int, out: SchedulerOutput, ids: set[int]) -> None:
+    def _schedule(self, seq: Sequence, num_new: int, out: SchedulerOutput, ids: set[int],
+                  drafts: list[int] = ()) -> None:
+        """drafts: tokens a decode row verifies after its own (its pages are allocated here)."""
         sample = seq.num_computed_tokens + num_new == seq.num_scheduled_tokens
         first, count = prompt_logprobs.chunk_positions(seq, seq.num_computed_tokens, num_new)
-        out.scheduled.append(ScheduledSeq(seq, seq.num_computed_tokens, num_new, sample,
-                                          prompt_logprob_start=first, num_prompt_logprobs=count))
+        out.scheduled.append(ScheduledSeq(
+            seq, seq.num_computed_tokens, num_new + len(drafts), sample,
+            prompt_logprob_start=first, num_prompt_logprobs=count, draft_tokens=list(drafts)))
         ids.add(seq.seq_id)
-        seq.num_computed_tokens += num_new
+        if drafts:
+            needed = self.allocator.pages_needed(seq.num_computed_tokens + num_new + len(drafts))
+            seq.pages += self.allocator.allocate(needed - len(seq.pages))
+        # the drafts' K/V count as computed until the host accepts or rolls them back
+        seq.num_computed_tokens += num_new + len(drafts)
         # pages this step fills are offered to the prefix cache now: a sequence that finds one
         # later (or later in this step: every layer writes K/V before it attends) reads it after
         # this step wrote it, since steps run in order
@@ -178,6 +227,15 @@ class Scheduler:
                 return False
         seq.pages += self.allocator.allocate(needed)
         return True
+
+    def roll_back(self, seq: Sequence, num_computed: int) -> None:
+        """After verification: keep the K/V of num_computed tokens (the rest held rejected
+        drafts, which later steps overwrite) and free the pages only those filled."""
+        seq.num_computed_tokens = num_computed
+        keep = self.allocator.pages_needed(seq.num_scheduled_tokens)
+        if len(seq.pages) > keep:
+            self.allocator.free(seq.pages[keep:])
+            del seq.pages[keep:]
 
     def preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

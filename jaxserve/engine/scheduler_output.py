@@ -20,6 +20,13 @@ class ScheduledSeq:
     # computes (engine/prompt_logprobs.py)
     prompt_logprob_start: int = 0
     num_prompt_logprobs: int = 0
+    # draft tokens this decode row verifies (engine/speculation.py): they follow its last token
+    # in the row's queries, and the row takes len + 1 sample rows
+    draft_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def num_sample_slots(self) -> int:
+        return 1 + len(self.draft_tokens) if self.sample else 0
 
 
 @dataclass
@@ -50,3 +57,16 @@ class SchedulerOutput:
     def sample_rows(self) -> list[ScheduledSeq]:
         """The rows that get a next token, in the step's sample row order."""
         return [s for s in self.scheduled if s.sample]
+
+    @cached_property
+    def sample_row_starts(self) -> list[int]:
+        """Each sample row's first row in the step's sample row space (a row with d drafts
+        takes d + 1), and the rows in use last."""
+        starts = [0]
+        for s in self.sample_rows:
+            starts.append(starts[-1] + s.num_sample_slots)
+        return starts
+
+    @property
+    def has_drafts(self) -> bool:
+        return any(s.draft_tokens for s in self.scheduled)

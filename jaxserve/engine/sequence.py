@@ -47,6 +47,7 @@ class Sequence:
     logprobs: list[StepLogprobs] | None = None
     num_preemptions: int = 0
     constraint: Constraint | None = None  # built at admission, on the caller's thread
+    draft_state: object | None = None  # speculation.DraftState, once it has looked up drafts
     # filled by the detokenizer
     output_text: str = ""
     num_emitted_tokens: int = 0

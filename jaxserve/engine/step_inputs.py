@@ -67,8 +67,9 @@ class StepInputBuilder:
         with_prompt_logprobs = with_prompt_logprobs or sched.num_prompt_logprobs > 0
         if bucket is None and with_prompt_logprobs:
             (bucket,) = prompt_logprob_buckets(self.token_buckets, self.seq_buckets)
+        num_sample_slots = sched.sample_row_starts[-1]
         t_pad, s_pad = bucket or pick_pair(self.token_buckets, self.seq_buckets, num_tokens,
-                                           max(len(attn_rows), len(sample_rows), 1))
+                                           max(len(attn_rows), num_sample_slots, 1))
         ps = self.page_size
 
         input_ids = np.zeros(t_pad, np.int32)
@@ -87,7 +88,8 @@ class StepInputBuilder:
             seq, n = s.seq, s.num_new_tokens
             pos = np.arange(s.start, s.start + n, dtype=np.int32)
             pages = np.asarray(s.seq.pages, np.int32)
-            known = seq.token_ids[s.start:s.start + n]
+            # a verification row's queries: its last token, then the drafts (speculation.py)
+            known = seq.token_ids[s.start:s.start + n - len(s.draft_tokens)] + s.draft_tokens
             input_ids[offset:offset + len(known)] = known
             if len(known) < n:  # only the last token can be unknown: the one step N samples
                 assert len(known) == n - 1 and seq.num_pending, "a token went missing"
@@ -101,23 +103,29 @@ class StepInputBuilder:
             last_token_row[seq.seq_id] = offset - 1
 
         logits_indices = np.zeros(s_pad, np.int32)
-        for row, s in enumerate(sample_rows):
+        slots = []  # (row, position j of its verification) of every sample row, in order
+        for row, s in zip(sched.sample_row_starts, sample_rows):
             source = s.logits_from or s.seq
-            logits_indices[row] = last_token_row[source.seq_id]
+            first = last_token_row[source.seq_id] - len(s.draft_tokens)
+            for j in range(s.num_sample_slots):
+                logits_indices[row + j] = first + j
+                slots.append((s, j))
 
         copies = np.asarray(sched.page_copies, np.int32).reshape(-1, 2)
         return StepInputs(
             bucket=(t_pad, s_pad), input_ids=input_ids, prev_rows=from_prev,
             positions=positions, slot_mapping=slot_mapping, kv_lens=kv_lens, page_table=page_table,
             cu_q_lens=cu_q_lens, num_seqs=np.array([len(attn_rows)], np.int32),
-            logits_indices=logits_indices, sampling=self._sampling(sample_rows, s_pad),
-            page_copies=copies, num_sample_rows=len(sample_rows), num_steps=sched.num_steps,
+            logits_indices=logits_indices, sampling=self._sampling(slots, s_pad),
+            page_copies=copies, num_sample_rows=num_sample_slots, num_steps=sched.num_steps,
             prompt_logprobs=prompt_logprobs.build_arrays(
                 sched, row_offsets, prompt_logprobs.capacity(t_pad))
             if with_prompt_logprobs else None,
         )
 
-    def _sampling(self, rows: list[ScheduledSeq], s_pad: int) -> SamplingArrays:
+    def _sampling(self, rows: list[tuple[ScheduledSeq, int]], s_pad: int) -> SamplingArrays:
+        """rows: each sample row's scheduled row and position j: a verification row's position j
+        samples output index num_sampled + j, as plain decoding would."""
         temperature = np.zeros(s_pad, np.float32)
         top_p = np.ones(s_pad, np.float32)
         top_k = np.zeros(s_pad, np.int32)
@@ -135,8 +143,9 @@ class StepInputBuilder:
         # all bits set: every token allowed; constrained rows get their grammar's mask
         token_bitmask = np.full((s_pad, self.bitmask_words), -1, np.int32)
         any_mask = False
-        for row, s in enumerate(rows):
+        for row, (s, j) in enumerate(rows):
             seq, p = s.seq, s.seq.params
+            num_sampled = seq.num_sampled_tokens + j
             temperature[row] = p.temperature
             top_p[row] = p.top_p
             top_k[row] = max(p.top_k, 0)  # validate() bounds it to int32; the sampler clips to V
@@ -145,10 +154,10 @@ class StepInputBuilder:
             frequency[row] = p.frequency_penalty
             repetition[row] = p.repetition_penalty
             rng_keys[row] = seq.rng_key
-            rng_steps[row] = seq.num_sampled_tokens
+            rng_steps[row] = num_sampled
             num_prompt[row] = seq.num_prompt_tokens
             bias = dict(p.logit_bias or {})
-            if seq.num_sampled_tokens < p.min_tokens:
+            if num_sampled < p.min_tokens:
                 for token_id in (*self.eos_token_ids, *p.stop_token_ids):
                     bias[token_id] = _SUPPRESS
             if p.bad_words_token_ids:
@@ -182,7 +191,7 @@ class StepInputBuilder:
             any_filter=np.array(bool(((top_p < 1) | (top_k > 0)).any())),
             any_penalty=np.array(any_penalty),
             token_bitmask=token_bitmask, any_mask=np.array(any_mask),
-            any_logprobs=np.array(any(s.seq.params.logprobs is not None for s in rows)),
+            any_logprobs=np.array(any(s.seq.params.logprobs is not None for s, _ in rows)),
         )
 
 

@@ -61,6 +61,32 @@ class _EngineCollector:
         yield self._family(CounterMetricFamily, "jaxserve:compilations_after_warmup",
                            "XLA compilations after start-up (a bucket the warm-up missed).",
                            compilations)
+        if engine.speculator is not None:
+            yield from self._speculation(engine.speculator.stats)
+
+    def _speculation(self, stats):
+        """vLLM's spec_decode counters, and the rates they give."""
+        yield self._family(CounterMetricFamily, "jaxserve:spec_decode_num_drafts",
+                           "Verification rows run (sequences that drafted, per step).",
+                           stats.num_drafts)
+        yield self._family(CounterMetricFamily, "jaxserve:spec_decode_num_draft_tokens",
+                           "Draft tokens proposed.", stats.num_draft_tokens)
+        yield self._family(CounterMetricFamily, "jaxserve:spec_decode_num_accepted_tokens",
+                           "Draft tokens accepted.", stats.num_accepted_tokens)
+        per_pos = CounterMetricFamily("jaxserve:spec_decode_num_accepted_tokens_per_pos",
+                                      "Draft tokens accepted at each draft position.",
+                                      labels=[*self.labels, "position"])
+        for position, count in enumerate(stats.accepted_per_position):
+            per_pos.add_metric([*self.labels.values(), str(position)], count)
+        yield per_pos
+        drafted = stats.num_draft_tokens
+        yield self._family(GaugeMetricFamily, "jaxserve:spec_decode_draft_acceptance_rate",
+                           "Accepted over proposed draft tokens, since start.",
+                           stats.num_accepted_tokens / drafted if drafted else 0.0)
+        yield self._family(GaugeMetricFamily, "jaxserve:spec_decode_mean_acceptance_length",
+                           "Tokens a verification row gives on average (1 + accepted drafts).",
+                           1 + stats.num_accepted_tokens / stats.num_drafts
+                           if stats.num_drafts else 0.0)
 
 
 class EngineMetrics:

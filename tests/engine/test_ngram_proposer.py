@@ -1,0 +1,100 @@
+"""The prompt-lookup index against its plain-scan oracle, and the draft back-off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxserve.config import SpeculativeConfig
+from jaxserve.engine.ngram_proposer import NgramIndex, continuation, propose_reference
+from jaxserve.engine.speculation import MAX_BACKOFF, Speculator
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_index_proposes_what_a_plain_scan_finds(seed):
+    rng = np.random.default_rng(seed)
+    vocab = int(rng.integers(2, 12))  # small vocabularies repeat n-grams often
+    tokens = [int(t) for t in rng.integers(0, vocab, int(rng.integers(1, 120)))]
+    min_n = int(rng.integers(1, 4))
+    max_n = min_n + int(rng.integers(0, 4))
+    index = NgramIndex(min_n, max_n)
+    # grown a few tokens at a time, as a sequence decodes, with a proposal at each length
+    for size in range(1, len(tokens) + 1, int(rng.integers(1, 5))):
+        k = int(rng.integers(1, 8))
+        assert index.propose(tokens[:size], k) == propose_reference(tokens[:size], k, min_n,
+                                                                    max_n), size
+
+
+def test_latest_longest_match_and_its_continuation():
+    tokens = [1, 2, 3, 9, 1, 2, 3, 7, 8, 5, 2, 3]
+    # the suffix (2, 3) last appeared before 7 8; (5, 2, 3) never did
+    assert NgramIndex(2, 3).propose(tokens, 3) == [7, 8, 5]
+    assert NgramIndex(4, 4).propose(tokens, 3) == []
+    # a suffix with no earlier occurrence proposes nothing, even at the smallest n
+    assert NgramIndex(1, 2).propose([1, 2, 3], 2) == []
+
+
+def test_a_match_near_the_end_reads_on_as_a_repeat():
+    # (4, 5) last ended two tokens before the end: the text repeats with period 2
+    assert continuation([1, 4, 5, 4, 5], 3, 5) == [4, 5, 4, 5, 4]
+    assert NgramIndex(2, 2).propose([7, 7, 7], 4) == [7, 7, 7, 7]
+
+
+def test_each_step_indexes_only_its_new_tokens():
+    index = NgramIndex(2, 4)
+    prompt = list(range(1000)) * 2
+    index.propose(prompt, 4)
+    entries = sum(len(e) for e in index.ends.values())
+    index.propose(prompt + [5], 4)
+    # one new end (the token that now follows the old last token), one entry per n at most
+    assert sum(len(e) for e in index.ends.values()) - entries <= 3
+    assert index.next_end == len(prompt) + 1
+
+
+class _Seq:
+    """What the speculator reads of a sequence."""
+
+    def __init__(self, tokens, host_feeds=False, max_tokens=100):
+        self.token_ids = list(tokens)
+        self.host_feeds_each_step = host_feeds
+        self.draft_state = None
+        self.num_sampled_tokens = 0
+        self.num_scheduled_tokens = len(tokens)
+        self.request = type("R", (), {"max_tokens": max_tokens})()
+
+
+def _speculator(**kw) -> Speculator:
+    config = SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=2,
+                               prompt_lookup_max=3, **kw)
+    return Speculator(config, max_model_len=512)
+
+
+def test_misses_back_off_doubling_and_a_hit_resets():
+    spec = _speculator()
+    seq = _Seq([1, 2, 3, 4, 5, 6])  # nothing repeats: every lookup misses
+    waits = []
+    for _ in range(200):
+        drafted = spec.propose(seq, budget=64, num_running=1)
+        assert drafted == []
+        waits.append(seq.draft_state.wait)
+    looked_up = [i for i, w in enumerate(waits) if i == 0 or waits[i - 1] == 0]
+    gaps = np.diff(looked_up)
+    assert list(gaps[:5]) == [1, 3, 5, 9, 17]  # tries again at once, then after 2, 4, 8, 16
+    assert gaps.max() == MAX_BACKOFF + 1
+    spec.accepted(seq, [1, 2], 1)
+    assert seq.draft_state.misses == 0
+
+
+def test_rows_the_host_feeds_never_draft_nor_wide_batches():
+    spec = _speculator(disable_by_batch_size=4)
+    assert spec.propose(_Seq([1, 2, 1, 2, 1], host_feeds=True), 64, 1) == []
+    assert spec.propose(_Seq([1, 2, 1, 2, 1]), 64, num_running=5) == []
+    assert spec.propose(_Seq([1, 2, 1, 2, 1]), 64, num_running=4) == [2, 1, 2, 1]
+
+
+def test_drafts_stop_short_of_max_tokens_and_the_budget():
+    spec = _speculator()
+    seq = _Seq([1, 2, 1, 2, 1], max_tokens=3)
+    assert spec.propose(seq, 64, 1) == [2, 1]  # 2 drafts + the bonus token = max_tokens
+    assert spec.propose(_Seq([1, 2, 1, 2, 1]), budget=2, num_running=1) == [2]
+    assert spec.propose(_Seq([1, 2, 1, 2, 1]), 64, 1, look_ahead=True) == []
