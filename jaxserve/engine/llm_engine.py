@@ -81,7 +81,8 @@ class LLMEngine:
         self.allocator = PageAllocator(cache.num_pages, cache.page_size,
                                        cache.enable_prefix_caching)
         spec = config.scheduler.speculative_config
-        self.speculator = None if spec is None else Speculator(spec, max_model_len)
+        self.speculator = None if spec is None else Speculator(
+            spec, max_model_len, config.scheduler.seq_buckets[-1])
         self.scheduler = Scheduler(config.scheduler, self.allocator, max_model_len,
                                    self.speculator)
         self.inputs = inputs or StepInputBuilder.for_config(

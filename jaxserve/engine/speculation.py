@@ -12,7 +12,11 @@ step overwrites them, and pages that only they filled are freed.
 Rows the host must prepare token by token (a grammar, penalties, bad words) never draft. A
 sequence whose lookups keep missing or whose drafts keep being rejected stops drafting for a
 number of steps that doubles with each miss (``MAX_BACKOFF``), so a workload with nothing to look
-up runs as without speculation.
+up runs as without speculation. Draft lengths start short and grow once a whole draft is accepted
+(``FIRST_LENGTH``), so a miss costs a short verification row, a long copy a long one.
+
+Drafts take sample rows, and a step has as many as its widest sequence bucket: the rows the
+running sequences leave over are shared among them, so a full batch does not draft.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from jaxserve.config import SpeculativeConfig
 from jaxserve.engine.ngram_proposer import NgramIndex
 from jaxserve.engine.sequence import Sequence
 
-MAX_BACKOFF = 32  # steps a sequence sits out after repeated misses, at most
+MAX_BACKOFF = 128  # steps a sequence sits out after repeated misses, at most
+FIRST_LENGTH = 3  # drafts at first and after a miss: with its own token, a 4-token row
 
 
 @dataclass
@@ -31,6 +36,7 @@ class DraftState:
     """One sequence's lookup index and back-off."""
 
     index: NgramIndex
+    length: int  # drafts it proposes next, at most
     misses: int = 0  # consecutive steps whose lookup failed or whose drafts were all rejected
     wait: int = 0  # decode steps left before it looks up again
 
@@ -46,25 +52,33 @@ class SpecStats:
 
 
 class Speculator:
-    def __init__(self, config: SpeculativeConfig, max_model_len: int):
+    def __init__(self, config: SpeculativeConfig, max_model_len: int, max_rows: int):
+        """max_rows: the sample rows a step can have (the widest sequence bucket)."""
         self.config = config
         self.k = config.num_speculative_tokens
         self.max_model_len = max_model_len
+        self.max_rows = max_rows
         self.stats = SpecStats(accepted_per_position=[0] * self.k)
 
     def _state(self, seq: Sequence) -> DraftState:
         if seq.draft_state is None:
             seq.draft_state = DraftState(NgramIndex(self.config.prompt_lookup_min,
-                                                    self.config.prompt_lookup_max))
+                                                    self.config.prompt_lookup_max),
+                                         length=min(self.k, FIRST_LENGTH))
         return seq.draft_state
 
     def may_draft(self, seq: Sequence, num_running: int) -> bool:
         """Whether seq would look up drafts at its next decode step: the engine then keeps the
         step after this one until its token is on the host, rather than launching it blind."""
         limit = self.config.disable_by_batch_size
-        if seq.host_feeds_each_step or (limit is not None and num_running > limit):
+        if (seq.host_feeds_each_step or (limit is not None and num_running > limit)
+                or self.rows_each(num_running) < 1):
             return False
         return seq.draft_state is None or seq.draft_state.wait == 0
+
+    def rows_each(self, num_running: int) -> int:
+        """The draft rows each running sequence may take."""
+        return (self.max_rows - num_running) // max(num_running, 1)
 
     def propose(self, seq: Sequence, budget: int, num_running: int,
                 look_ahead: bool = False) -> list[int]:
@@ -75,11 +89,13 @@ class Speculator:
             if seq.draft_state is not None and seq.draft_state.wait > 0:
                 seq.draft_state.wait -= 1
             return []
-        room = min(self.k, budget - 1, seq.request.max_tokens - seq.num_sampled_tokens - 1,
+        state = self._state(seq)
+        room = min(state.length, self.rows_each(num_running), budget - 1,
+                   seq.request.max_tokens - seq.num_sampled_tokens - 1,
                    self.max_model_len - seq.num_scheduled_tokens - 1)
         if room <= 0:
             return []
-        drafts = self._state(seq).index.propose(seq.token_ids, room)
+        drafts = state.index.propose(seq.token_ids, room)
         if not drafts:
             self._missed(seq.draft_state)
         return drafts
@@ -93,9 +109,12 @@ class Speculator:
         for j in range(num_accepted):
             stats.accepted_per_position[j] += 1
         state = self._state(seq)
+        if num_accepted == len(drafts):  # a whole draft: try one that fills the next rung
+            state.length = min(self.k, 4 * (state.length + 1) - 1)
         if num_accepted:
             state.misses = 0
         else:
+            state.length = min(self.k, FIRST_LENGTH)
             self._missed(state)
 
     @staticmethod

@@ -7,7 +7,7 @@ import pytest
 
 from jaxserve.config import SpeculativeConfig
 from jaxserve.engine.ngram_proposer import NgramIndex, continuation, propose_reference
-from jaxserve.engine.speculation import MAX_BACKOFF, Speculator
+from jaxserve.engine.speculation import FIRST_LENGTH, MAX_BACKOFF, Speculator
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -63,10 +63,10 @@ class _Seq:
         self.request = type("R", (), {"max_tokens": max_tokens})()
 
 
-def _speculator(**kw) -> Speculator:
-    config = SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=2,
+def _speculator(k: int = 4, max_rows: int = 16, **kw) -> Speculator:
+    config = SpeculativeConfig(num_speculative_tokens=k, prompt_lookup_min=2,
                                prompt_lookup_max=3, **kw)
-    return Speculator(config, max_model_len=512)
+    return Speculator(config, max_model_len=512, max_rows=max_rows)
 
 
 def test_misses_back_off_doubling_and_a_hit_resets():
@@ -80,7 +80,11 @@ def test_misses_back_off_doubling_and_a_hit_resets():
     looked_up = [i for i, w in enumerate(waits) if i == 0 or waits[i - 1] == 0]
     gaps = np.diff(looked_up)
     assert list(gaps[:5]) == [1, 3, 5, 9, 17]  # tries again at once, then after 2, 4, 8, 16
-    assert gaps.max() == MAX_BACKOFF + 1
+    spec = _speculator()
+    seq = _Seq([1, 2, 3, 4, 5, 6])
+    for _ in range(2000):
+        spec.propose(seq, budget=64, num_running=1)
+    assert seq.draft_state.wait <= MAX_BACKOFF
     spec.accepted(seq, [1, 2], 1)
     assert seq.draft_state.misses == 0
 
@@ -89,7 +93,30 @@ def test_rows_the_host_feeds_never_draft_nor_wide_batches():
     spec = _speculator(disable_by_batch_size=4)
     assert spec.propose(_Seq([1, 2, 1, 2, 1], host_feeds=True), 64, 1) == []
     assert spec.propose(_Seq([1, 2, 1, 2, 1]), 64, num_running=5) == []
-    assert spec.propose(_Seq([1, 2, 1, 2, 1]), 64, num_running=4) == [2, 1, 2, 1]
+    assert spec.propose(_Seq([1, 2, 1, 2, 1]), 64, num_running=4) == [2, 1, 2]
+
+
+def test_drafts_grow_after_a_whole_draft_is_accepted_and_shrink_after_a_miss():
+    spec = _speculator(k=15)
+    seq = _Seq([1, 2, 3] * 20)
+    lengths = []
+    for accept_all in (True, True, False, True):
+        drafts = spec.propose(seq, budget=64, num_running=1)
+        lengths.append(len(drafts))
+        spec.accepted(seq, drafts, len(drafts) if accept_all else 0)
+    lengths.append(len(spec.propose(seq, budget=64, num_running=1)))
+    assert lengths == [FIRST_LENGTH, 15, 15, FIRST_LENGTH, 15]
+
+
+def test_a_batch_shares_the_sample_rows_left_and_a_full_one_never_drafts():
+    spec = _speculator(k=15, max_rows=16)
+    seq = _Seq([1, 2, 3] * 20)
+    spec.accepted(seq, spec.propose(seq, 64, num_running=2), FIRST_LENGTH)  # it may grow now
+    assert len(spec.propose(seq, 64, num_running=2)) == 7
+    assert len(spec.propose(_Seq([1, 2, 3] * 20), 64, num_running=4)) == 3
+    assert not spec.may_draft(_Seq([1, 2, 3] * 20), num_running=16)
+    assert not spec.may_draft(_Seq([1, 2, 3] * 20), num_running=9)
+    assert spec.may_draft(_Seq([1, 2, 3] * 20), num_running=8)
 
 
 def test_drafts_stop_short_of_max_tokens_and_the_budget():
