@@ -136,7 +136,7 @@ def make_prompts(tokenizer, args: argparse.Namespace, n: int, seed: int, warmup:
 def request_body(args: argparse.Namespace, prompt: Prompt, eos_ids: list[int]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": args.model, "prompt": prompt.prompt, "max_tokens": args.output_len,
-        "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True},
+        "temperature": args.temperature, "stream": True, "stream_options": {"include_usage": True},
     }
     if args.eos_bias:  # for servers that ignore ignore_eos (llama.cpp): eos can never win
         body["logit_bias"] = {str(i): -100 for i in eos_ids}
@@ -392,6 +392,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-format", choices=("text", "ids"), default="text",
                    help="text as vllm bench serve sends, or token ids")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="1.0: sampled outputs, which rarely repeat themselves as greedy ones do")
     p.add_argument("--label", default="", help="a name for this server in the result")
     p.add_argument("--result-json", type=Path)
     p.add_argument("--plot", type=Path, help="PNG path (default: beside --result-json)")

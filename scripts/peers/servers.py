@@ -25,8 +25,9 @@ PEERS_DIR = Path(os.environ.get("PEERS_DIR", "~/.cache/jaxserve/peers")).expandu
 SERVED_NAME = "smollm2-135m-instruct"
 GGUF_F32 = PEERS_DIR / "smollm2-135m-instruct-f32.gguf"
 GGUF_Q4_1 = PEERS_DIR / "smollm2-135m-instruct-q4_1.gguf"  # the wheel's file, as shipped
-# vLLM's ngram proposer as both jaxserve and vLLM take it: 4 drafted tokens after a 2-4 token match
-NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2,
+# vLLM's ngram proposer as both jaxserve and vLLM take it: up to 15 drafted tokens after a 2-4
+# token match, so one verification row fills the 16-token bucket (docs/performance.md)
+NGRAM = {"method": "ngram", "num_speculative_tokens": 15, "prompt_lookup_min": 2,
          "prompt_lookup_max": 4}
 # llama-cpp-python's prompt lookup matches at most 2-grams; its README advises 2 drafted tokens
 # on CPU-only machines (10, its default, is for GPUs)
