@@ -232,7 +232,8 @@ class Scheduler:
         """After verification: keep the K/V of num_computed tokens (the rest held rejected
         drafts, which later steps overwrite) and free the pages only those filled."""
         seq.num_computed_tokens = num_computed
-        keep = self.allocator.pages_needed(seq.num_scheduled_tokens)
+        # the pages of every known token (the next step writes the last) and of drafts kept
+        keep = self.allocator.pages_needed(max(seq.num_scheduled_tokens, num_computed))
         if len(seq.pages) > keep:
             self.allocator.free(seq.pages[keep:])
             del seq.pages[keep:]

@@ -252,3 +252,45 @@ def test_a_look_ahead_step_skips_a_sequence_its_last_token_finishes():
     for s in out.sample_rows:
         s.seq.num_pending += 1
     assert [r[0] for r in rows(sched.schedule(look_ahead=True))] == ["more"]
+
+
+def make_speculating(**kw) -> Scheduler:
+    from jaxserve.config import SpeculativeConfig
+    from jaxserve.engine.speculation import Speculator
+
+    scheduler = make_scheduler(**kw)
+    spec = SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_min=2, prompt_lookup_max=2)
+    scheduler.speculator = Speculator(spec, 64, scheduler.config.seq_buckets[-1])
+    return scheduler
+
+
+def test_a_decode_that_drafts_takes_pages_for_its_drafts_and_rolls_them_back():
+    scheduler = make_speculating(seq_buckets=(8,), max_num_seqs=8)
+    a = add(scheduler, "a", [1, 2, 1, 2, 1, 2])
+    sampled(scheduler.schedule())  # the prompt, then its sample: 1 2 1 2 1 2 1
+    out = scheduler.schedule()
+    # (2, 1) last came before 2 1: the drafts read on as the repeat, 2 1 2
+    assert rows(out) == [("a", 6, 4, True)] and out.scheduled[0].draft_tokens == [2, 1, 2]
+    assert out.sample_row_starts == [0, 4]
+    # K/V for positions 0..9 (6 known, the 7th token's own, 3 drafts): 3 pages of 4
+    assert a.num_computed_tokens == 10 and len(a.pages) == 3
+    # every draft rejected: the sample at position 7 is the one new token
+    a.token_ids.append(9)
+    scheduler.roll_back(a, 6 + 1)
+    assert (a.num_computed_tokens, a.num_uncomputed_tokens, len(a.pages)) == (7, 1, 2)
+    assert scheduler.allocator.num_free_pages == 30  # the page only drafts filled is back
+
+
+def test_drafts_are_cut_to_the_sample_rows_a_step_has():
+    scheduler = make_speculating(seq_buckets=(4,), max_num_seqs=4)
+    a = add(scheduler, "a", [5, 6, 5, 6, 5, 6])
+    sampled(scheduler.schedule(), token=5)
+    add(scheduler, "b", [7, 8, 7, 8])
+    add(scheduler, "c", [4, 4])
+    out = scheduler.schedule()
+    # a drafts 6 5 6 before b and c join; their two sample rows leave a room for one draft
+    assert rows(out) == [("a", 6, 2, True), ("b", 0, 4, True), ("c", 0, 2, True)]
+    assert out.scheduled[0].draft_tokens == [6]
+    assert out.sample_row_starts == [0, 2, 3, 4]
+    assert a.num_computed_tokens == 8 and len(a.pages) == 2
+    assert scheduler.allocator.num_free_pages == 32 - 2 - 1 - 1
