@@ -32,7 +32,7 @@ from jaxserve.engine.admission import Admission, AdmittedRequest, EngineLimits
 from jaxserve.engine.constraints import ConstraintFactory
 from jaxserve.engine.output_processor import OutputProcessor
 from jaxserve.engine.page_allocator import PageAllocator
-from jaxserve.engine.scheduler import Scheduler, SchedulerOutput
+from jaxserve.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from jaxserve.engine.sequence import Request, Sequence, Status
 from jaxserve.engine.speculation import Speculator
 from jaxserve.engine.step_inputs import StepInputBuilder
@@ -194,12 +194,11 @@ class LLMEngine:
                 self.scheduler.fork(s.logits_from, seq)
             if s.draft_tokens:
                 self._verify(s, row, result)
-            for k in range(inputs.num_steps if not s.draft_tokens else 0):
-                if seq.finish_reason is not None:  # tokens after a stop were computed, dropped
-                    break
-                self.outputs.append_token(seq, int(result.tokens[k, row]),
-                                          self._logprobs(seq, k, row, result))
-                self.stats.generation_tokens += 1
+            else:  # tokens after a stop were computed, then dropped
+                for k in range(inputs.num_steps):
+                    if seq.finish_reason is not None:
+                        break
+                    self._append(seq, k, row, result)
             request = seq.request
             if request.first_token_time is None:
                 request.first_token_time = now
@@ -216,7 +215,7 @@ class LLMEngine:
                 self.stats.finished_requests += 1
         return outputs
 
-    def _verify(self, s, row: int, result: StepResult) -> None:
+    def _verify(self, s: ScheduledSeq, row: int, result: StepResult) -> None:
         """A verification row's tokens: its samples while each equals the draft it follows,
         and the first one that does not; then the rejected drafts' K/V are rolled back."""
         seq, drafts = s.seq, s.draft_tokens
@@ -224,15 +223,20 @@ class LLMEngine:
         for j in range(len(drafts) + 1):
             if seq.finish_reason is not None:
                 break
-            token = int(result.tokens[0, row + j])
-            self.outputs.append_token(seq, token, self._logprobs(seq, 0, row + j, result))
-            self.stats.generation_tokens += 1
+            token = self._append(seq, 0, row + j, result)
             if j == len(drafts) or token != drafts[j]:
                 break
             accepted += 1
         self.speculator.accepted(seq, drafts, accepted)
         if seq.finish_reason is None:
             self.scheduler.roll_back(seq, s.start + 1 + accepted)
+
+    def _append(self, seq: Sequence, step: int, row: int, result: StepResult) -> int:
+        """Give seq the token sample row ``row`` drew at decode step ``step``; returns it."""
+        token = int(result.tokens[step, row])
+        self.outputs.append_token(seq, token, self._logprobs(seq, step, row, result))
+        self.stats.generation_tokens += 1
+        return token
 
     def _logprobs(self, seq: Sequence, step: int, row: int,
                   result: StepResult) -> StepLogprobs | None:

@@ -121,16 +121,13 @@ class Scheduler:
         """seq_id -> the draft tokens each decode would verify this step (speculation.py)."""
         if self.speculator is None:
             return {}
+        # each decode's share of the sample rows keeps their drafts within the widest bucket
         budget, num_running = self.config.max_num_batched_tokens, len(self.running)
-        # each draft takes a sample row, and a step has as many as its widest sequence bucket
-        rows_left = self.config.seq_buckets[-1] - len(decodes)
         drafts = {}
         for seq in decodes:
             proposed = self.speculator.propose(seq, budget, num_running, look_ahead)
-            proposed = proposed[:max(rows_left, 0)]
             if proposed:
                 drafts[seq.seq_id] = proposed
-                rows_left -= len(proposed)
         return drafts
 
     def _fit_drafts(self, out: SchedulerOutput) -> None:

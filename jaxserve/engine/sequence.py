@@ -10,12 +10,16 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from jaxserve.engine.constraints import Constraint
 from jaxserve.outputs import StepLogprobs
 from jaxserve.sampling_params import SamplingParams
+
+if TYPE_CHECKING:  # speculation.py imports this module
+    from jaxserve.engine.speculation import DraftState
 
 
 class Status(enum.Enum):
@@ -47,7 +51,7 @@ class Sequence:
     logprobs: list[StepLogprobs] | None = None
     num_preemptions: int = 0
     constraint: Constraint | None = None  # built at admission, on the caller's thread
-    draft_state: object | None = None  # speculation.DraftState, once it has looked up drafts
+    draft_state: DraftState | None = None  # its lookup index and back-off, once it drafts
     # filled by the detokenizer
     output_text: str = ""
     num_emitted_tokens: int = 0
