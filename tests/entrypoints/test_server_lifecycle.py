@@ -70,10 +70,11 @@ LONG = {"prompt": "hi", "max_tokens": 500, "ignore_eos": True, "n": 8, "stream":
 
 
 def signal_mid_stream(proc: subprocess.Popen, url: str, *signals: signal.Signals,
-                      finished: list | None = None) -> list[str]:
-    """Send the signals once a long stream has begun; the data lines the client got after.
-    finished: gets True appended when the request queued behind the stream completed."""
-    def queue_behind() -> None:  # more work, so the stream cannot end before the signals
+                      finished: list | None = None, behind: int = 3) -> list[str]:
+    """Send the signals once a long stream has begun and `behind` more requests are queued
+    after it; the data lines the client got after.
+    finished: gets True appended for each queued request that completed."""
+    def queue_behind() -> None:  # more work, so the drain cannot end before the signals
         try:
             done = httpx.post(url + "/v1/completions", json={**LONG, "stream": False},
                               timeout=60)
@@ -82,14 +83,16 @@ def signal_mid_stream(proc: subprocess.Popen, url: str, *signals: signal.Signals
         except httpx.HTTPError:  # the server went away first
             pass
 
-    behind = threading.Thread(target=queue_behind, daemon=True)
-    behind.start()
     lines = []
     try:
         with (httpx.Client(base_url=url, timeout=60) as client,
               client.stream("POST", "/v1/completions", json=LONG) as response):
             stream = response.iter_lines()
             assert next(line for line in stream if line).startswith("data: ")
+            # queued only now, so they wait behind the stream, which fills every slot
+            for _ in range(behind):
+                threading.Thread(target=queue_behind, daemon=True).start()
+            time.sleep(0.2)
             for sig in signals:
                 proc.send_signal(sig)
                 time.sleep(0.2)
@@ -104,10 +107,10 @@ def test_a_drain_timeout_cuts_the_drain_short_then_exits_0(tmp_path):
     try:
         started = time.monotonic()
         behind: list = []
-        lines = signal_mid_stream(proc, url, signal.SIGTERM, finished=behind)
+        signal_mid_stream(proc, url, signal.SIGTERM, finished=behind, behind=4)
         assert proc.wait(timeout=30) == 0, log.read_text()
-        # the stream may just finish inside the timeout; the request queued behind it cannot
-        assert "data: [DONE]" not in lines or not behind  # cut, not finished
+        # the stream may just finish inside the timeout; all four queued behind it cannot
+        assert len(behind) < 4, "the drain ran every request to the end"
         assert time.monotonic() - started < 30
         assert "Application shutdown complete" in log.read_text()
     finally:
