@@ -51,11 +51,14 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="a known model name or a local Hugging Face folder")
     p.add_argument("--dtype", choices=["float32", "bfloat16"],
                    help="activations (and the K/V cache when its dtype is auto)")
-    p.add_argument("--weight-dtype", choices=["auto", "float32", "bfloat16"],
+    p.add_argument("--weight-dtype", choices=["auto", "float32", "bfloat16", "int8"],
                    help="stored weights (default: --dtype; auto: bfloat16 where the hardware "
-                        "multiplies it natively); bfloat16 with float32 is mixed precision")
+                        "multiplies it natively); bfloat16 with float32 is mixed precision; "
+                        "int8: per-channel int8 weights, activations quantized per token "
+                        "(W8A8, costs accuracy: docs/performance.md)")
     p.add_argument("--kv-cache-dtype", choices=["auto", "float32", "bfloat16"],
-                   help="the K/V cache (auto: the weights' dtype), as vLLM's flag")
+                   help="the K/V cache (auto: the weights' dtype, or auto's float dtype under "
+                        "int8 weights), as vLLM's flag")
     p.add_argument("--attention-backend", choices=["pallas", "reference", "auto"])
     p.add_argument("--layers-per-call", type=int,
                    help="decoder layers per compiled program (a divisor of the layer count); "

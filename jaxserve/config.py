@@ -38,8 +38,9 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dtype: Literal["float32", "bfloat16"] = "float32"  # activations and K/V cache
     # stored weights; None: the same as dtype; auto: bfloat16 where the hardware multiplies it
     # natively, else float32 (hardware.py). bfloat16 under float32 activations is mixed
-    # precision (bf16 dot inputs, f32 accumulation): half the weight bytes, see docs/performance.md
-    weight_dtype: Literal["auto", "float32", "bfloat16"] | None = None
+    # precision (bf16 dot inputs, f32 accumulation): half the weight bytes, see docs/performance.md;
+    # int8: per-channel int8 weights under activations quantized per token (models/layers.py)
+    weight_dtype: Literal["auto", "float32", "bfloat16", "int8"] | None = None
     max_model_len: int | None = None  # defaults to the model's max_position_embeddings
     attention_backend: Literal["pallas", "reference", "auto"] = "auto"
     # decoder layers per compiled program; None: the whole model is one program per bucket. A
@@ -67,7 +68,8 @@ class CacheConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     page_size: int = 16  # tokens per KV page
     num_pages: int = 1024  # pages in the whole cache, shared by all sequences
     enable_prefix_caching: bool = True  # reuse the K/V of full pages of a prompt seen before
-    # K/V as stored (vLLM's --kv-cache-dtype); auto: the weights' dtype. bfloat16 under float32
+    # K/V as stored (vLLM's --kv-cache-dtype); auto: the weights' dtype (under int8 weights, the
+    # float dtype weight_dtype auto would pick). bfloat16 under float32
     # activations halves the cache and the bytes each attention step reads
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 

@@ -5,7 +5,8 @@ bfloat16 natively (a GPU of compute capability 8.0 or newer, a CPU with ``avx512
 ``amx_bf16``) and in float32 elsewhere: XLA:CPU without those instructions converts bfloat16
 to float32 in software, which costs more than the halved bytes save (docs/performance.md,
 "Processor kinds"). ``cache.dtype: auto`` follows the weights, as vLLM's ``--kv-cache-dtype
-auto`` follows the model.
+auto`` follows the model. Under int8 weights (models/layers.py) K/V stay a float dtype: ``auto``
+takes the one ``weight_dtype: auto`` would have chosen.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def choose_dtypes(activations: str, weights: str | None, kv_cache: str, platform
     elif weights == "auto":
         weights, reason = _auto_weights(activations, platform, cpu, compute_capability)
     kv = weights if kv_cache == "auto" else kv_cache
+    if kv == "int8":  # K/V are not quantized: the float dtype auto picks for this hardware
+        kv, why = _auto_weights(activations, platform, cpu, compute_capability)
+        reason = f"int8 weights; K/V {why}"
     return DtypeChoice(activations, weights, kv, reason)
 
 

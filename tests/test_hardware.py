@@ -65,3 +65,11 @@ def test_an_engine_with_auto_dtypes_serves_what_this_machine_gets(tiny_model_dir
     caches = {c.dtype for c in llm.engine.runner.kv_caches}
     assert caches == ({jnp.dtype(jnp.float32)} if expected.kv_cache == "float32"
                       else {jnp.dtype(jnp.uint16)})
+
+
+@pytest.mark.parametrize("cpu, kv", [(AVX2, "float32"), (AMX, "bfloat16")])
+def test_int8_weights_keep_a_float_cache_that_auto_picks_for_the_hardware(cpu, kv):
+    choice = choose_dtypes("float32", "int8", "auto", "cpu", cpu=cpu)
+    assert (choice.weights, choice.kv_cache) == ("int8", kv)
+    assert choice.reason.startswith("int8 weights; K/V auto: ")
+    assert choose_dtypes("float32", "int8", "float32", "cpu", cpu=AMX).kv_cache == "float32"

@@ -6,6 +6,13 @@ casts its activation input to bfloat16 and accumulates in float32 (``preferred_e
 the mixed precision GPUs use: weight bytes per decode step halve, and on processors with bfloat16
 instructions XLA:CPU's bf16 GEMM runs faster than its float32 one (docs/performance.md).
 
+``weight_dtype`` int8 stores each weight as int8 with one float32 scale per output channel, and
+quantizes each dot's activation input per row at run time (W8A8, dynamic): the dot multiplies
+int8 by int8 into int32, which XLA:CPU runs on its integer GEMM (VNNI and AMX where present) and
+XLA:GPU on its int8 tensor cores, reading a quarter of float32's weight bytes. A weight-only int8
+dot (int8 converted to float inside the step) is not offered: XLA:CPU materializes the converted
+weight first, which reads more bytes than float32 does (docs/performance.md, "Knobs").
+
 Flax's own ``nnx.Linear``/``nnx.Embed`` with ``param_dtype != dtype`` instead convert the whole
 weight to ``dtype`` on every call, so these layers do the dot themselves. Parameter names (``kernel``,
 ``bias``, ``embedding``) match Flax's, which the loader maps to Hugging Face names.
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -35,6 +43,38 @@ def mixed_dot(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
     return out[:t]
 
 
+def quantized_dot(x: jax.Array, w: jax.Array, w_scale: jax.Array, spec: str) -> jax.Array:
+    """einsum(spec, x, w * w_scale) with x quantized to int8 per row; the result is in x's dtype.
+
+    x: [T, in] activations; w: int8 weight in either layout the spec names; w_scale: f32[out].
+    """
+    t = x.shape[0]
+    x_scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True).astype(jnp.float32) / 127  # [T, 1]
+    x_scale = jnp.where(x_scale == 0, 1.0, x_scale)  # an all-zero row (padding) stays zero
+    xq = jnp.clip(jnp.round(x / x_scale), -127, 127).astype(jnp.int8)  # [T, in]
+    if t == 1 and jax.default_backend() == "cpu":
+        # as for bfloat16: XLA:CPU's one-row integer product is far slower than its GEMM
+        xq = jnp.pad(xq, ((0, 1), (0, 0)))  # [2, in]
+    acc = jnp.einsum(spec, xq, w, preferred_element_type=jnp.int32)[:t]  # i32[T, out]
+    return (acc.astype(jnp.float32) * x_scale * w_scale).astype(x.dtype)
+
+
+def quantize_per_channel(w, axis: int):
+    """(int8 values, float32 scales) of a float weight, one scale per slice along ``axis``'s
+    complement: the largest magnitude of each output channel maps to 127. Host or device arrays.
+    """
+    xp = jnp if isinstance(w, jax.Array) else np
+    w = w.astype(xp.float32)
+    scale = xp.max(xp.abs(w), axis=axis) / 127  # f32[out]
+    scale = xp.where(scale == 0, 1.0, scale).astype(xp.float32)
+    q = xp.clip(xp.rint(w / xp.expand_dims(scale, axis)), -127, 127).astype(xp.int8)
+    return q, scale
+
+
+def is_int8(dtype) -> bool:
+    return jnp.dtype(dtype) == jnp.int8
+
+
 def initial(init, rngs: nnx.Rngs | None, shape: tuple[int, ...], dtype) -> jax.Array:
     """A random initial weight, or zeros when rngs is None: placeholders a loader overwrites
     (an abstract build would otherwise trace a random initializer per weight at every start)."""
@@ -45,12 +85,22 @@ class Linear(nnx.Module):
     def __init__(self, n_in: int, n_out: int, *, use_bias: bool, dtype, weight_dtype,
                  rngs: nnx.Rngs | None):
         init = nnx.initializers.lecun_normal()
-        self.kernel = nnx.Param(initial(init, rngs, (n_in, n_out), weight_dtype))  # [in, out]
+        self.kernel_scale = nnx.data(None)
+        if is_int8(weight_dtype):
+            kernel, scale = quantize_per_channel(initial(init, rngs, (n_in, n_out), jnp.float32), 0)
+            self.kernel = nnx.Param(kernel)  # i8[in, out]
+            self.kernel_scale = nnx.Param(scale)  # f32[out]
+        else:
+            self.kernel = nnx.Param(initial(init, rngs, (n_in, n_out), weight_dtype))  # [in, out]
         self.bias = nnx.Param(jnp.zeros((n_out,), dtype)) if use_bias else nnx.data(None)  # [out]
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [T, in] -> [T, out]
-        y = mixed_dot(x.astype(self.dtype), self.kernel[...], "ti,io->to")
+        x = x.astype(self.dtype)
+        if self.kernel_scale is not None:
+            y = quantized_dot(x, self.kernel[...], self.kernel_scale[...], "ti,io->to")
+        else:
+            y = mixed_dot(x, self.kernel[...], "ti,io->to")
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -59,11 +109,21 @@ class Embed(nnx.Module):
 
     def __init__(self, vocab: int, hidden: int, *, dtype, weight_dtype, rngs: nnx.Rngs | None):
         init = nnx.initializers.normal(1.0)
-        self.embedding = nnx.Param(initial(init, rngs, (vocab, hidden), weight_dtype))  # [V, hidden]
+        self.embedding_scale = nnx.data(None)
+        if is_int8(weight_dtype):
+            table, scale = quantize_per_channel(initial(init, rngs, (vocab, hidden), jnp.float32), 1)
+            self.embedding = nnx.Param(table)  # i8[V, hidden]
+            self.embedding_scale = nnx.Param(scale)  # f32[V]: one per row, the LM head's channels
+        else:
+            self.embedding = nnx.Param(initial(init, rngs, (vocab, hidden), weight_dtype))  # [V, hidden]
         self.dtype = dtype
 
     def __call__(self, ids: jax.Array) -> jax.Array:  # i32[T] -> [T, hidden]
         table = self.embedding[...]  # [V, hidden]
+        if self.embedding_scale is not None:
+            rows = jnp.take(table, ids, axis=0, mode="clip")  # i8[T, hidden]
+            scale = jnp.take(self.embedding_scale[...], ids, mode="clip")  # f32[T]
+            return (rows.astype(jnp.float32) * scale[:, None]).astype(self.dtype)
         if table.dtype == self.dtype:
             return jnp.take(table, ids, axis=0, mode="clip")
         # Gather the rows as raw integers of the same width, then convert only them. XLA:CPU
@@ -75,4 +135,7 @@ class Embed(nnx.Module):
         return jax.lax.bitcast_convert_type(rows, table.dtype).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:  # [R, hidden] -> [R, V]
-        return mixed_dot(x.astype(self.dtype), self.embedding[...], "th,vh->tv")
+        x = x.astype(self.dtype)
+        if self.embedding_scale is not None:
+            return quantized_dot(x, self.embedding[...], self.embedding_scale[...], "th,vh->tv")
+        return mixed_dot(x, self.embedding[...], "th,vh->tv")

@@ -16,21 +16,27 @@ from flax import nnx
 from safetensors import safe_open
 
 from jaxserve.models.attention_metadata import AttentionBackend
+from jaxserve.models.layers import quantize_per_channel
 from jaxserve.models.llama import LlamaForCausalLM
 from jaxserve.models.llama_config import LlamaConfig
 
 
-def hf_name(path: tuple) -> tuple[str, bool]:
-    """NNX parameter path -> (Hugging Face tensor name, whether to transpose it)."""
+def _keys(path: tuple) -> list[str]:
     keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-    keys = [str(k) for k in keys if k != "value"]
+    return [str(k) for k in keys if k != "value"]
+
+
+def hf_name(path: tuple) -> tuple[str, bool]:
+    """NNX parameter path -> (Hugging Face tensor name, whether to transpose it); an int8
+    weight's scales (``kernel_scale``, ``embedding_scale``) come from the same tensor."""
+    keys = _keys(path)
     leaf = keys[-1]
     if keys[0] == "embed_tokens":
         return "model.embed_tokens.weight", False
     if keys[0] == "lm_head":
         return "lm_head.weight", True
     prefix = "model." + ".".join(keys[:-1])
-    if leaf == "kernel":  # Linear stores [in, out]; torch's Linear stores [out, in]
+    if leaf in ("kernel", "kernel_scale"):  # Linear stores [in, out]; torch's stores [out, in]
         return prefix + ".weight", True
     if leaf == "scale":
         return prefix + ".weight", False
@@ -119,15 +125,30 @@ def load_weights(folder: str | Path, abstract: LlamaForCausalLM,
     graphdef, abstract_state = nnx.split(abstract)
     tensors = _tensor_files(folder)
     head_dim = abstract.cfg.head_dim
+    halves: dict[str, np.ndarray] = {}  # an int8 weight's values or scales, until asked for
 
-    def fill(path, spec: jax.ShapeDtypeStruct) -> jax.Array:
-        name, transpose = hf_name(path)
+    def read(name: str, transpose: bool, path) -> np.ndarray:
         if name not in tensors:
             raise KeyError(f"{folder}: checkpoint has no tensor {name!r} (needed for {path})")
         array = _read_tensor(tensors[name], name)
-        if transpose:
-            array = array.T
-        array = repeat_kv_heads(array, name, head_dim, kv_repeats)
+        return repeat_kv_heads(array.T if transpose else array, name, head_dim, kv_repeats)
+
+    def quantized(name: str, transpose: bool, path, want_scale: bool) -> np.ndarray:
+        wanted, other = ("scale", "values") if want_scale else ("values", "scale")
+        if f"{name}:{wanted}" in halves:  # the other leaf of this weight was filled first
+            return halves.pop(f"{name}:{wanted}")
+        # a kernel [in, out] has a scale per column, an embedding [V, hidden] one per row
+        values, scale = quantize_per_channel(read(name, transpose, path), axis=0 if transpose else 1)
+        halves[f"{name}:{other}"] = values if want_scale else scale
+        return scale if want_scale else values
+
+    def fill(path, spec: jax.ShapeDtypeStruct) -> jax.Array:
+        name, transpose = hf_name(path)
+        is_scale = _keys(path)[-1].endswith("_scale")
+        if is_scale or spec.dtype == np.int8:
+            array = quantized(name, transpose, path, want_scale=is_scale)
+        else:
+            array = read(name, transpose, path)
         if tuple(array.shape) != tuple(spec.shape):
             raise ValueError(f"{name}: checkpoint shape {array.shape}, model expects {spec.shape}")
         host = _aligned_empty(spec.shape, spec.dtype)

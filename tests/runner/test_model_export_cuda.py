@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ from jaxserve.runner.model_runner import ModelRunner
 from tests.support.configs import TINY_CONFIG
 
 
-def tiny_cuda_step(tiny_model_dir):
+def tiny_cuda_step(tiny_model_dir, weight_dtype: str | None = None):
     """The tiny model's runner on the real GPU kernels, and the engine's input builder."""
     backend = AttentionBackend(
         "pallas",
@@ -33,7 +34,7 @@ def tiny_cuda_step(tiny_model_dir):
         jnp.dtype,  # the kernels keep a cache in its own dtype
     )
     config = load_config(TINY_CONFIG)
-    model = load_model(tiny_model_dir, backend)
+    model = load_model(tiny_model_dir, backend, "float32", weight_dtype)
     runner = ModelRunner(model, num_pages=config.cache.num_pages, page_size=config.cache.page_size,
                          max_num_seqs=config.scheduler.max_num_seqs, max_rows=8)
     cfg = LlamaConfig.from_hf(tiny_model_dir)
@@ -64,6 +65,21 @@ def test_full_model_step_exports_for_cuda(tiny_model_dir):
     assert text.count("call @update_kv_pages(") == cfg.num_hidden_layers
     # the cache is donated: each layer's buffer aliases an output, so no copy of the cache
     assert text.count("tf.aliasing_output") >= cfg.num_hidden_layers
+
+
+def test_int8_step_exports_integer_dots_and_no_dequantized_weight(tiny_model_dir):
+    """With int8 weights every projection and the tied head is an int8 x int8 -> int32 dot on
+    the GPU too, and no int8 weight is converted to float (a dequantized copy per step)."""
+    runner, builder, cfg = tiny_cuda_step(tiny_model_dir, "int8")
+    text = export_step(runner, builder.padding_inputs((16, 8)))
+    int8_dots = re.findall(r"stablehlo\.dot_general .*: \(tensor<[0-9x]+xi8>, tensor<([0-9x]+)xi8>\)"
+                           r" -> tensor<[0-9x]+xi32>", text)
+    assert len(int8_dots) == 7 * cfg.num_hidden_layers + 1  # q, k, v, o, gate, up, down; head
+    weight_shapes = set(int8_dots)
+    converts = re.findall(r"stablehlo\.convert .*: \(tensor<([0-9x]+)xi8>\) -> tensor<[0-9x]+xf32>",
+                          text)
+    assert converts and not weight_shapes & set(converts)  # only gathered embedding rows convert
+    assert text.count(f"stablehlo.custom_call @{TRITON_CUSTOM_CALL}(") == 2
 
 
 def test_verification_step_exports_the_bucket_program(tiny_model_dir):

@@ -65,6 +65,13 @@ def test_qwen2_with_biases_and_untied_head_at_tp2(tmp_path):
     assert_same_as_one_device(parity(tmp_path, "1,2"))
 
 
+def test_int8_weights_at_tp2_sum_the_same_integer_products(tmp_path):
+    """Row-split projections add int32 partial products across ranks, which is exact."""
+    write_tiny_model(tmp_path, "qwen2")
+    assert_same_as_one_device(parity(tmp_path, "1,2", "--weight-dtype", "int8",
+                                     "--prompts", "4", "--tokens", "16"))
+
+
 def test_layer_groups_under_tp(gqa_llama):
     assert_same_as_one_device(parity(gqa_llama, "1,2", "--layers-per-call", "1",
                                      "--prompts", "3", "--tokens", "12"))

@@ -37,6 +37,8 @@ def run(model: str, tp: int, args: argparse.Namespace) -> dict:
                  "scheduler.max_num_seqs": 8, "scheduler.max_num_batched_tokens": 64,
                  "scheduler.token_buckets": [8, 64], "scheduler.seq_buckets": [8],
                  "parallel.tensor_parallel_size": tp}
+    if args.weight_dtype:
+        overrides["model.weight_dtype"] = args.weight_dtype
     if args.layers_per_call:
         overrides |= {"model.layers_per_call": args.layers_per_call,
                       "scheduler.num_decode_steps": 1}
@@ -81,6 +83,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--backend", default="reference")
     p.add_argument("--layers-per-call", type=int, default=None)
+    p.add_argument("--weight-dtype", default=None)
     p.add_argument("--mixed", type=int, default=0, help="mixed requests run after the checks")
     p.add_argument("--chat", action="store_true", help="the chat prompts, stopping at eos")
     args = p.parse_args()
