@@ -49,8 +49,16 @@ install_llamacpp() {
   # Builds llama.cpp from source: about 4 minutes on 2 idle cores, 40 minutes on this shared
   # machine while others' tests ran. The venv needs no GGUF converter: scripts/peers/gguf_f32.py
   # writes the F32 GGUF from the main environment.
-  CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
-    "$venv/bin/pip" install "llama-cpp-python[server]==0.3.36"
+  local cmake_args="${CMAKE_ARGS:-}"
+  if [[ -z "$cmake_args" ]] && grep -qw amx_int8 /proc/cpuinfo; then
+    # ggml's AMX path faults on the Q4_1 GGUF's first completion (seen on a Xeon with AMX):
+    # the same instruction sets but AMX, named instead of -march=native
+    cmake_args="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+    cmake_args+=" -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON"
+    cmake_args+=" -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF"
+  fi
+  CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
+    "$venv/bin/pip" install --no-cache-dir "llama-cpp-python[server]==0.3.36"
   "$venv/bin/python" -c "import llama_cpp, llama_cpp.server; print('llama_cpp', llama_cpp.__version__)"
 }
 

@@ -75,6 +75,10 @@ def server_specs(model_dir: Path, port: int) -> dict[str, ServerSpec]:
             "jaxserve-f32", [*jaxserve, "--weight-dtype", "float32", "--kv-cache-dtype", "float32"],
             note="configs/smollm2.yaml with --weight-dtype float32 --kv-cache-dtype float32 "
                  "(all float32, like the peers)"),
+        "jaxserve-int8": ServerSpec(
+            "jaxserve-int8", [*jaxserve, "--weight-dtype", "int8"],
+            note="configs/smollm2.yaml with --weight-dtype int8 (per-channel int8 weights, "
+                 "activations quantized per token: costs accuracy, docs/performance.md)"),
         "jaxserve-ngram": ServerSpec(
             "jaxserve-ngram", [*jaxserve, *ngram],
             note=f"configs/smollm2.yaml with {ngram_note}"),
