@@ -179,8 +179,8 @@ def tensor_parallel(model_dir: Path, devices: int) -> dict:
     sizes = [n for n in (2, 4, 8) if n <= devices and 8 % n == 0]
     if not sizes:
         return {"ok": True, "skipped": f"{devices} device(s)"}
-    args = SimpleNamespace(backend="auto", layers_per_call=None, chat=False, prompts=4,
-                           tokens=16, mixed=0)
+    args = SimpleNamespace(backend="auto", layers_per_call=None, weight_dtype=None, chat=False,
+                           prompts=4, tokens=16, mixed=0)
     one = run(str(model_dir), 1, args)
     rows = {}
     for n in sizes:
