@@ -8,8 +8,8 @@ instructions XLA:CPU's bf16 GEMM runs faster than its float32 one (docs/performa
 
 ``weight_dtype`` int8 stores each weight as int8 with one float32 scale per output channel, and
 quantizes each dot's activation input per row at run time (W8A8, dynamic): the dot multiplies
-int8 by int8 into int32, which XLA:CPU runs on its integer GEMM (VNNI and AMX where present) and
-XLA:GPU on its int8 tensor cores, reading a quarter of float32's weight bytes. A weight-only int8
+int8 by int8 into int32 and reads a quarter of float32's weight bytes; how fast XLA runs it
+depends on the processor (fast with AMX, slower than bfloat16 on AMD's AVX-512). A weight-only int8
 dot (int8 converted to float inside the step) is not offered: XLA:CPU materializes the converted
 weight first, which reads more bytes than float32 does (docs/performance.md, "Knobs").
 
