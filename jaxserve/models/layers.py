@@ -26,6 +26,14 @@ import numpy as np
 from flax import nnx
 
 
+def _lone_row_padded(x: jax.Array) -> jax.Array:  # [T, in] -> [T or 2, in]
+    """A single row with a second, zero row on CPU: XLA:CPU's matrix-vector path for bfloat16 and
+    int8 is far slower than its GEMM path, which two rows take. Callers slice the result to T."""
+    if x.shape[0] == 1 and jax.default_backend() == "cpu":
+        return jnp.pad(x, ((0, 1), (0, 0)))
+    return x
+
+
 def mixed_dot(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
     """einsum(spec, x, w) reading w as stored; the result is in x's dtype.
 
@@ -33,14 +41,9 @@ def mixed_dot(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
     """
     if w.dtype == x.dtype:
         return jnp.einsum(spec, x, w)
-    t = x.shape[0]
-    xw = x.astype(w.dtype)  # [T, in]
-    if t == 1 and jax.default_backend() == "cpu":
-        # XLA:CPU's matrix-vector path for bfloat16 is far slower than its GEMM path: a second,
-        # zero row sends it to the GEMM
-        xw = jnp.pad(xw, ((0, 1), (0, 0)))  # [2, in]
+    xw = _lone_row_padded(x.astype(w.dtype))  # [T or 2, in]
     out = jnp.einsum(spec, xw, w, preferred_element_type=x.dtype)  # [T or 2, out]
-    return out[:t]
+    return out[:x.shape[0]]
 
 
 def quantized_dot(x: jax.Array, w: jax.Array, w_scale: jax.Array, spec: str) -> jax.Array:
@@ -48,15 +51,17 @@ def quantized_dot(x: jax.Array, w: jax.Array, w_scale: jax.Array, spec: str) -> 
 
     x: [T, in] activations; w: int8 weight in either layout the spec names; w_scale: f32[out].
     """
-    t = x.shape[0]
     x_scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True).astype(jnp.float32) / 127  # [T, 1]
     x_scale = jnp.where(x_scale == 0, 1.0, x_scale)  # an all-zero row (padding) stays zero
     xq = jnp.clip(jnp.round(x / x_scale), -127, 127).astype(jnp.int8)  # [T, in]
-    if t == 1 and jax.default_backend() == "cpu":
-        # as for bfloat16: XLA:CPU's one-row integer product is far slower than its GEMM
-        xq = jnp.pad(xq, ((0, 1), (0, 0)))  # [2, in]
-    acc = jnp.einsum(spec, xq, w, preferred_element_type=jnp.int32)[:t]  # i32[T, out]
+    acc = jnp.einsum(spec, _lone_row_padded(xq), w, preferred_element_type=jnp.int32)
+    acc = acc[:x.shape[0]]  # i32[T, out]
     return (acc.astype(jnp.float32) * x_scale * w_scale).astype(x.dtype)
+
+
+def weight_dot(x: jax.Array, w: jax.Array, w_scale: jax.Array | None, spec: str) -> jax.Array:
+    """A layer's product with its stored weight: quantized when the weight has scales (int8)."""
+    return mixed_dot(x, w, spec) if w_scale is None else quantized_dot(x, w, w_scale, spec)
 
 
 def quantize_per_channel(w, axis: int):
@@ -71,36 +76,33 @@ def quantize_per_channel(w, axis: int):
     return q, scale
 
 
-def is_int8(dtype) -> bool:
-    return jnp.dtype(dtype) == jnp.int8
-
-
 def initial(init, rngs: nnx.Rngs | None, shape: tuple[int, ...], dtype) -> jax.Array:
     """A random initial weight, or zeros when rngs is None: placeholders a loader overwrites
     (an abstract build would otherwise trace a random initializer per weight at every start)."""
     return jnp.zeros(shape, dtype) if rngs is None else init(rngs.params(), shape, dtype)
 
 
+def stored_weight(init, rngs: nnx.Rngs | None, shape: tuple[int, ...], weight_dtype, axis: int):
+    """(weight, scales) parameters: int8 values with float32 scales per channel (``axis`` is the
+    one each scale spans) for an int8 weight_dtype, else the weight as stored and no scales."""
+    if jnp.dtype(weight_dtype) != jnp.int8:
+        return nnx.Param(initial(init, rngs, shape, weight_dtype)), nnx.data(None)
+    values, scale = quantize_per_channel(initial(init, rngs, shape, jnp.float32), axis)
+    return nnx.Param(values), nnx.Param(scale)
+
+
 class Linear(nnx.Module):
     def __init__(self, n_in: int, n_out: int, *, use_bias: bool, dtype, weight_dtype,
                  rngs: nnx.Rngs | None):
-        init = nnx.initializers.lecun_normal()
-        self.kernel_scale = nnx.data(None)
-        if is_int8(weight_dtype):
-            kernel, scale = quantize_per_channel(initial(init, rngs, (n_in, n_out), jnp.float32), 0)
-            self.kernel = nnx.Param(kernel)  # i8[in, out]
-            self.kernel_scale = nnx.Param(scale)  # f32[out]
-        else:
-            self.kernel = nnx.Param(initial(init, rngs, (n_in, n_out), weight_dtype))  # [in, out]
+        # [in, out], and f32[out] scales when int8
+        self.kernel, self.kernel_scale = stored_weight(nnx.initializers.lecun_normal(), rngs,
+                                                       (n_in, n_out), weight_dtype, axis=0)
         self.bias = nnx.Param(jnp.zeros((n_out,), dtype)) if use_bias else nnx.data(None)  # [out]
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [T, in] -> [T, out]
-        x = x.astype(self.dtype)
-        if self.kernel_scale is not None:
-            y = quantized_dot(x, self.kernel[...], self.kernel_scale[...], "ti,io->to")
-        else:
-            y = mixed_dot(x, self.kernel[...], "ti,io->to")
+        scale = None if self.kernel_scale is None else self.kernel_scale[...]
+        y = weight_dot(x.astype(self.dtype), self.kernel[...], scale, "ti,io->to")
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -108,14 +110,9 @@ class Embed(nnx.Module):
     """Token embedding; ``attend`` is the tied LM head (x @ embedding.T)."""
 
     def __init__(self, vocab: int, hidden: int, *, dtype, weight_dtype, rngs: nnx.Rngs | None):
-        init = nnx.initializers.normal(1.0)
-        self.embedding_scale = nnx.data(None)
-        if is_int8(weight_dtype):
-            table, scale = quantize_per_channel(initial(init, rngs, (vocab, hidden), jnp.float32), 1)
-            self.embedding = nnx.Param(table)  # i8[V, hidden]
-            self.embedding_scale = nnx.Param(scale)  # f32[V]: one per row, the LM head's channels
-        else:
-            self.embedding = nnx.Param(initial(init, rngs, (vocab, hidden), weight_dtype))  # [V, hidden]
+        # [V, hidden], and f32[V] scales when int8: one per row, the LM head's output channels
+        self.embedding, self.embedding_scale = stored_weight(nnx.initializers.normal(1.0), rngs,
+                                                             (vocab, hidden), weight_dtype, axis=1)
         self.dtype = dtype
 
     def __call__(self, ids: jax.Array) -> jax.Array:  # i32[T] -> [T, hidden]
@@ -135,7 +132,5 @@ class Embed(nnx.Module):
         return jax.lax.bitcast_convert_type(rows, table.dtype).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:  # [R, hidden] -> [R, V]
-        x = x.astype(self.dtype)
-        if self.embedding_scale is not None:
-            return quantized_dot(x, self.embedding[...], self.embedding_scale[...], "th,vh->tv")
-        return mixed_dot(x, self.embedding[...], "th,vh->tv")
+        scale = None if self.embedding_scale is None else self.embedding_scale[...]
+        return weight_dot(x.astype(self.dtype), self.embedding[...], scale, "th,vh->tv")

@@ -125,7 +125,8 @@ def load_weights(folder: str | Path, abstract: LlamaForCausalLM,
     graphdef, abstract_state = nnx.split(abstract)
     tensors = _tensor_files(folder)
     head_dim = abstract.cfg.head_dim
-    halves: dict[str, np.ndarray] = {}  # an int8 weight's values or scales, until asked for
+    # an int8 weight's (values, scales), from its first leaf filled until its second is
+    pending: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def read(name: str, transpose: bool, path) -> np.ndarray:
         if name not in tensors:
@@ -134,12 +135,12 @@ def load_weights(folder: str | Path, abstract: LlamaForCausalLM,
         return repeat_kv_heads(array.T if transpose else array, name, head_dim, kv_repeats)
 
     def quantized(name: str, transpose: bool, path, want_scale: bool) -> np.ndarray:
-        wanted, other = ("scale", "values") if want_scale else ("values", "scale")
-        if f"{name}:{wanted}" in halves:  # the other leaf of this weight was filled first
-            return halves.pop(f"{name}:{wanted}")
-        # a kernel [in, out] has a scale per column, an embedding [V, hidden] one per row
-        values, scale = quantize_per_channel(read(name, transpose, path), axis=0 if transpose else 1)
-        halves[f"{name}:{other}"] = values if want_scale else scale
+        if name in pending:
+            values, scale = pending.pop(name)
+        else:  # a kernel [in, out] has a scale per column, an embedding [V, hidden] one per row
+            values, scale = quantize_per_channel(read(name, transpose, path),
+                                                 axis=0 if transpose else 1)
+            pending[name] = (values, scale)
         return scale if want_scale else values
 
     def fill(path, spec: jax.ShapeDtypeStruct) -> jax.Array:
